@@ -1,0 +1,225 @@
+//! Registration into etcd: a key per instance on a lease kept alive in the
+//! background, re-created after any failure.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use etcd_client::{Client, PutOptions};
+use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use super::{codec::encode_instance, service_prefix, with_timeout, EtcdBuilder};
+use crate::{
+    advertise_address, backoff::Backoff, registry::StopSignal, Error, Instance, Registration,
+    Registry, Result,
+};
+
+/// Registers instances into etcd and keeps them there.
+///
+/// Each registration owns a lease of the configured TTL. A background task
+/// renews it; if the keep-alive stream breaks, the lease expires or etcd
+/// restarts (even with its data wiped), the task registers the instance again
+/// with a fresh lease, retrying with capped exponential backoff for as long
+/// as the [`Registration`] lives.
+///
+/// ```no_run
+/// use registry_ext::{etcd::EtcdRegistry, Instance, Registry};
+///
+/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"]).build().await?;
+/// let registration = registry
+///     .register(Instance::new("echo", "0.0.0.0:50051".parse().unwrap()).with_tag("zone", "a"))
+///     .await?;
+/// // ... serve until shutdown, then:
+/// registration.deregister().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    prefix: Arc<str>,
+    ttl: Duration,
+    request_timeout: Duration,
+    max_backoff: Duration,
+    advertise_ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("prefix", &self.shared.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdRegistry {
+    /// Starts building a registry that talks to `endpoints`
+    /// (`http://host:port`, or `host:port`).
+    pub fn builder<E: AsRef<str>>(endpoints: impl IntoIterator<Item = E>) -> EtcdBuilder<Self> {
+        EtcdBuilder::new(endpoints)
+    }
+
+    pub(crate) fn new(client: Client, builder: EtcdBuilder<Self>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                prefix: builder.prefix_arc(),
+                ttl: builder.ttl,
+                request_timeout: builder.request_timeout,
+                max_backoff: builder.max_backoff,
+                advertise_ip: builder.advertise_ip,
+            }),
+        }
+    }
+
+    /// The key an instance is stored under.
+    #[must_use]
+    pub fn key_of(&self, instance: &Instance) -> String {
+        format!(
+            "{}{}",
+            service_prefix(&self.shared.prefix, &instance.service),
+            instance.address
+        )
+    }
+}
+
+impl Registry for EtcdRegistry {
+    async fn register(&self, mut instance: Instance) -> Result<Registration> {
+        instance.address = advertise_address(instance.address, self.shared.advertise_ip)?;
+        instance.validate()?;
+        let entry = Entry {
+            key: self.key_of(&instance),
+            value: encode_instance(&instance),
+        };
+        let lease = self.shared.put_with_new_lease(&entry).await?;
+        info!(key = %entry.key, lease, "registered in etcd");
+        let (registration, stop) = Registration::new(instance);
+        tokio::spawn(self.shared.clone().keep(entry, lease, stop));
+        Ok(registration)
+    }
+}
+
+/// What one registration writes.
+#[derive(Debug)]
+struct Entry {
+    key: String,
+    value: Vec<u8>,
+}
+
+impl Shared {
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    async fn put_with_new_lease(&self, entry: &Entry) -> Result<i64> {
+        let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut client = self.client();
+        let lease = with_timeout(self.request_timeout, client.lease_grant(ttl_secs, None))
+            .await?
+            .id();
+        let put = client.put(
+            entry.key.clone(),
+            entry.value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        if let Err(error) = with_timeout(self.request_timeout, put).await {
+            self.revoke(lease).await;
+            return Err(error);
+        }
+        Ok(lease)
+    }
+
+    /// Best effort: an unrevoked lease expires by itself after its TTL.
+    async fn revoke(&self, lease: i64) {
+        let mut client = self.client();
+        if let Err(error) = with_timeout(self.request_timeout, client.lease_revoke(lease)).await {
+            debug!(lease, %error, "lease not revoked; it will expire");
+        }
+    }
+
+    async fn remove(&self, entry: &Entry, lease: i64) -> Result<()> {
+        let mut client = self.client();
+        let deleted = with_timeout(
+            self.request_timeout,
+            client.delete(entry.key.clone(), None),
+        )
+        .await;
+        self.revoke(lease).await;
+        deleted.map(|_| info!(key = %entry.key, "deregistered from etcd"))
+    }
+
+    /// Keeps `entry` registered until the handle stops it.
+    async fn keep(self: Arc<Self>, entry: Entry, mut lease: i64, mut stop: StopSignal) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        loop {
+            let lost = tokio::select! {
+                reason = stop.wait() => {
+                    reason.reply(self.remove(&entry, lease).await);
+                    return;
+                }
+                lost = self.keep_alive(lease) => lost,
+            };
+            warn!(key = %entry.key, lease, error = %lost, "etcd lease lost; registering again");
+            loop {
+                tokio::select! {
+                    reason = stop.wait() => {
+                        reason.reply(self.remove(&entry, lease).await);
+                        return;
+                    }
+                    () = sleep(backoff.next_delay()) => {}
+                }
+                match self.put_with_new_lease(&entry).await {
+                    Ok(new_lease) => {
+                        // The key now hangs on the new lease; dropping the old
+                        // one cannot delete it.
+                        self.revoke(lease).await;
+                        lease = new_lease;
+                        backoff.reset();
+                        info!(key = %entry.key, lease, "registered in etcd again");
+                        break;
+                    }
+                    Err(error) => warn!(key = %entry.key, %error, "etcd re-registration failed"),
+                }
+            }
+        }
+    }
+
+    /// Renews `lease` every third of its TTL; returns why it stopped.
+    async fn keep_alive(&self, lease: i64) -> Error {
+        let mut client = self.client();
+        let (mut keeper, mut responses) =
+            match with_timeout(self.request_timeout, client.lease_keep_alive(lease)).await {
+                Ok(stream) => stream,
+                Err(error) => return error,
+            };
+        let mut ticks = interval(self.ttl / 3);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut expires = Instant::now() + self.ttl;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if Instant::now() >= expires {
+                        return Error::Timeout { backend: super::BACKEND, timeout: self.ttl };
+                    }
+                    if let Err(error) = keeper.keep_alive().await {
+                        return super::etcd_error(error);
+                    }
+                }
+                response = responses.message() => match response {
+                    Ok(Some(response)) if response.ttl() > 0 => {
+                        let ttl = Duration::from_secs(response.ttl().unsigned_abs());
+                        expires = Instant::now() + ttl;
+                    }
+                    Ok(Some(_)) => {
+                        return Error::backend(super::BACKEND, format!("lease {lease} not found (expired or etcd data lost)"));
+                    }
+                    Ok(None) => return Error::backend(super::BACKEND, "keep-alive stream closed"),
+                    Err(error) => return super::etcd_error(error),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Service registration and discovery for Volo and tower/tonic services.
+//!
+//! Every backend is a [`Registry`] (register, keep alive, re-register after
+//! failures, deregister) and a [`Resolver`] (list, then watch for changes).
+//! Framework adapters turn a resolver into Volo's `Discover` (feature `volo`)
+//! or a tonic balanced channel (feature `tower`).
+//!
+//! | backend | feature | type |
+//! |---|---|---|
+//! | in-process | always | [`MemoryRegistry`] |
+//! | etcd v3 | `etcd` | `etcd::EtcdRegistry`, `etcd::EtcdResolver` |
+//!
+//! ```
+//! use registry_ext::{Instance, MemoryRegistry, Registry, Resolver};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_ext::Result<()> {
+//! let registry = MemoryRegistry::new();
+//! let registration = registry
+//!     .register(Instance::new("echo", "127.0.0.1:50051".parse().unwrap()))
+//!     .await?;
+//! assert_eq!(registry.resolve("echo").await?.len(), 1);
+//! registration.deregister().await?;
+//! # Ok(()) }
+//! ```
+
+mod address;
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+mod backoff;
+mod diff;
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+mod error;
+mod instance;
+mod memory;
+mod registry;
+mod resolver;
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+mod subscriptions;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "volo")]
+pub mod volo;
+
+pub use address::{advertise_address, ADVERTISE_IP_ENV};
+pub use diff::Diff;
+pub use error::{BoxError, Error, Result};
+pub use instance::{Instance, DEFAULT_WEIGHT};
+pub use memory::MemoryRegistry;
+pub use registry::{Registration, Registry};
+pub use resolver::{Resolver, ServiceSnapshot, ServiceWatch};
