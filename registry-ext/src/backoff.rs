@@ -58,7 +58,10 @@ mod tests {
         let delays: Vec<_> = (0..6).map(|_| backoff.next_delay()).collect();
         for (delay, base_ms) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
             let base = Duration::from_millis(base_ms);
-            assert!(*delay >= base && *delay <= base.mul_f64(1.2), "{delay:?} vs {base:?}");
+            assert!(
+                *delay >= base && *delay <= base.mul_f64(1.2),
+                "{delay:?} vs {base:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(121));

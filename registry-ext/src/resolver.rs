@@ -106,10 +106,7 @@ pub trait Resolver: Send + Sync + 'static {
     fn subscribe(&self, service: &str) -> impl Future<Output = Result<ServiceWatch>> + Send;
 
     /// The instances of `service` right now.
-    fn resolve(
-        &self,
-        service: &str,
-    ) -> impl Future<Output = Result<Arc<[Arc<Instance>]>>> + Send {
+    fn resolve(&self, service: &str) -> impl Future<Output = Result<Arc<[Arc<Instance>]>>> + Send {
         async move { Ok(self.subscribe(service).await?.current().instances) }
     }
 }

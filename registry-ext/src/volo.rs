@@ -90,7 +90,9 @@ impl<R: Resolver> VoloDiscover<R> {
         tokio::spawn(async move {
             let mut previous = routable(&watch.current().instances);
             while let Ok(snapshot) = watch.changed().await {
-                let Some(shared) = shared.upgrade() else { return };
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
                 let next = routable(&snapshot.instances);
                 let diff = Diff::between(&previous, &next);
                 if !diff.is_empty() {

@@ -125,7 +125,10 @@ impl<T> EtcdBuilder<T> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the leader answers at once instead of
+            // holding the request until its own timeout.
+            .with_require_leader(true);
         if let Some((user, password)) = &self.auth {
             options = options.with_user(user.clone(), password.clone());
         }

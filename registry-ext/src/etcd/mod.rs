@@ -47,17 +47,56 @@ fn etcd_error(error: etcd_client::Error) -> crate::Error {
     crate::Error::backend(BACKEND, error)
 }
 
-/// Runs one etcd request with a deadline, so a hung member cannot hang the caller.
-async fn with_timeout<T>(
-    timeout: std::time::Duration,
-    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> crate::Result<T> {
-    match tokio::time::timeout(timeout, request).await {
-        Ok(result) => result.map_err(etcd_error),
-        Err(_) => Err(crate::Error::Timeout {
-            backend: BACKEND,
-            timeout,
-        }),
+/// Runs an idempotent etcd request until it succeeds, fails for good, or
+/// `timeout` passes. Retrying matters with several members: the client sends
+/// each request to one of them, so a request that hit a dead member must be
+/// sent again to reach a live one.
+async fn with_retry<T, F, Fut>(timeout: std::time::Duration, mut request: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        // One attempt may not eat the whole budget: a member that hangs
+        // (partitioned, still electing) must leave time to try another.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = remaining.min(timeout / 3).max(Duration::from_millis(100));
+        match tokio::time::timeout(attempt, request()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) if is_transient(&error) && Instant::now() + delay < deadline => {
+                tracing::debug!(%error, ?delay, "etcd request failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Ok(Err(error)) => return Err(etcd_error(error)),
+            Err(_) if Instant::now() < deadline => {
+                tracing::debug!(?attempt, "etcd request timed out; retrying");
+            }
+            Err(_) => {
+                return Err(crate::Error::Timeout {
+                    backend: BACKEND,
+                    timeout,
+                })
+            }
+        }
+    }
+}
+
+/// Errors that another try (possibly on another member) may not hit.
+fn is_transient(error: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+        ),
+        _ => false,
     }
 }
 

@@ -3,11 +3,11 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::{codec::encode_instance, service_prefix, with_timeout, EtcdBuilder};
+use super::{codec::encode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
     advertise_address, backoff::Backoff, registry::StopSignal, Error, Instance, Registration,
     Registry, Result,
@@ -116,16 +116,23 @@ impl Shared {
 
     async fn put_with_new_lease(&self, entry: &Entry) -> Result<i64> {
         let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut client = self.client();
-        let lease = with_timeout(self.request_timeout, client.lease_grant(ttl_secs, None))
-            .await?
-            .id();
-        let put = client.put(
-            entry.key.clone(),
-            entry.value.clone(),
-            Some(PutOptions::new().with_lease(lease)),
-        );
-        if let Err(error) = with_timeout(self.request_timeout, put).await {
+        let lease = with_retry(self.request_timeout, || {
+            let mut client = self.client();
+            async move { client.lease_grant(ttl_secs, None).await }
+        })
+        .await?
+        .id();
+        let put = with_retry(self.request_timeout, || {
+            let mut client = self.client();
+            let (key, value) = (entry.key.clone(), entry.value.clone());
+            async move {
+                client
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await;
+        if let Err(error) = put {
             self.revoke(lease).await;
             return Err(error);
         }
@@ -134,18 +141,29 @@ impl Shared {
 
     /// Best effort: an unrevoked lease expires by itself after its TTL.
     async fn revoke(&self, lease: i64) {
-        let mut client = self.client();
-        if let Err(error) = with_timeout(self.request_timeout, client.lease_revoke(lease)).await {
+        let revoked = with_retry(self.request_timeout, || {
+            let mut client = self.client();
+            async move { client.lease_revoke(lease).await }
+        })
+        .await;
+        if let Err(error) = revoked {
             debug!(lease, %error, "lease not revoked; it will expire");
         }
     }
 
+    /// Deletes the key if it still hangs on `lease` (a newer registration of
+    /// the same address may own it now), then revokes the lease.
     async fn remove(&self, entry: &Entry, lease: i64) -> Result<()> {
-        let mut client = self.client();
-        let deleted = with_timeout(
-            self.request_timeout,
-            client.delete(entry.key.clone(), None),
-        )
+        let deleted = with_retry(self.request_timeout, || {
+            let mut client = self.client();
+            let key = entry.key.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::delete(key, None)]);
+                client.txn(txn).await
+            }
+        })
         .await;
         self.revoke(lease).await;
         deleted.map(|_| info!(key = %entry.key, "deregistered from etcd"))
@@ -189,12 +207,15 @@ impl Shared {
 
     /// Renews `lease` every third of its TTL; returns why it stopped.
     async fn keep_alive(&self, lease: i64) -> Error {
-        let mut client = self.client();
-        let (mut keeper, mut responses) =
-            match with_timeout(self.request_timeout, client.lease_keep_alive(lease)).await {
-                Ok(stream) => stream,
-                Err(error) => return error,
-            };
+        let (mut keeper, mut responses) = match with_retry(self.request_timeout, || {
+            let mut client = self.client();
+            async move { client.lease_keep_alive(lease).await }
+        })
+        .await
+        {
+            Ok(stream) => stream,
+            Err(error) => return error,
+        };
         let mut ticks = interval(self.ttl / 3);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut expires = Instant::now() + self.ttl;

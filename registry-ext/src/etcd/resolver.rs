@@ -7,7 +7,7 @@ use etcd_client::{Client, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::{codec::decode_instance, service_prefix, with_timeout, EtcdBuilder};
+use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
     backoff::Backoff,
     subscriptions::{publish_error, publish_instances, Subscriptions},
@@ -122,7 +122,11 @@ impl ServiceFollower {
     }
 
     /// Lists if needed, then applies watch events until something breaks.
-    async fn follow(&mut self, tx: &watch::Sender<ServiceSnapshot>, backoff: &mut Backoff) -> Error {
+    async fn follow(
+        &mut self,
+        tx: &watch::Sender<ServiceSnapshot>,
+        backoff: &mut Backoff,
+    ) -> Error {
         let revision = match self.revision {
             Some(revision) => revision,
             None => match self.list().await {
@@ -136,11 +140,11 @@ impl ServiceFollower {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut client = self.client.clone();
-        let mut stream = match with_timeout(
-            self.request_timeout,
-            client.watch(self.prefix.clone(), Some(options)),
-        )
+        let mut stream = match with_retry(self.request_timeout, || {
+            let mut client = self.client.clone();
+            let (prefix, options) = (self.prefix.clone(), options.clone());
+            async move { client.watch(prefix, Some(options)).await }
+        })
         .await
         {
             Ok(stream) => stream,
@@ -187,11 +191,15 @@ impl ServiceFollower {
 
     /// Reads every instance of the service; returns the revision read at.
     async fn list(&mut self) -> Result<i64> {
-        let mut client = self.client.clone();
-        let response = with_timeout(
-            self.request_timeout,
-            client.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
+        let response = with_retry(self.request_timeout, || {
+            let mut client = self.client.clone();
+            let prefix = self.prefix.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
         .await?;
         self.instances = response
             .kvs()
@@ -226,7 +234,9 @@ impl ServiceFollower {
                     None => changed |= self.instances.remove(kv.key()).is_some(),
                 },
                 DELETE => changed |= self.instances.remove(kv.key()).is_some(),
-                other => warn!(prefix = %self.prefix, event_type = other, "unknown etcd event type skipped"),
+                other => {
+                    warn!(prefix = %self.prefix, event_type = other, "unknown etcd event type skipped")
+                }
             }
         }
         changed

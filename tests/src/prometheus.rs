@@ -1,0 +1,132 @@
+//! A real Prometheus server (Debian package `prometheus`) scraping given targets.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::{free_port, require_binary, ChildGuard};
+
+/// A Prometheus that scrapes its targets every second.
+#[derive(Debug)]
+pub struct PrometheusServer {
+    port: u16,
+    http: reqwest::Client,
+    process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl PrometheusServer {
+    /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`)
+    /// under the job name `rpc`, and waits until it is ready.
+    pub async fn start(targets: &[String]) -> anyhow::Result<Self> {
+        let binary = require_binary("prometheus", "prometheus")?;
+        let dir = TempDir::with_prefix("prometheus-test-")?;
+        let port = free_port()?;
+        let targets = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: rpc\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+             static_configs:\n      - targets: [{targets}]\n"
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config)?;
+        let mut command = Command::new(binary);
+        command
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        let process = ChildGuard::spawn("prometheus", command, &dir.path().join("log"))?;
+        let mut server = Self {
+            port,
+            http: reqwest::Client::new(),
+            process,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/-/ready", self.url());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            self.process.check_running()?;
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "prometheus not ready after 30 s; log:\n{}",
+                    self.process.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs an instant PromQL query and returns `data.result`.
+    pub async fn query(&self, promql: &str) -> anyhow::Result<Vec<Value>> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/query", self.url()))
+            .query(&[("query", promql)])
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["status"] != "success" {
+            bail!("query {promql:?} failed: {body}");
+        }
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .context("query result is not a vector")
+    }
+
+    /// The scalar value of the first sample of a query, if any.
+    pub async fn query_value(&self, promql: &str) -> anyhow::Result<Option<f64>> {
+        Ok(self
+            .query(promql)
+            .await?
+            .first()
+            .and_then(|sample| sample["value"][1].as_str())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// The active scrape targets with their health.
+    pub async fn targets(&self) -> anyhow::Result<Vec<Value>> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/targets", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        body["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .context("no activeTargets in response")
+    }
+}

@@ -1,0 +1,99 @@
+//! Registrations and resolvers survive etcd restarts, data loss and member loss.
+
+use std::time::Duration;
+
+use harness::{EtcdCluster, EtcdServer};
+use registry_ext::{
+    etcd::{EtcdRegistry, EtcdResolver},
+    Registry, Resolver,
+};
+
+use crate::support::{instance, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
+
+async fn connect(endpoints: Vec<String>) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
+    harness::init_test_logging();
+    let registry = EtcdRegistry::builder(&endpoints)
+        .ttl(Duration::from_secs(2))
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    let resolver = EtcdResolver::builder(&endpoints)
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    Ok((registry, resolver))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_survives_etcd_restart_and_data_loss() -> anyhow::Result<()> {
+    let mut etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(vec![etcd.endpoint()]).await?;
+    let _a = registry.register(instance("echo", 8001)).await?;
+    let _b = registry.register(instance("echo", 8002)).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[8001, 8002], WATCH_DEADLINE).await?;
+
+    // Same data dir: the instances come back (or never left) by themselves.
+    etcd.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await; // longer than the TTL
+    etcd.restart().await?;
+    let mut fresh = connect(vec![etcd.endpoint()])
+        .await?
+        .1
+        .subscribe("echo")
+        .await?;
+    wait_for_ports(&mut fresh, &[8001, 8002], RECOVERY_DEADLINE).await?;
+    wait_for_ports(&mut watch, &[8001, 8002], RECOVERY_DEADLINE).await?;
+
+    // Wiped data dir: etcd forgot everything; the registry writes it again
+    // and the old resolver re-lists (the revision went backwards).
+    etcd.wipe_and_restart().await?;
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    harness::eventually(RECOVERY_DEADLINE, "re-registration after data loss", || {
+        let mut raw = raw.clone();
+        async move {
+            let keys = raw
+                .get(
+                    "/registry-ext/echo/",
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .ok()?;
+            (keys.kvs().len() == 2).then_some(())
+        }
+    })
+    .await?;
+    wait_for_ports(&mut watch, &[8001, 8002], RECOVERY_DEADLINE).await?;
+    // Updates after recovery still flow to the old watch.
+    let _c = registry.register(instance("echo", 8003)).await?;
+    wait_for_ports(&mut watch, &[8001, 8002, 8003], WATCH_DEADLINE).await?;
+    raw.delete(
+        "/registry-ext/echo/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_member_cluster_keeps_working_with_one_member_down() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let (registry, resolver) = connect(cluster.endpoints()).await?;
+    let _a = registry.register(instance("echo", 8101)).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[8101], WATCH_DEADLINE).await?;
+
+    for victim in 0..3 {
+        cluster.members[victim].kill();
+        // Keep-alives and watches move to the surviving members.
+        let port = 8102 + victim as u16;
+        let _b = registry.register(instance("echo", port)).await?;
+        wait_for_ports(&mut watch, &[8101, port], RECOVERY_DEADLINE).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await; // > TTL: leases must be renewed
+        assert_eq!(resolver.resolve("echo").await?.len(), 2);
+        drop(_b);
+        wait_for_ports(&mut watch, &[8101], RECOVERY_DEADLINE).await?;
+        cluster.members[victim].restart().await?;
+    }
+    Ok(())
+}

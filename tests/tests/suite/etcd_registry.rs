@@ -1,0 +1,198 @@
+//! The etcd registry and resolver against a real etcd.
+
+use std::{net::SocketAddr, time::Duration};
+
+use etcd_client::PutOptions;
+use harness::{eventually, EtcdServer};
+use registry_ext::{
+    etcd::{EtcdRegistry, EtcdResolver},
+    Instance, Registry, Resolver,
+};
+
+use crate::support::{addr, instance, wait_for_ports, WATCH_DEADLINE};
+
+async fn connect(etcd: &EtcdServer) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
+    harness::init_test_logging();
+    let registry = EtcdRegistry::builder([etcd.endpoint()])
+        .ttl(Duration::from_secs(2))
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    let resolver = EtcdResolver::builder([etcd.endpoint()])
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    Ok((registry, resolver))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_instances_resolve_and_changes_are_pushed() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+
+    let first = registry
+        .register(instance("echo", 7001).with_tag("zone", "a"))
+        .await?;
+    let resolved = resolver.resolve("echo").await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].address, addr(7001));
+    assert_eq!(resolved[0].tags["zone"], "a");
+
+    let mut watch = resolver.subscribe("echo").await?;
+    // add
+    let second = registry.register(instance("echo", 7002)).await?;
+    wait_for_ports(&mut watch, &[7001, 7002], WATCH_DEADLINE).await?;
+    // update: same address, new weight
+    let heavier = registry
+        .register(instance("echo", 7002).with_weight(99))
+        .await?;
+    tokio::time::timeout(
+        WATCH_DEADLINE,
+        watch.wait_for(|i| i.iter().any(|i| i.weight == 99)),
+    )
+    .await??;
+    // `heavier` owns the key now: dropping the older handle must not delete it.
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(resolver.resolve("echo").await?.len(), 2);
+                  // remove
+    first.deregister().await?;
+    wait_for_ports(&mut watch, &[7002], WATCH_DEADLINE).await?;
+    heavier.deregister().await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_instances_is_an_answer() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (_, resolver) = connect(&etcd).await?;
+    assert!(resolver.resolve("nobody-home").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_values_are_skipped() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    raw.put("/registry-ext/echo/junk", "{not json", None)
+        .await?;
+    raw.put(
+        "/registry-ext/echo/v9",
+        r#"{"version":9,"service":"echo","address":"127.0.0.1:1"}"#,
+        None,
+    )
+    .await?;
+    raw.put("/registry-ext/echo/bytes", vec![0xff, 0x00, 0xfe], None)
+        .await?;
+    let _good = registry.register(instance("echo", 7101)).await?;
+
+    let mut watch = resolver.subscribe("echo").await?;
+    assert_eq!(watch.current().instances.len(), 1);
+    // Junk written while watching is skipped too, and a valid key turned to
+    // junk drops out.
+    raw.put("/registry-ext/echo/late-junk", "[]", None).await?;
+    raw.put("/registry-ext/echo/127.0.0.1:7101", "garbage", None)
+        .await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_registration_deregisters() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+    let registration = registry.register(instance("echo", 7201)).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    assert_eq!(watch.current().instances.len(), 1);
+    drop(registration);
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    let raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    eventually(WATCH_DEADLINE, "the lease to be revoked", || {
+        let mut raw = raw.clone();
+        async move { raw.leases().await.ok()?.leases().is_empty().then_some(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_listen_address_is_advertised_as_routable() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let registry = EtcdRegistry::builder([etcd.endpoint()])
+        .advertise_ip("127.0.0.9".parse()?)
+        .build()
+        .await?;
+    let listen: SocketAddr = "0.0.0.0:7301".parse()?;
+    let registration = registry.register(Instance::new("echo", listen)).await?;
+    assert_eq!(registration.instance().address, "127.0.0.9:7301".parse()?);
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let stored = raw.get("/registry-ext/echo/127.0.0.9:7301", None).await?;
+    assert_eq!(stored.kvs().len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_lease_is_replaced_without_user_action() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+    let _registration = registry.register(instance("echo", 7401)).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+
+    // Someone (an operator, a compaction of leases) revokes our lease.
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let key = raw.get("/registry-ext/echo/127.0.0.1:7401", None).await?;
+    let lease = key.kvs()[0].lease();
+    raw.lease_revoke(lease).await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ports(&mut watch, &[7401], crate::support::RECOVERY_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_keeps_the_last_known_set_and_reports_it() -> anyhow::Result<()> {
+    let mut etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+    let _registration = registry.register(instance("echo", 7501)).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    etcd.kill();
+    let snapshot = eventually(Duration::from_secs(10), "an error report", || {
+        let snapshot = watch.current();
+        async move { snapshot.last_error.is_some().then_some(snapshot) }
+    })
+    .await?;
+    assert_eq!(snapshot.instances.len(), 1, "the last known set is kept");
+    // New subscribers to a known service are still served from the cache.
+    assert_eq!(resolver.resolve("echo").await?.len(), 1);
+    // A first resolve of an unknown service fails with a typed error.
+    let error = resolver.resolve("never-seen").await.unwrap_err();
+    assert!(
+        matches!(error, registry_ext::Error::Resolve { .. }),
+        "{error}"
+    );
+    watch.changed().await.ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_without_losing_updates_made_while_it_was_down() -> anyhow::Result<()> {
+    let mut etcd = EtcdServer::start().await?;
+    let (_, resolver) = connect(&etcd).await?;
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let value = |port: u16| registry_ext::etcd::encode_instance(&instance("echo", port));
+    raw.put("/registry-ext/echo/a", value(7601), None).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[7601], WATCH_DEADLINE).await?;
+
+    // Restart etcd; write while the resolver is still reconnecting.
+    etcd.restart().await?;
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    raw.put("/registry-ext/echo/b", value(7602), None).await?;
+    raw.delete("/registry-ext/echo/a", None).await?;
+    raw.put("/registry-ext/echo/c", value(7603), Some(PutOptions::new()))
+        .await?;
+    wait_for_ports(&mut watch, &[7602, 7603], crate::support::RECOVERY_DEADLINE).await?;
+    assert!(watch.current().last_error.is_none());
+    Ok(())
+}

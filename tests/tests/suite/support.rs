@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests.
+
+use std::{net::SocketAddr, time::Duration};
+
+use registry_ext::{Instance, ServiceWatch};
+
+/// How long a change may take to reach a watcher in these tests; the
+/// measured figures are in BENCHMARKS.md.
+pub const WATCH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long recovery after an etcd fault may take: backoff cap + lease TTL.
+pub const RECOVERY_DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub fn instance(service: &str, port: u16) -> Instance {
+    Instance::new(service, addr(port))
+}
+
+/// Waits until the watch shows exactly `ports` (sorted).
+pub async fn wait_for_ports(
+    watch: &mut ServiceWatch,
+    ports: &[u16],
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let want: Vec<SocketAddr> = ports.iter().map(|p| addr(*p)).collect();
+    tokio::time::timeout(
+        deadline,
+        watch.wait_for(|instances| instances.iter().map(|i| i.address).collect::<Vec<_>>() == want),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "{} did not show {ports:?} within {deadline:?}; it shows {:?}",
+            watch.service(),
+            watch.current().instances
+        )
+    })??;
+    Ok(())
+}
