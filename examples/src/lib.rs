@@ -1,0 +1,14 @@
+//! The Echo service, generated for Volo and for tonic, with a server
+//! implementation for each. Shared by the examples and the integration tests.
+
+#![allow(missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/volo_gen.rs"));
+
+/// tonic code generated from `proto/echo.proto`.
+pub mod tonic_gen {
+    #![allow(clippy::all, unused, warnings)]
+    tonic::include_proto!("echo");
+}
+
+pub mod servers;
