@@ -67,10 +67,13 @@ pub async fn serve_volo(
             }))
             .build(),
         )
-        .run_with_shutdown(volo::net::incoming::DefaultIncoming::from(listener), async {
-            shutdown.await;
-            Ok(())
-        })
+        .run_with_shutdown(
+            volo::net::incoming::DefaultIncoming::from(listener),
+            async {
+                shutdown.await;
+                Ok(())
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("volo server failed: {e}"))
 }
@@ -82,7 +85,9 @@ pub async fn serve_tonic(
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     tonic::transport::Server::builder()
-        .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho { served_by }))
+        .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+            served_by,
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

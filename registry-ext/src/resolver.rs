@@ -23,7 +23,7 @@ pub struct ServiceSnapshot {
 impl ServiceSnapshot {
     /// A snapshot of `instances` (sorted here) at `generation`.
     pub(crate) fn new(mut instances: Vec<Arc<Instance>>, generation: u64) -> Self {
-        instances.sort_by(|a, b| a.address.cmp(&b.address));
+        instances.sort_by_key(|i| i.address);
         Self {
             instances: instances.into(),
             generation,

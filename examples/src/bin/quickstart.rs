@@ -19,8 +19,7 @@ use tokio::{net::TcpListener, sync::watch};
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -35,12 +34,19 @@ async fn main() -> anyhow::Result<()> {
     let volo_listener = TcpListener::bind("127.0.0.1:0").await?;
     let volo_addr = volo_listener.local_addr()?;
     let volo_server = tokio::spawn(servers::serve_volo(volo_listener, stopped(stop_rx.clone())));
-    let volo_registration = registry.register(Instance::new("echo-volo", volo_addr)).await?;
+    let volo_registration = registry
+        .register(Instance::new("echo-volo", volo_addr))
+        .await?;
 
     let tonic_listener = TcpListener::bind("127.0.0.1:0").await?;
     let tonic_addr = tonic_listener.local_addr()?;
-    let tonic_server = tokio::spawn(servers::serve_tonic(tonic_listener, stopped(stop_rx.clone())));
-    let tonic_registration = registry.register(Instance::new("echo-tonic", tonic_addr)).await?;
+    let tonic_server = tokio::spawn(servers::serve_tonic(
+        tonic_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let tonic_registration = registry
+        .register(Instance::new("echo-tonic", tonic_addr))
+        .await?;
 
     println!("Volo gRPC Echo server on {volo_addr}, registered as \"echo-volo\"");
     println!("tonic Echo server on {tonic_addr}, registered as \"echo-tonic\"");

@@ -55,7 +55,7 @@ async fn registered_instances_resolve_and_changes_are_pushed() -> anyhow::Result
     drop(second);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(resolver.resolve("echo").await?.len(), 2);
-                  // remove
+    // remove
     first.deregister().await?;
     wait_for_ports(&mut watch, &[7002], WATCH_DEADLINE).await?;
     heavier.deregister().await?;

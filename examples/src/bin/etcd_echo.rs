@@ -1,0 +1,143 @@
+//! Servers that register themselves in etcd and clients that find them there,
+//! for Volo and for tonic.
+//!
+//! ```text
+//! etcd &                                   # or: docker compose up -d etcd
+//! cargo run -p examples --bin etcd_echo -- volo-server 127.0.0.1:50051
+//! cargo run -p examples --bin etcd_echo -- volo-client
+//! cargo run -p examples --bin etcd_echo -- tonic-server 127.0.0.1:50061
+//! cargo run -p examples --bin etcd_echo -- tonic-client
+//! ```
+//!
+//! `ETCD_ENDPOINTS` (comma-separated, default `http://127.0.0.1:2379`) points
+//! at etcd. Servers deregister on Ctrl-C or SIGTERM before they stop serving.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context};
+use echo::{servers, tonic_gen, volo_gen};
+use registry_ext::{
+    etcd::{EtcdRegistry, EtcdResolver},
+    volo::VoloDiscover,
+    Instance, Registry,
+};
+use tokio::net::TcpListener;
+
+const VOLO_SERVICE: &str = "echo-volo";
+const TONIC_SERVICE: &str = "echo-tonic";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let endpoints: Vec<String> = std::env::var("ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let listen: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:0".into())
+        .parse()
+        .context("the listen address must look like 127.0.0.1:50051")?;
+    match command.as_str() {
+        "volo-server" => serve(endpoints, listen, VOLO_SERVICE, true).await,
+        "tonic-server" => serve(endpoints, listen, TONIC_SERVICE, false).await,
+        "volo-client" => volo_client(endpoints).await,
+        "tonic-client" => tonic_client(endpoints).await,
+        _ => bail!(
+            "usage: etcd_echo volo-server|tonic-server [listen-addr] | volo-client | tonic-client"
+        ),
+    }
+}
+
+async fn serve(
+    endpoints: Vec<String>,
+    listen: SocketAddr,
+    service: &str,
+    volo: bool,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let server = if volo {
+        tokio::spawn(servers::serve_volo(listener, shutdown))
+    } else {
+        tokio::spawn(servers::serve_tonic(listener, shutdown))
+    };
+
+    let registry = EtcdRegistry::builder(&endpoints).build().await?;
+    // Listening on 0.0.0.0 registers the host's first non-loopback address.
+    let registration = registry.register(Instance::new(service, local)).await?;
+    println!(
+        "{service} serving on {local}, registered in etcd as {}",
+        registration.instance().address
+    );
+
+    shutdown_signal().await;
+    // Leave the registry before closing the listener, so that no client is
+    // sent to a server that is going away.
+    registration.deregister().await?;
+    let _ = stop_tx.send(true);
+    server.await??;
+    println!("{service} deregistered and stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn volo_client(endpoints: Vec<String>) -> anyhow::Result<()> {
+    let resolver = EtcdResolver::builder(&endpoints).build().await?;
+    let client = volo_gen::echo::EchoClientBuilder::new(VOLO_SERVICE)
+        .discover(VoloDiscover::new(resolver))
+        .build();
+    for i in 1..=5 {
+        let reply = client
+            .say(volo_gen::echo::SayRequest {
+                message: format!("hello #{i}").into(),
+            })
+            .await?
+            .into_inner();
+        println!("{:?} served by {}", reply.message, reply.served_by);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+async fn tonic_client(endpoints: Vec<String>) -> anyhow::Result<()> {
+    let resolver = EtcdResolver::builder(&endpoints).build().await?;
+    let channel = registry_ext::tower::balanced_channel(&resolver, TONIC_SERVICE).await?;
+    let mut client = tonic_gen::echo_client::EchoClient::new(channel);
+    for i in 1..=5 {
+        let reply = client
+            .say(tonic_gen::SayRequest {
+                message: format!("hello #{i}"),
+            })
+            .await?
+            .into_inner();
+        println!("{:?} served by {}", reply.message, reply.served_by);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
