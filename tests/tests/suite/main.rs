@@ -4,4 +4,5 @@ mod discovery_e2e;
 mod etcd_faults;
 mod etcd_registry;
 mod harness_selftest;
+mod metrics_prometheus;
 mod support;

@@ -1,0 +1,208 @@
+//! Label-resolved metric handles, cached per method so that recording a call
+//! hashes a few strings and takes no lock for writing and no allocation.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, PoisonError, RwLock,
+    },
+};
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use crate::{
+    metrics::{Families, Inner, OVERFLOW_LABEL},
+    RpcSystem, Side,
+};
+
+/// The handles of one (side, system, service, method, peer).
+pub(crate) struct MethodHandles {
+    key: OwnedKey,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) request_size: Histogram,
+    pub(crate) response_size: Histogram,
+    families: Families,
+    /// Per status: few per method, so a scan beats a map.
+    statuses: RwLock<Vec<StatusHandles>>,
+}
+
+struct StatusHandles {
+    status: &'static str,
+    duration: Histogram,
+    calls: IntCounter,
+}
+
+#[derive(PartialEq, Eq)]
+struct OwnedKey {
+    side: Side,
+    system: RpcSystem,
+    service: Box<str>,
+    method: Box<str>,
+    peer: Box<str>,
+}
+
+impl OwnedKey {
+    fn matches(
+        &self,
+        side: Side,
+        system: RpcSystem,
+        service: &str,
+        method: &str,
+        peer: &str,
+    ) -> bool {
+        self.side == side
+            && self.system == system
+            && &*self.service == service
+            && &*self.method == method
+            && &*self.peer == peer
+    }
+
+    fn labels(&self) -> Vec<&str> {
+        let mut labels = vec![self.system.as_str(), &self.service, &self.method];
+        if self.side == Side::Client {
+            labels.push(&self.peer);
+        }
+        labels
+    }
+}
+
+impl MethodHandles {
+    fn new(key: OwnedKey, families: &Families) -> Self {
+        let labels = key.labels();
+        Self {
+            in_flight: families.in_flight.with_label_values(&labels),
+            request_size: families.request_size.with_label_values(&labels),
+            response_size: families.response_size.with_label_values(&labels),
+            families: families.clone(),
+            statuses: RwLock::new(Vec::new()),
+            key,
+        }
+    }
+
+    /// Records one finished call.
+    pub(crate) fn record(&self, status: &'static str, seconds: f64) {
+        {
+            let statuses = self.statuses.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(handles) = statuses.iter().find(|h| h.status == status) {
+                handles.duration.observe(seconds);
+                handles.calls.inc();
+                return;
+            }
+        }
+        let mut statuses = self
+            .statuses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !statuses.iter().any(|h| h.status == status) {
+            let mut labels = self.key.labels();
+            labels.push(status);
+            statuses.push(StatusHandles {
+                status,
+                duration: self.families.duration.with_label_values(&labels),
+                calls: self.families.calls.with_label_values(&labels),
+            });
+        }
+        drop(statuses);
+        self.record(status, seconds);
+    }
+}
+
+/// Every method seen so far, up to a cap.
+pub(crate) struct MethodCache {
+    methods: RwLock<HashMap<u64, Vec<Arc<MethodHandles>>>>,
+    count: AtomicUsize,
+    max: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl MethodCache {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            methods: RwLock::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+            max,
+            hasher: Default::default(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn hash(&self, side: Side, system: RpcSystem, service: &str, method: &str, peer: &str) -> u64 {
+        self.hasher.hash_one((side, system, service, method, peer))
+    }
+
+    /// The handles of an already known method.
+    pub(crate) fn find(
+        &self,
+        side: Side,
+        system: RpcSystem,
+        service: &str,
+        method: &str,
+        peer: &str,
+    ) -> Option<Arc<MethodHandles>> {
+        let hash = self.hash(side, system, service, method, peer);
+        let methods = self.methods.read().unwrap_or_else(PoisonError::into_inner);
+        methods
+            .get(&hash)?
+            .iter()
+            .find(|m| m.key.matches(side, system, service, method, peer))
+            .cloned()
+    }
+
+    pub(crate) fn get(
+        &self,
+        inner: &Inner,
+        side: Side,
+        system: RpcSystem,
+        service: &str,
+        method: &str,
+        peer: &str,
+    ) -> Arc<MethodHandles> {
+        if let Some(found) = self.find(side, system, service, method, peer) {
+            return found;
+        }
+        let hash = self.hash(side, system, service, method, peer);
+        let overflow = service == OVERFLOW_LABEL && method == OVERFLOW_LABEL;
+        if !overflow && self.len() >= self.max {
+            return self.get(
+                inner,
+                side,
+                system,
+                OVERFLOW_LABEL,
+                OVERFLOW_LABEL,
+                OVERFLOW_LABEL,
+            );
+        }
+        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
+        let bucket = methods.entry(hash).or_default();
+        if let Some(found) = bucket
+            .iter()
+            .find(|m| m.key.matches(side, system, service, method, peer))
+        {
+            return found.clone();
+        }
+        let families = match side {
+            Side::Server => &inner.server,
+            Side::Client => &inner.client,
+        };
+        let handles = Arc::new(MethodHandles::new(
+            OwnedKey {
+                side,
+                system,
+                service: service.into(),
+                method: method.into(),
+                peer: peer.into(),
+            },
+            families,
+        ));
+        bucket.push(handles.clone());
+        if !overflow {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        handles
+    }
+}

@@ -1,0 +1,49 @@
+//! Prometheus RPC metrics for Volo and tower/tonic services.
+//!
+//! One [`RpcMetrics`] per process holds the instruments; framework layers
+//! record every call into it, and one [`MetricsEndpoint`] exposes it:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `rpc_server_duration_seconds` | histogram | `rpc_system`, `rpc_service`, `rpc_method`, `status_code` |
+//! | `rpc_server_requests_total` | counter | same |
+//! | `rpc_server_active_requests` | gauge | `rpc_system`, `rpc_service`, `rpc_method` |
+//! | `rpc_server_request_size_bytes`, `rpc_server_response_size_bytes` | histogram | same |
+//! | `rpc_client_*` | as above | plus `peer_service` |
+//!
+//! `status_code` is the real code: the gRPC code (`"0"`..`"16"`), the HTTP
+//! status, or the Thrift outcome ([`status::thrift`]). Calls to methods the
+//! server does not know, and methods beyond the builder's cap, are recorded
+//! under [`OVERFLOW_LABEL`], so clients cannot grow the series count.
+//!
+//! ```
+//! use metrics_ext::{MetricsEndpoint, RpcMetrics};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), metrics_ext::Error> {
+//! let metrics = RpcMetrics::builder().build()?;
+//! // tower: ServiceBuilder::new().layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+//! // Volo:  Server::new().layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
+//! let endpoint = MetricsEndpoint::serve("127.0.0.1:0".parse().unwrap(), metrics.registry().clone()).await?;
+//! # drop(endpoint); Ok(()) }
+//! ```
+
+mod cache;
+mod endpoint;
+mod error;
+mod metrics;
+mod recorder;
+pub mod status;
+
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "volo")]
+pub mod volo;
+
+pub use endpoint::{encode_text, MetricsEndpoint};
+pub use error::Error;
+pub use metrics::{
+    RpcMetrics, RpcMetricsBuilder, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS,
+    OVERFLOW_LABEL,
+};
+pub use prometheus;
+pub use recorder::CallRecorder;

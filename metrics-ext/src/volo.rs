@@ -1,0 +1,149 @@
+//! motore layers (feature `volo`) for Volo gRPC and Volo Thrift, server and
+//! client.
+//!
+//! Labels come from Volo's `RpcInfo`: for gRPC the method path
+//! (`/package.Service/Method`), for Thrift the callee's service name and the
+//! method name. On the server these come from the wire, so a method the
+//! server does not know never becomes a series.
+
+use motore::{layer::Layer, service::Service};
+use volo::context::Context;
+
+use crate::{status, RpcMetrics, RpcSystem, Side};
+
+/// How an RPC error of a Volo framework maps to the `status_code` label.
+pub trait RpcOutcome {
+    /// The RPC system of this error type.
+    const SYSTEM: RpcSystem;
+    /// The label of a successful call.
+    const OK: &'static str;
+    /// The label of this error.
+    fn status_label(&self) -> &'static str;
+}
+
+impl RpcOutcome for volo_grpc::Status {
+    const SYSTEM: RpcSystem = RpcSystem::Grpc;
+    const OK: &'static str = "0";
+
+    fn status_label(&self) -> &'static str {
+        status::grpc_status_label(self.code() as i32)
+    }
+}
+
+impl RpcOutcome for volo_thrift::ServerError {
+    const SYSTEM: RpcSystem = RpcSystem::Thrift;
+    const OK: &'static str = status::thrift::OK;
+
+    fn status_label(&self) -> &'static str {
+        match self {
+            volo_thrift::ServerError::Application(_) => status::thrift::APPLICATION_EXCEPTION,
+            volo_thrift::ServerError::Biz(_) => status::thrift::BIZ_ERROR,
+        }
+    }
+}
+
+impl RpcOutcome for volo_thrift::ClientError {
+    const SYSTEM: RpcSystem = RpcSystem::Thrift;
+    const OK: &'static str = status::thrift::OK;
+
+    fn status_label(&self) -> &'static str {
+        match self {
+            volo_thrift::ClientError::Application(_) => status::thrift::APPLICATION_EXCEPTION,
+            volo_thrift::ClientError::Transport(_) => status::thrift::TRANSPORT_EXCEPTION,
+            volo_thrift::ClientError::Protocol(_) => status::thrift::PROTOCOL_EXCEPTION,
+            volo_thrift::ClientError::Biz(_) => status::thrift::BIZ_ERROR,
+        }
+    }
+}
+
+/// Records every call through a Volo service into [`RpcMetrics`].
+///
+/// ```
+/// use metrics_ext::{volo::MetricsLayer, RpcMetrics};
+///
+/// let metrics = RpcMetrics::builder().build().unwrap();
+/// // server: volo_grpc::server::Server::new().layer_front(MetricsLayer::server(&metrics))
+/// // client: EchoClientBuilder::new("echo").layer_outer(MetricsLayer::client(&metrics))
+/// let (server, client) = (MetricsLayer::server(&metrics), MetricsLayer::client(&metrics));
+/// # let _ = (server, client);
+/// ```
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: RpcMetrics,
+    side: Side,
+}
+
+impl MetricsLayer {
+    /// Server side: `rpc_server_*`.
+    #[must_use]
+    pub fn server(metrics: &RpcMetrics) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            side: Side::Server,
+        }
+    }
+
+    /// Client side: `rpc_client_*`; `peer_service` is the callee's service
+    /// name as the client knows it.
+    #[must_use]
+    pub fn client(metrics: &RpcMetrics) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            side: Side::Client,
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(self, inner: S) -> Self::Service {
+        MetricsService { inner, layer: self }
+    }
+}
+
+/// The service made by [`MetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    layer: MetricsLayer,
+}
+
+impl<Cx, Req, S> Service<Cx, Req> for MetricsService<S>
+where
+    Cx: Context + Send + 'static,
+    Req: Send + 'static,
+    S: Service<Cx, Req> + Send + Sync + 'static,
+    S::Error: RpcOutcome,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+
+    async fn call(&self, cx: &mut Cx, req: Req) -> Result<Self::Response, Self::Error> {
+        let recorder = {
+            let info = cx.rpc_info();
+            let path = info.method().as_str();
+            let callee = info.callee().service_name_ref();
+            let (service, method) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+                Some((service, method)) => (service, method),
+                None => (callee, path),
+            };
+            let MetricsLayer { metrics, side } = &self.layer;
+            match side {
+                Side::Server => {
+                    metrics.start_untrusted_call(*side, S::Error::SYSTEM, service, method, "")
+                }
+                Side::Client => {
+                    metrics.start_call(*side, S::Error::SYSTEM, service, method, callee)
+                }
+            }
+        };
+        let result = self.inner.call(cx, req).await;
+        let status = match &result {
+            Ok(_) => S::Error::OK,
+            Err(error) => error.status_label(),
+        };
+        recorder.finish(status, None);
+        result
+    }
+}

@@ -1,0 +1,282 @@
+//! Metrics from real Volo gRPC and tonic RPCs, scraped by a real Prometheus.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use echo::{
+    servers::{TonicEcho, VoloEcho, FAIL},
+    tonic_gen, volo_gen,
+};
+use harness::{eventually, PrometheusServer};
+use metrics_ext::{MetricsEndpoint, RpcMetrics};
+use tokio::{net::TcpListener, sync::watch};
+use tower::{Service, ServiceBuilder};
+
+const OK_CALLS: usize = 20;
+const FAILED_CALLS: usize = 5;
+
+struct Stop(watch::Sender<bool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+fn stop_pair() -> (
+    Stop,
+    impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let wait = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    (Stop(tx), wait)
+}
+
+async fn tonic_server(
+    metrics: &RpcMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .layer(metrics_ext::tower::MetricsLayer::server(metrics))
+        .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+            served_by: addr,
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        );
+    tokio::spawn(server);
+    Ok(addr)
+}
+
+async fn volo_server(
+    metrics: &RpcMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = volo_grpc::server::Server::new()
+        .layer_front(metrics_ext::volo::MetricsLayer::server(metrics))
+        .add_service(
+            volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
+                served_by: addr,
+            }))
+            .build(),
+        )
+        .run_with_shutdown(
+            volo::net::incoming::DefaultIncoming::from(listener),
+            async move {
+                shutdown.await;
+                Ok(())
+            },
+        );
+    tokio::spawn(server);
+    Ok(addr)
+}
+
+async fn scrape_count(
+    prometheus: &PrometheusServer,
+    promql: &str,
+    want: f64,
+) -> anyhow::Result<()> {
+    let last = std::sync::Mutex::new(None);
+    let result = eventually(Duration::from_secs(30), promql, || async {
+        let value = prometheus.query_value(promql).await.ok().flatten();
+        *last.lock().unwrap() = value;
+        (value == Some(want)).then_some(())
+    })
+    .await;
+    let last = *last.lock().unwrap();
+    result.map_err(|e| anyhow::anyhow!("{e}; last value {last:?}, wanted {want}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let (_stop, shutdown) = stop_pair();
+    // One metrics set (and endpoint) per framework, so each is its own target.
+    let tonic_metrics = RpcMetrics::builder().build()?;
+    let volo_metrics = RpcMetrics::builder().build()?;
+    let tonic_endpoint =
+        MetricsEndpoint::serve("127.0.0.1:0".parse()?, tonic_metrics.registry().clone()).await?;
+    let volo_endpoint =
+        MetricsEndpoint::serve("127.0.0.1:0".parse()?, volo_metrics.registry().clone()).await?;
+
+    let tonic_addr = tonic_server(&tonic_metrics, shutdown()).await?;
+    let volo_addr = volo_server(&volo_metrics, shutdown()).await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{tonic_addr}"))?
+        .connect()
+        .await?;
+    let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
+        ServiceBuilder::new()
+            .layer(metrics_ext::tower::MetricsLayer::client(
+                &tonic_metrics,
+                "echo-tonic",
+            ))
+            .service(channel),
+    );
+    let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
+        .layer_outer(metrics_ext::volo::MetricsLayer::client(&volo_metrics))
+        .address(volo_addr)
+        .build();
+
+    for i in 0..OK_CALLS + FAILED_CALLS {
+        let message = if i < OK_CALLS {
+            "hi".to_owned()
+        } else {
+            FAIL.to_owned()
+        };
+        let tonic_result = tonic_client
+            .say(tonic_gen::SayRequest {
+                message: message.clone(),
+            })
+            .await;
+        let volo_result = volo_client
+            .say(volo_gen::echo::SayRequest {
+                message: message.into(),
+            })
+            .await;
+        assert_eq!(tonic_result.is_ok(), i < OK_CALLS);
+        assert_eq!(volo_result.is_ok(), i < OK_CALLS);
+    }
+
+    let prometheus = PrometheusServer::start(&[
+        tonic_endpoint.local_addr().to_string(),
+        volo_endpoint.local_addr().to_string(),
+    ])
+    .await?;
+    for endpoint in [&tonic_endpoint, &volo_endpoint] {
+        let instance = endpoint.local_addr();
+        let server = format!(
+            r#"rpc_system="grpc",rpc_service="echo.Echo",rpc_method="Say",instance="{instance}""#
+        );
+        scrape_count(
+            &prometheus,
+            &format!(r#"rpc_server_requests_total{{{server},status_code="0"}}"#),
+            OK_CALLS as f64,
+        )
+        .await?;
+        // INVALID_ARGUMENT is code 3: the real code, not just "error".
+        scrape_count(
+            &prometheus,
+            &format!(r#"rpc_server_requests_total{{{server},status_code="3"}}"#),
+            FAILED_CALLS as f64,
+        )
+        .await?;
+        scrape_count(
+            &prometheus,
+            &format!(r#"sum(rpc_server_duration_seconds_count{{{server}}})"#),
+            (OK_CALLS + FAILED_CALLS) as f64,
+        )
+        .await?;
+        scrape_count(
+            &prometheus,
+            &format!(r#"sum(rpc_server_duration_seconds_bucket{{{server},le="+Inf"}})"#),
+            (OK_CALLS + FAILED_CALLS) as f64,
+        )
+        .await?;
+        // Sub-millisecond buckets exist (loopback calls land there).
+        let fast = prometheus
+            .query_value(&format!(
+                r#"sum(rpc_server_duration_seconds_bucket{{{server},le="0.001"}})"#
+            ))
+            .await?;
+        assert!(fast.is_some(), "no 1 ms bucket");
+        scrape_count(
+            &prometheus,
+            &format!(r#"rpc_server_active_requests{{{server}}}"#),
+            0.0,
+        )
+        .await?;
+        scrape_count(
+            &prometheus,
+            &format!(r#"sum(rpc_client_requests_total{{instance="{instance}",rpc_method="Say"}})"#),
+            (OK_CALLS + FAILED_CALLS) as f64,
+        )
+        .await?;
+    }
+    scrape_count(
+        &prometheus,
+        r#"sum(rpc_client_requests_total{peer_service="echo-tonic",status_code="3"})"#,
+        FAILED_CALLS as f64,
+    )
+    .await?;
+    scrape_count(
+        &prometheus,
+        r#"sum(rpc_client_requests_total{peer_service="echo-volo",status_code="3"})"#,
+        FAILED_CALLS as f64,
+    )
+    .await?;
+    // tonic exposes response bodies: sizes are recorded per call.
+    scrape_count(
+        &prometheus,
+        &format!(
+            r#"rpc_server_response_size_bytes_count{{instance="{}"}}"#,
+            tonic_endpoint.local_addr()
+        ),
+        (OK_CALLS + FAILED_CALLS) as f64,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> {
+    let (_stop, shutdown) = stop_pair();
+    let metrics = RpcMetrics::builder().build()?;
+    let addr = tonic_server(&metrics, shutdown()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+
+    // Real method first, so there is a legitimate series to keep.
+    tonic_gen::echo_client::EchoClient::new(channel.clone())
+        .say(tonic_gen::SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    for i in 0..5_000 {
+        grpc.ready().await?;
+        let path = http::uri::PathAndQuery::from_str(&format!("/junk{i}.Service/Method{i}"))?;
+        let result: Result<tonic::Response<tonic_gen::SayReply>, _> = grpc
+            .unary(
+                tonic::Request::new(tonic_gen::SayRequest {
+                    message: "x".into(),
+                }),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Unimplemented);
+    }
+    // Plain HTTP to unknown paths (no route template): collapsed as well.
+    for i in 0..5_000 {
+        let request = http::Request::builder()
+            .uri(format!("http://{addr}/no/such/page/{i}"))
+            .header("content-type", "text/plain")
+            .body(tonic::body::Body::empty())?;
+        let mut channel = channel.clone();
+        let _ = tower::ServiceExt::ready(&mut channel)
+            .await?
+            .call(request)
+            .await;
+    }
+
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rpc_server_requests_total"))
+        .collect();
+    assert!(series.len() <= 4, "series grew: {series:#?}");
+    assert!(series.iter().any(|s| s.contains(r#"rpc_method="Say""#)));
+    assert!(text.contains(r#"rpc_server_requests_total{rpc_method="_other",rpc_service="_other",rpc_system="grpc",status_code="12"} 5000"#), "{text}");
+    Ok(())
+}
