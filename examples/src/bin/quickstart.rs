@@ -4,46 +4,86 @@
 //! registers both in an in-process registry, and calls each through a client
 //! that discovers it by service name: Volo's client through
 //! `registry_ext::volo::VoloDiscover`, tonic's through a balanced channel.
+//! Every call, server and client side, is recorded by `metrics-ext` and
+//! exposed on `/metrics`.
 //!
 //! ```text
-//! cargo run -p examples --bin quickstart
+//! cargo run -p examples --bin quickstart                  # call, print, exit
+//! cargo run -p examples --bin quickstart -- --keep-running # keep calling until Ctrl-C
 //! ```
+//!
+//! `METRICS_ADDR` sets the metrics address (default `127.0.0.1:9464`; use
+//! `0.0.0.0:9464` for the docker-compose Prometheus).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use echo::{servers, tonic_gen, volo_gen};
+use echo::{
+    servers::{TonicEcho, VoloEcho},
+    tonic_gen, volo_gen,
+};
+use metrics_ext::{MetricsEndpoint, RpcMetrics};
 use registry_ext::{volo::VoloDiscover, Instance, MemoryRegistry, Registry};
 use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,volo_grpc=warn".into()),
         )
         .init();
+    let keep_running = std::env::args().any(|a| a == "--keep-running");
+
+    // One metrics set and one /metrics endpoint for the whole process.
+    let metrics = RpcMetrics::builder().build()?;
+    let metrics_endpoint = serve_metrics(&metrics).await?;
 
     // The registry every server registers into and every client resolves from.
-    // In production this is `registry_ext::etcd::EtcdRegistry` (see examples/etcd).
+    // In production this is `registry_ext::etcd::EtcdRegistry` (see etcd_echo).
     let registry = MemoryRegistry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // Volo gRPC server with the metrics layer.
     let volo_listener = TcpListener::bind("127.0.0.1:0").await?;
     let volo_addr = volo_listener.local_addr()?;
-    let volo_server = tokio::spawn(servers::serve_volo(volo_listener, stopped(stop_rx.clone())));
+    let volo_server = volo_grpc::server::Server::new()
+        .layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
+        .add_service(
+            volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
+                served_by: volo_addr,
+            }))
+            .build(),
+        )
+        .run_with_shutdown(volo::net::incoming::DefaultIncoming::from(volo_listener), {
+            let stopped = stopped(stop_rx.clone());
+            async move {
+                stopped.await;
+                Ok(())
+            }
+        });
+    let volo_server = tokio::spawn(volo_server);
     let volo_registration = registry
         .register(Instance::new("echo-volo", volo_addr))
         .await?;
 
+    // tonic server with the metrics layer.
     let tonic_listener = TcpListener::bind("127.0.0.1:0").await?;
     let tonic_addr = tonic_listener.local_addr()?;
-    let tonic_server = tokio::spawn(servers::serve_tonic(
-        tonic_listener,
-        stopped(stop_rx.clone()),
-    ));
+    let tonic_server = tonic::transport::Server::builder()
+        .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+        .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+            served_by: tonic_addr,
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(tonic_listener),
+            stopped(stop_rx.clone()),
+        );
+    let tonic_server = tokio::spawn(tonic_server);
     let tonic_registration = registry
         .register(Instance::new("echo-tonic", tonic_addr))
         .await?;
@@ -51,18 +91,28 @@ async fn main() -> anyhow::Result<()> {
     println!("Volo gRPC Echo server on {volo_addr}, registered as \"echo-volo\"");
     println!("tonic Echo server on {tonic_addr}, registered as \"echo-tonic\"");
 
-    // Volo client: finds "echo-volo" through the registry.
+    // Volo client: finds "echo-volo" through the registry; records client metrics.
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
+        .layer_outer(metrics_ext::volo::MetricsLayer::client(&metrics))
         .discover(VoloDiscover::new(registry.clone()))
         .build();
     // tonic client: a channel balanced over whatever "echo-tonic" resolves to.
     let channel = registry_ext::tower::balanced_channel(&registry, "echo-tonic").await?;
-    let mut tonic_client = tonic_gen::echo_client::EchoClient::new(channel);
+    let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
+        ServiceBuilder::new()
+            .layer(metrics_ext::tower::MetricsLayer::client(
+                &metrics,
+                "echo-tonic",
+            ))
+            .service(channel),
+    );
 
-    for i in 1..=3 {
+    let mut round = 0u64;
+    loop {
+        round += 1;
         let reply = volo_client
             .say(volo_gen::echo::SayRequest {
-                message: format!("hello #{i} from a Volo client").into(),
+                message: format!("hello #{round} from a Volo client").into(),
             })
             .await?
             .into_inner();
@@ -70,11 +120,32 @@ async fn main() -> anyhow::Result<()> {
 
         let reply = tonic_client
             .say(tonic_gen::SayRequest {
-                message: format!("hello #{i} from a tonic client"),
+                message: format!("hello #{round} from a tonic client"),
             })
             .await?
             .into_inner();
         println!("tonic -> {:?} served by {}", reply.message, reply.served_by);
+
+        if !keep_running && round == 3 {
+            break;
+        }
+        if keep_running {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    println!(
+        "\nmetrics at http://{}/metrics, for example:",
+        metrics_endpoint.local_addr()
+    );
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    for line in text.lines().filter(|l| {
+        l.starts_with("rpc_server_requests_total") || l.starts_with("rpc_client_requests_total")
+    }) {
+        println!("  {line}");
     }
 
     // Graceful shutdown: leave the registry first, then stop serving.
@@ -86,6 +157,23 @@ async fn main() -> anyhow::Result<()> {
         let _ = tonic_server.await;
     })
     .await?;
-    println!("deregistered both servers and shut down cleanly");
+    metrics_endpoint.shutdown().await;
+    println!("\nderegistered both servers and shut down cleanly");
     Ok(())
+}
+
+/// Serves /metrics on `METRICS_ADDR` (default 127.0.0.1:9464), or on a free
+/// port when that one is taken.
+async fn serve_metrics(metrics: &RpcMetrics) -> anyhow::Result<MetricsEndpoint> {
+    let wanted: SocketAddr = std::env::var("METRICS_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:9464".into())
+        .parse()?;
+    match MetricsEndpoint::serve(wanted, metrics.registry().clone()).await {
+        Ok(endpoint) => Ok(endpoint),
+        Err(error) => {
+            eprintln!("cannot serve metrics on {wanted} ({error}); using a free port");
+            let any = SocketAddr::new(wanted.ip(), 0);
+            Ok(MetricsEndpoint::serve(any, metrics.registry().clone()).await?)
+        }
+    }
 }

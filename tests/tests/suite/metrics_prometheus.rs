@@ -224,6 +224,33 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         (OK_CALLS + FAILED_CALLS) as f64,
     )
     .await?;
+
+    // Every query of the shipped Grafana dashboard is valid PromQL against
+    // these series, and the server panels have data.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana/dashboards/rpc.json"))?;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$__rate_interval", "1m")
+                .replace("$system", ".*")
+                .replace("$service", ".*");
+            prometheus.query(&expr).await?; // fails on invalid PromQL
+            if panel["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Server requests"))
+            {
+                // rate() needs two scrapes in its window.
+                eventually(Duration::from_secs(15), &expr, || async {
+                    let result = prometheus.query(&expr).await.ok()?;
+                    (!result.is_empty()).then_some(())
+                })
+                .await?;
+            }
+        }
+    }
     Ok(())
 }
 
