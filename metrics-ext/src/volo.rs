@@ -124,10 +124,8 @@ where
             let info = cx.rpc_info();
             let path = info.method().as_str();
             let callee = info.callee().service_name_ref();
-            let (service, method) = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-                Some((service, method)) => (service, method),
-                None => (callee, path),
-            };
+            let (service, method) =
+                http_observe::grpc_service_method(path).unwrap_or((callee, path));
             let MetricsLayer { metrics, side } = &self.layer;
             match side {
                 Side::Server => {

@@ -4,6 +4,7 @@
 //! directory, and is killed when its guard drops, so nothing outlives a test.
 
 mod etcd;
+pub mod otlp;
 mod process;
 mod prometheus;
 

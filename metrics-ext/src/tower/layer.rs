@@ -1,15 +1,13 @@
 //! [`MetricsLayer`] and the [`MetricsService`] it wraps around a service.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
+use http_observe::{
+    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
+};
 
-use super::{body::ResponseBody, RouteTemplate};
+use super::RouteTemplate;
 use crate::{status, CallRecorder, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
@@ -92,11 +90,11 @@ where
         if let Some(size) = request_size(&request) {
             recorder.request_size(size);
         }
-        ResponseFuture {
-            inner: self.inner.call(request),
-            recorder: Some(recorder),
+        ObservedFuture::new(
+            self.inner.call(request),
+            MetricsObserver { recorder, grpc },
             grpc,
-        }
+        )
     }
 }
 
@@ -129,21 +127,6 @@ impl<S> MetricsService<S> {
     }
 }
 
-fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-/// `/package.Service/Method` → (`package.Service`, `Method`).
-fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
-        .then_some((service, method))
-}
-
 fn route_template<B>(request: &Request<B>) -> &str {
     if let Some(RouteTemplate(route)) = request.extensions().get::<RouteTemplate>() {
         return route;
@@ -167,94 +150,33 @@ fn request_size<B: http_body::Body>(request: &Request<B>) -> Option<u64> {
     })
 }
 
-pin_project! {
-    /// The future of [`MetricsService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        recorder: Option<CallRecorder>,
-        grpc: bool,
-    }
+/// Finishes the call record when [`http_observe`] reports the call's end;
+/// dropped unended (the caller went away), the record is a cancellation.
+#[derive(Debug)]
+pub struct MetricsObserver {
+    recorder: CallRecorder,
+    grpc: bool,
 }
 
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: http_body::Body,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+impl CallObserver for MetricsObserver {
+    type Scope<'a> = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        let Some(recorder) = this.recorder.take() else {
-            // Polled after completion: a caller bug; nothing left to record.
-            return Poll::Ready(result.map(|r| r.map(ResponseBody::unrecorded)));
+    fn scope(&self) {}
+
+    fn end(self, end: CallEnd, response_bytes: u64) {
+        let status = match end {
+            CallEnd::Grpc(code) => status::grpc_status_label(code),
+            CallEnd::Http(code) => status::http_status_label(code),
+            // No response: UNAVAILABLE for gRPC, a fixed label for HTTP.
+            CallEnd::Failed if self.grpc => status::grpc_status_label(14),
+            CallEnd::Failed => "error",
         };
-        Poll::Ready(match result {
-            Ok(response) => {
-                let status = if *this.grpc {
-                    grpc_status_from_headers(&response)
-                } else {
-                    Some(status::http_status_label(response.status().as_u16()))
-                };
-                Ok(response.map(|body| ResponseBody::new(body, recorder, *this.grpc, status)))
-            }
-            Err(error) => {
-                // No response at all: the transport failed (client side) or
-                // the service errored before answering.
-                let status = if *this.grpc {
-                    status::grpc_status_label(14) // UNAVAILABLE
-                } else {
-                    "error"
-                };
-                recorder.finish(status, None);
-                Err(error)
-            }
-        })
+        let size = (end != CallEnd::Failed).then_some(response_bytes);
+        self.recorder.finish(status, size);
     }
 }
 
-/// The gRPC status carried in the headers of a trailers-only response, or
-/// implied by a non-200 HTTP status; `None` when it will come in trailers.
-fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<&'static str> {
-    if let Some(code) = response.headers().get("grpc-status") {
-        return Some(parse_grpc_status(code));
-    }
-    match response.status().as_u16() {
-        200 => None,
-        // The gRPC HTTP mapping for responses without a grpc-status.
-        400 => Some(status::grpc_status_label(13)),
-        401 => Some(status::grpc_status_label(16)),
-        403 => Some(status::grpc_status_label(7)),
-        404 => Some(status::grpc_status_label(12)),
-        429 | 502 | 503 | 504 => Some(status::grpc_status_label(14)),
-        _ => Some(status::grpc_status_label(2)),
-    }
-}
-
-pub(super) fn parse_grpc_status(value: &http::HeaderValue) -> &'static str {
-    let code = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<i32>().ok())
-        .unwrap_or(2);
-    status::grpc_status_label(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_paths_split_into_service_and_method() {
-        assert_eq!(
-            grpc_service_method("/echo.Echo/Say"),
-            Some(("echo.Echo", "Say"))
-        );
-        assert_eq!(grpc_service_method("/echo.Echo/"), None);
-        assert_eq!(grpc_service_method("//Say"), None);
-        assert_eq!(grpc_service_method("/a/b/c"), None);
-        assert_eq!(grpc_service_method("no-slash"), None);
-    }
-}
+/// The future of [`MetricsService`].
+pub type ResponseFuture<F> = ObservedFuture<F, MetricsObserver>;
+/// The response body of [`MetricsService`].
+pub type ResponseBody<B> = ObservedBody<B, MetricsObserver>;

@@ -10,11 +10,9 @@
 //!
 //! [`OVERFLOW_LABEL`]: crate::OVERFLOW_LABEL
 
-mod body;
 mod layer;
 
-pub use body::ResponseBody;
-pub use layer::{MetricsLayer, MetricsService, ResponseFuture};
+pub use layer::{MetricsLayer, MetricsObserver, MetricsService, ResponseBody, ResponseFuture};
 
 /// The route template of an HTTP request (`/users/{id}`), for routers other
 /// than axum: insert it in the request extensions before this layer runs.

@@ -6,3 +6,4 @@ mod etcd_registry;
 mod harness_selftest;
 mod metrics_prometheus;
 mod support;
+mod tracing_otlp;

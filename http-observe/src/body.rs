@@ -1,0 +1,210 @@
+//! The response body that tells its observer how the call ended.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::{classify::grpc_status_from_trailers, CallEnd, CallObserver};
+
+pin_project! {
+    /// A response body that counts its bytes and calls its observer once:
+    /// at the end of the stream (for gRPC, after the trailers with
+    /// `grpc-status`), or on a body error. Dropped before the end, it drops
+    /// the observer unended (a cancellation).
+    pub struct ObservedBody<B, O> {
+        #[pin]
+        inner: B,
+        observer: Option<O>,
+        grpc: bool,
+        known: Option<CallEnd>,
+        bytes: u64,
+    }
+}
+
+impl<B: Body, O: CallObserver> ObservedBody<B, O> {
+    pub(crate) fn new(inner: B, observer: O, grpc: bool, known: Option<CallEnd>) -> Self {
+        let mut body = Self {
+            observer: Some(observer),
+            grpc,
+            known,
+            bytes: 0,
+            inner,
+        };
+        if body.inner.is_end_stream() {
+            let end = body.end_of_stream();
+            if let Some(observer) = body.observer.take() {
+                observer.end(end, 0);
+            }
+        }
+        body
+    }
+
+    fn end_of_stream(&self) -> CallEnd {
+        end_of_stream(self.grpc, self.known)
+    }
+}
+
+impl<B, O> ObservedBody<B, O> {
+    pub(crate) fn unobserved(inner: B) -> Self {
+        Self {
+            inner,
+            observer: None,
+            grpc: false,
+            known: None,
+            bytes: 0,
+        }
+    }
+}
+
+/// A gRPC response that ended without any `grpc-status` ended abnormally.
+fn end_of_stream(grpc: bool, known: Option<CallEnd>) -> CallEnd {
+    known.unwrap_or(if grpc {
+        CallEnd::Grpc(2)
+    } else {
+        CallEnd::Failed
+    })
+}
+
+impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = {
+            let _scope = this.observer.as_ref().map(CallObserver::scope);
+            std::task::ready!(this.inner.as_mut().poll_frame(cx))
+        };
+        let ended = match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += bytes::Buf::remaining(data) as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(code) = grpc_status_from_trailers(trailers) {
+                        *this.known = Some(CallEnd::Grpc(code));
+                    }
+                }
+                this.inner
+                    .is_end_stream()
+                    .then(|| end_of_stream(*this.grpc, *this.known))
+            }
+            Some(Err(_)) => Some(if *this.grpc {
+                CallEnd::Grpc(14)
+            } else {
+                CallEnd::Failed
+            }),
+            None => Some(end_of_stream(*this.grpc, *this.known)),
+        };
+        if let Some(end) = ended {
+            if let Some(observer) = this.observer.take() {
+                observer.end(end, *this.bytes);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(CallEnd, u64)>>>);
+
+    impl CallObserver for Seen {
+        type Scope<'a> = ();
+        fn scope(&self) {}
+        fn end(self, end: CallEnd, bytes: u64) {
+            self.0.lock().unwrap().push((end, bytes));
+        }
+    }
+
+    /// A body yielding the given frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn observe(
+        frames: Vec<Frame<Bytes>>,
+        grpc: bool,
+        known: Option<CallEnd>,
+    ) -> (ObservedBody<Frames, Seen>, Seen) {
+        let seen = Seen::default();
+        (
+            ObservedBody::new(Frames(frames.into()), seen.clone(), grpc, known),
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn grpc_status_comes_from_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        let (body, seen) = observe(
+            vec![
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(trailers),
+            ],
+            true,
+            None,
+        );
+        body.collect().await.unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Grpc(5), 5)]);
+    }
+
+    #[tokio::test]
+    async fn grpc_without_status_is_unknown_and_http_keeps_its_status() {
+        let (body, seen) = observe(vec![Frame::data(Bytes::from_static(b"x"))], true, None);
+        body.collect().await.unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Grpc(2), 1)]);
+
+        let (body, seen) = observe(
+            vec![Frame::data(Bytes::from_static(b"abc"))],
+            false,
+            Some(CallEnd::Http(404)),
+        );
+        body.collect().await.unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Http(404), 3)]);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_body_early_never_ends_the_call() {
+        let (body, seen) = observe(vec![Frame::data(Bytes::from_static(b"x"))], true, None);
+        drop(body);
+        assert!(seen.0.lock().unwrap().is_empty());
+    }
+}

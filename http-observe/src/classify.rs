@@ -1,0 +1,84 @@
+//! What kind of call a request is, and reading gRPC statuses.
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+
+/// True for gRPC requests (`content-type: application/grpc...`).
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`); `None` for
+/// anything else.
+///
+/// ```
+/// assert_eq!(http_observe::grpc_service_method("/echo.Echo/Say"), Some(("echo.Echo", "Say")));
+/// assert_eq!(http_observe::grpc_service_method("/a/b/c"), None);
+/// ```
+#[must_use]
+pub fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// A `grpc-status` value as a code; junk reads as UNKNOWN (2).
+#[must_use]
+pub fn parse_grpc_status(value: &HeaderValue) -> i32 {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|code| (0..=16).contains(code))
+        .unwrap_or(2)
+}
+
+/// The gRPC status a response already carries: `grpc-status` in the headers
+/// (trailers-only responses), or the code the gRPC HTTP mapping gives a
+/// non-200 status. `None` when the status will come in the trailers.
+pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
+    if let Some(code) = response.headers().get("grpc-status") {
+        return Some(parse_grpc_status(code));
+    }
+    Some(match response.status().as_u16() {
+        200 => return None,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    })
+}
+
+pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<i32> {
+    trailers.get("grpc-status").map(parse_grpc_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            grpc_service_method("/echo.Echo/Say"),
+            Some(("echo.Echo", "Say"))
+        );
+        assert_eq!(grpc_service_method("/echo.Echo/"), None);
+        assert_eq!(grpc_service_method("//Say"), None);
+        assert_eq!(grpc_service_method("/a/b/c"), None);
+        assert_eq!(grpc_service_method("no-slash"), None);
+    }
+
+    #[test]
+    fn junk_statuses_read_as_unknown() {
+        for junk in ["", "abc", "-1", "17", "99999999999"] {
+            assert_eq!(parse_grpc_status(&HeaderValue::from_str(junk).unwrap()), 2);
+        }
+        assert_eq!(parse_grpc_status(&HeaderValue::from_static("14")), 14);
+    }
+}

@@ -1,0 +1,42 @@
+//! Shared plumbing of the tower layers of `metrics-ext` and `tracing-ext`:
+//! what kind of call a request is, and how it ended.
+//!
+//! A gRPC call's status arrives in the response headers (trailers-only
+//! responses) or in the trailers after the last message, so the outcome is
+//! known only when the response body ends. [`ObservedFuture`] and
+//! [`ObservedBody`] carry a [`CallObserver`] to that point and call it once.
+
+mod body;
+mod classify;
+mod future;
+
+pub use body::ObservedBody;
+pub use classify::{grpc_service_method, grpc_status_from_headers, is_grpc, parse_grpc_status};
+pub use future::ObservedFuture;
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEnd {
+    /// A gRPC call with this status code.
+    Grpc(i32),
+    /// An HTTP call with this response status.
+    Http(u16),
+    /// No response (transport failure, service error) or a broken body.
+    Failed,
+}
+
+/// Receives the outcome of one call. Dropping an observer that was never
+/// told the end means the call was abandoned (cancelled).
+pub trait CallObserver {
+    /// Something held while the inner future or body is polled (a tracing
+    /// context, a span guard); `()` for none.
+    type Scope<'a>
+    where
+        Self: 'a;
+
+    /// Entered around every poll of the wrapped future and body.
+    fn scope(&self) -> Self::Scope<'_>;
+
+    /// The call ended; `response_bytes` counts the body's data frames.
+    fn end(self, end: CallEnd, response_bytes: u64);
+}

@@ -1,0 +1,43 @@
+//! OpenTelemetry tracing of every RPC for Volo and tower/tonic services.
+//!
+//! - One span per call, server and client side, named and attributed per the
+//!   OpenTelemetry semantic conventions for RPC (`rpc.system`,
+//!   `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.*`,
+//!   `network.peer.*`, `error.type`), status set from the outcome.
+//! - W3C `traceparent`/`tracestate` and baggage carried in gRPC metadata and
+//!   HTTP headers (and B3 with feature `b3`); junk or oversize headers start
+//!   a new trace, never an error.
+//! - Each call also runs in a `tracing` span with `trace_id` and `span_id`
+//!   fields, so log lines inside a call carry them.
+//! - [`otlp::OtlpTracing`] (feature `otlp`) sets up OTLP export in one call.
+//!
+//! ```
+//! use tracing_ext::RpcTracing;
+//!
+//! let tracing = RpcTracing::builder().build();
+//! // tower: tonic::transport::Server::builder().layer(tracing_ext::tower::TracingLayer::server(&tracing))
+//! // Volo:  volo_grpc::server::Server::new().layer_front(tracing_ext::volo::TracingLayer::server(&tracing))
+//! # let _ = tracing;
+//! ```
+
+mod call;
+mod propagation;
+pub mod semconv;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "volo")]
+pub mod volo;
+
+pub use call::{
+    ActiveCall, CallFilter, CallInfo, ExtraAttributes, RpcTracing, RpcTracingBuilder,
+    SpanNameFormatter, INSTRUMENTATION_NAME,
+};
+pub use opentelemetry;
+pub use propagation::{
+    propagator_from_env, HeaderExtractor, HeaderInjector, MAX_BAGGAGE_LEN, MAX_OTHER_LEN,
+    MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
+};
+pub use semconv::{Outcome, RpcSystem};

@@ -1,0 +1,194 @@
+//! Reading and writing trace context in HTTP headers and gRPC metadata,
+//! with limits so that junk or oversize headers are ignored, never an error.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{
+    text_map_propagator::FieldIter, Extractor, Injector, TextMapCompositePropagator,
+    TextMapPropagator,
+};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+/// Longest `traceparent` accepted (a version-00 value is 55 characters).
+pub const MAX_TRACEPARENT_LEN: usize = 128;
+/// Longest `tracestate` accepted (W3C: 32 members, 512 characters).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+/// Longest `baggage` accepted (W3C: 8192 bytes).
+pub const MAX_BAGGAGE_LEN: usize = 8192;
+/// Longest value of any other propagation header (B3...).
+pub const MAX_OTHER_LEN: usize = 1024;
+
+fn limit(key: &str) -> usize {
+    match key {
+        "traceparent" => MAX_TRACEPARENT_LEN,
+        "tracestate" => MAX_TRACESTATE_LEN,
+        "baggage" => MAX_BAGGAGE_LEN,
+        _ => MAX_OTHER_LEN,
+    }
+}
+
+/// Reads propagation fields from HTTP headers (or gRPC metadata, which is
+/// HTTP/2 headers). Values that are too long or not visible ASCII read as
+/// absent, so the propagator starts a new trace instead of failing.
+#[derive(Debug)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?.to_str().ok()?;
+        (value.len() <= limit(key)).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Writes propagation fields into HTTP headers; a field that is not a valid
+/// header is skipped.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Environment variable naming the propagators.
+pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";
+
+/// The propagators named by `OTEL_PROPAGATORS` (comma-separated:
+/// `tracecontext`, `baggage`, `b3`, `b3multi` with feature `b3`, `none`),
+/// defaulting to W3C trace context and baggage. Unknown names are skipped
+/// with a warning.
+///
+/// ```
+/// use opentelemetry::propagation::TextMapPropagator;
+///
+/// let propagator = tracing_ext::propagator_from_env();
+/// let fields: Vec<_> = propagator.fields().collect();
+/// assert!(fields.contains(&"traceparent"));
+/// ```
+#[must_use]
+pub fn propagator_from_env() -> Box<dyn TextMapPropagator + Send + Sync> {
+    let names = std::env::var(OTEL_PROPAGATORS).unwrap_or_default();
+    propagator_from_names(if names.trim().is_empty() {
+        "tracecontext,baggage"
+    } else {
+        &names
+    })
+}
+
+// B3 lives only in opentelemetry-zipkin, deprecated with its exporter; the
+// propagator itself is still the maintained implementation of B3.
+#[cfg_attr(feature = "b3", allow(deprecated))]
+pub(crate) fn propagator_from_names(names: &str) -> Box<dyn TextMapPropagator + Send + Sync> {
+    let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
+            "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
+            #[cfg(feature = "b3")]
+            "b3" => propagators.push(Box::new(opentelemetry_zipkin::Propagator::with_encoding(
+                opentelemetry_zipkin::B3Encoding::SingleHeader,
+            ))),
+            #[cfg(feature = "b3")]
+            "b3multi" => {
+                propagators.push(Box::new(opentelemetry_zipkin::Propagator::with_encoding(
+                    opentelemetry_zipkin::B3Encoding::MultipleHeader,
+                )))
+            }
+            "none" => return Box::new(NoPropagation),
+            other => tracing::warn!(
+                propagator = other,
+                "unsupported propagator in {OTEL_PROPAGATORS}; skipped"
+            ),
+        }
+    }
+    Box::new(TextMapCompositePropagator::new(propagators))
+}
+
+/// `OTEL_PROPAGATORS=none`: neither read nor write any field.
+#[derive(Debug)]
+struct NoPropagation;
+
+impl TextMapPropagator for NoPropagation {
+    fn inject_context(&self, _: &opentelemetry::Context, _: &mut dyn Injector) {}
+
+    fn extract_with_context(
+        &self,
+        cx: &opentelemetry::Context,
+        _: &dyn Extractor,
+    ) -> opentelemetry::Context {
+        cx.clone()
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    fn extract(headers: &[(&str, &str)]) -> opentelemetry::Context {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        propagator_from_names("tracecontext,baggage").extract(&HeaderExtractor(&map))
+    }
+
+    #[test]
+    fn junk_traceparent_yields_no_parent() {
+        for junk in [
+            "",
+            "garbage",
+            "00-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            &format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01{}",
+                "-x".repeat(200)
+            ),
+        ] {
+            let cx = extract(&[("traceparent", junk)]);
+            assert!(
+                !cx.span().span_context().is_valid(),
+                "{junk:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_traceparent_is_the_parent() {
+        let cx = extract(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn oversize_baggage_is_ignored() {
+        let big = format!("k={}", "v".repeat(MAX_BAGGAGE_LEN));
+        let cx = extract(&[("baggage", &big)]);
+        use opentelemetry::baggage::BaggageExt;
+        assert_eq!(cx.baggage().len(), 0);
+    }
+}

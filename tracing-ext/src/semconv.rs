@@ -1,0 +1,91 @@
+//! OpenTelemetry semantic conventions for RPC (and HTTP) spans: attribute
+//! names and how an outcome maps to the span status.
+
+/// `rpc.system`
+pub const RPC_SYSTEM: &str = "rpc.system";
+/// `rpc.service`
+pub const RPC_SERVICE: &str = "rpc.service";
+/// `rpc.method`
+pub const RPC_METHOD: &str = "rpc.method";
+/// `rpc.grpc.status_code`
+pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
+/// `server.address`
+pub const SERVER_ADDRESS: &str = "server.address";
+/// `server.port`
+pub const SERVER_PORT: &str = "server.port";
+/// `network.peer.address`
+pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+/// `network.peer.port`
+pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+/// `error.type`
+pub const ERROR_TYPE: &str = "error.type";
+/// `http.request.method`
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+/// `http.route`
+pub const HTTP_ROUTE: &str = "http.route";
+/// `http.response.status_code`
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+/// `rpc.message.uncompressed_size` of the request (this crate's `record_sizes` option)
+pub const RPC_REQUEST_SIZE: &str = "rpc.request.size";
+/// Response size (this crate's `record_sizes` option)
+pub const RPC_RESPONSE_SIZE: &str = "rpc.response.size";
+
+/// Which RPC system a call belongs to (`rpc.system`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcSystem {
+    /// gRPC.
+    Grpc,
+    /// Apache Thrift.
+    Thrift,
+    /// Plain HTTP (no `rpc.system`; HTTP attributes instead).
+    Http,
+}
+
+impl RpcSystem {
+    /// The attribute value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcSystem::Grpc => "grpc",
+            RpcSystem::Thrift => "apache_thrift",
+            RpcSystem::Http => "http",
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The gRPC status code, for gRPC calls.
+    pub grpc_code: Option<i32>,
+    /// The HTTP status, for HTTP calls.
+    pub http_status: Option<u16>,
+    /// The error's type, when the call failed (exception class, error kind).
+    pub error_type: Option<std::borrow::Cow<'static, str>>,
+    /// Response size in bytes, where known.
+    pub response_size: Option<u64>,
+}
+
+/// Whether a gRPC code marks the span as an error. Clients treat every
+/// non-OK code as an error; servers only the codes that mean the server
+/// failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS), per the semantic conventions.
+#[must_use]
+pub fn grpc_code_is_error(code: i32, server: bool) -> bool {
+    if server {
+        matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+    } else {
+        code != 0
+    }
+}
+
+/// Whether an HTTP status marks the span as an error: 5xx on servers, 4xx
+/// and 5xx on clients.
+#[must_use]
+pub fn http_status_is_error(status: u16, server: bool) -> bool {
+    if server {
+        status >= 500
+    } else {
+        status >= 400
+    }
+}

@@ -1,0 +1,193 @@
+//! [`TracingLayer`] and the [`TracingService`] it wraps around a service.
+
+use std::{
+    net::SocketAddr,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use http_observe::{
+    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
+};
+
+use super::RouteTemplate;
+use crate::{
+    ActiveCall, CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing,
+};
+
+/// Label for routes and methods this layer cannot name safely.
+const UNKNOWN: &str = "_other";
+
+/// Traces every call through the wrapped service.
+///
+/// ```
+/// use tracing_ext::{tower::TracingLayer, RpcTracing};
+///
+/// let tracing = RpcTracing::builder().build();
+/// // server: tonic::transport::Server::builder().layer(TracingLayer::server(&tracing))
+/// // client: EchoClient::new(tower::ServiceBuilder::new().layer(TracingLayer::client(&tracing)).service(channel))
+/// let (server, client) = (TracingLayer::server(&tracing), TracingLayer::client(&tracing));
+/// # let _ = (server, client);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TracingLayer {
+    tracing: RpcTracing,
+    server: bool,
+}
+
+impl TracingLayer {
+    /// Server side: extract the caller's context, run the call in the span.
+    #[must_use]
+    pub fn server(tracing: &RpcTracing) -> Self {
+        Self {
+            tracing: tracing.clone(),
+            server: true,
+        }
+    }
+
+    /// Client side: a child of the current context, injected into the request.
+    #[must_use]
+    pub fn client(tracing: &RpcTracing) -> Self {
+        Self {
+            tracing: tracing.clone(),
+            server: false,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TracingLayer {
+    type Service = TracingService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TracingService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`TracingLayer`].
+#[derive(Debug, Clone)]
+pub struct TracingService<S> {
+    inner: S,
+    layer: TracingLayer,
+}
+
+/// Ends the span when [`http_observe`] reports the call's end, and keeps
+/// the span's context current while the call's future and body are polled.
+pub struct TracingObserver {
+    call: ActiveCall,
+}
+
+impl std::fmt::Debug for TracingObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.call.fmt(f)
+    }
+}
+
+impl CallObserver for TracingObserver {
+    type Scope<'a> = (opentelemetry::ContextGuard, tracing::span::Entered<'a>);
+
+    fn scope(&self) -> Self::Scope<'_> {
+        (
+            self.call.context().clone().attach(),
+            self.call.tracing_span().enter(),
+        )
+    }
+
+    fn end(self, end: CallEnd, response_bytes: u64) {
+        let mut outcome = Outcome {
+            response_size: Some(response_bytes),
+            ..Outcome::default()
+        };
+        match end {
+            CallEnd::Grpc(code) => outcome.grpc_code = Some(code),
+            CallEnd::Http(status) => outcome.http_status = Some(status),
+            CallEnd::Failed => {
+                outcome.error_type = Some("transport".into());
+                outcome.response_size = None;
+            }
+        }
+        self.call.finish(&outcome);
+    }
+}
+
+/// The future of [`TracingService`].
+pub type ResponseFuture<F> = ObservedFuture<F, TracingObserver>;
+/// The response body of [`TracingService`].
+pub type ResponseBody<B> = ObservedBody<B, TracingObserver>;
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for TracingService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body,
+    ResBody: http_body::Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc(&request);
+        // Headers are taken out so the client side can write into them while
+        // the call info borrows the rest of the request.
+        let mut headers = std::mem::take(request.headers_mut());
+        let call = {
+            let info = call_info(&request, &headers, grpc, self.layer.server);
+            if self.layer.server {
+                self.layer
+                    .tracing
+                    .start_server(&info, &HeaderExtractor(&headers))
+            } else {
+                self.layer
+                    .tracing
+                    .start_client(&info, &mut HeaderInjector(&mut headers))
+            }
+        };
+        *request.headers_mut() = headers;
+        let observer = TracingObserver { call };
+        // The inner `call` may already do work: run it in the span too.
+        let future = {
+            let _scope = observer.scope();
+            self.inner.call(request)
+        };
+        ObservedFuture::new(future, observer, grpc)
+    }
+}
+
+fn call_info<'a, B: http_body::Body>(
+    request: &'a Request<B>,
+    headers: &http::HeaderMap,
+    grpc: bool,
+    server: bool,
+) -> CallInfo<'a> {
+    let (system, service, method) = if grpc {
+        let (service, method) =
+            grpc_service_method(request.uri().path()).unwrap_or((UNKNOWN, UNKNOWN));
+        (RpcSystem::Grpc, service, method)
+    } else {
+        let route = request
+            .extensions()
+            .get::<RouteTemplate>()
+            .map_or(UNKNOWN, |RouteTemplate(route)| route);
+        (RpcSystem::Http, route, request.method().as_str())
+    };
+    let authority = request
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok());
+    let server_addr = authority.and_then(|a| a.parse::<SocketAddr>().ok());
+    CallInfo {
+        system,
+        service,
+        method,
+        server_addr,
+        peer_addr: if server { None } else { server_addr },
+        request_size: request.body().size_hint().exact(),
+    }
+}

@@ -1,0 +1,133 @@
+//! motore layers (feature `volo`) for Volo gRPC, server and client.
+//!
+//! The context travels in the gRPC metadata as `traceparent`, `tracestate`
+//! and `baggage` (the same headers tonic and other OpenTelemetry SDKs use),
+//! so Volo and tonic services join one trace.
+
+use motore::{layer::Layer, service::Service};
+use opentelemetry::trace::FutureExt as _;
+use tracing::Instrument as _;
+use volo::{context::Context, net::Address};
+
+use crate::{CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing};
+
+/// Traces every call through a Volo gRPC service.
+///
+/// ```
+/// use tracing_ext::{volo::TracingLayer, RpcTracing};
+///
+/// let tracing = RpcTracing::builder().build();
+/// // server: volo_grpc::server::Server::new().layer_front(TracingLayer::server(&tracing))
+/// // client: EchoClientBuilder::new("echo").layer_outer(TracingLayer::client(&tracing))
+/// let (server, client) = (TracingLayer::server(&tracing), TracingLayer::client(&tracing));
+/// # let _ = (server, client);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TracingLayer {
+    tracing: RpcTracing,
+    server: bool,
+}
+
+impl TracingLayer {
+    /// Server side: continue the caller's trace, run the call in the span.
+    #[must_use]
+    pub fn server(tracing: &RpcTracing) -> Self {
+        Self {
+            tracing: tracing.clone(),
+            server: true,
+        }
+    }
+
+    /// Client side: a child of the current context, sent in the metadata.
+    #[must_use]
+    pub fn client(tracing: &RpcTracing) -> Self {
+        Self {
+            tracing: tracing.clone(),
+            server: false,
+        }
+    }
+}
+
+impl<S> Layer<S> for TracingLayer {
+    type Service = TracingService<S>;
+
+    fn layer(self, inner: S) -> Self::Service {
+        TracingService { inner, layer: self }
+    }
+}
+
+/// The service made by [`TracingLayer`].
+#[derive(Debug, Clone)]
+pub struct TracingService<S> {
+    inner: S,
+    layer: TracingLayer,
+}
+
+impl<Cx, T, S> Service<Cx, volo_grpc::Request<T>> for TracingService<S>
+where
+    Cx: Context + Send + 'static,
+    T: Send + 'static,
+    S: Service<Cx, volo_grpc::Request<T>, Error = volo_grpc::Status> + Send + Sync + 'static,
+    S::Response: Send,
+{
+    type Response = S::Response;
+    type Error = volo_grpc::Status;
+
+    async fn call(
+        &self,
+        cx: &mut Cx,
+        mut request: volo_grpc::Request<T>,
+    ) -> Result<Self::Response, Self::Error> {
+        let call = {
+            let rpc = cx.rpc_info();
+            let path = rpc.method().as_str();
+            let (service, method) = http_observe::grpc_service_method(path)
+                .unwrap_or((rpc.callee().service_name_ref(), path));
+            let ip = |address: Option<Address>| match address {
+                Some(Address::Ip(addr)) => Some(addr),
+                _ => None,
+            };
+            let info = CallInfo {
+                system: RpcSystem::Grpc,
+                service,
+                method,
+                server_addr: if self.layer.server {
+                    None
+                } else {
+                    ip(rpc.callee().address())
+                },
+                peer_addr: if self.layer.server {
+                    ip(rpc.caller().address())
+                } else {
+                    ip(rpc.callee().address())
+                },
+                request_size: None,
+            };
+            if self.layer.server {
+                self.layer
+                    .tracing
+                    .start_server(&info, &HeaderExtractor(request.metadata().headers()))
+            } else {
+                self.layer.tracing.start_client(
+                    &info,
+                    &mut HeaderInjector(request.metadata_mut().headers_mut()),
+                )
+            }
+        };
+        let result = self
+            .inner
+            .call(cx, request)
+            .with_context(call.context().clone())
+            .instrument(call.tracing_span().clone())
+            .await;
+        let code = match &result {
+            Ok(_) => 0,
+            Err(status) => status.code() as i32,
+        };
+        call.finish(&Outcome {
+            grpc_code: Some(code),
+            ..Outcome::default()
+        });
+        result
+    }
+}
