@@ -21,6 +21,7 @@ impl volo_gen::echo::Echo for VoloEcho {
         request: volo_grpc::Request<volo_gen::echo::SayRequest>,
     ) -> Result<volo_grpc::Response<volo_gen::echo::SayReply>, volo_grpc::Status> {
         let message = request.into_inner().message;
+        tracing::info!(%message, "volo echo handling a request");
         if message == FAIL {
             return Err(volo_grpc::Status::invalid_argument("asked to fail"));
         }
@@ -44,6 +45,7 @@ impl tonic_gen::echo_server::Echo for TonicEcho {
         request: tonic::Request<tonic_gen::SayRequest>,
     ) -> Result<tonic::Response<tonic_gen::SayReply>, tonic::Status> {
         let message = request.into_inner().message;
+        tracing::info!(%message, "tonic echo handling a request");
         if message == FAIL {
             return Err(tonic::Status::invalid_argument("asked to fail"));
         }

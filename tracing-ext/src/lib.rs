@@ -21,6 +21,7 @@
 //! ```
 
 mod call;
+mod processor;
 mod propagation;
 pub mod semconv;
 
@@ -36,6 +37,7 @@ pub use call::{
     SpanNameFormatter, INSTRUMENTATION_NAME,
 };
 pub use opentelemetry;
+pub use processor::{BatchLimits, BoundedBatchProcessor, ExportStats};
 pub use propagation::{
     propagator_from_env, HeaderExtractor, HeaderInjector, MAX_BAGGAGE_LEN, MAX_OTHER_LEN,
     MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,

@@ -3,10 +3,14 @@
 use std::time::Duration;
 
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use std::sync::Arc;
+
 use opentelemetry_sdk::{
-    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanExporter},
+    trace::{SdkTracerProvider, SpanExporter},
     Resource,
 };
+
+use crate::processor::{BatchLimits, BoundedBatchProcessor, ExportStats};
 
 /// What can go wrong setting up or shutting down export.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +43,8 @@ pub enum Transport {
 /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` (+`_ARG`), `OTEL_BSP_*`.
 ///
 /// When the collector is down, spans beyond the queue (default 2,048) are
-/// dropped: memory stays bounded and requests are not slowed, since export
-/// runs off the request path.
+/// dropped and counted ([`TracingGuard::stats`]): memory stays bounded and
+/// requests are not slowed, since export runs on its own thread.
 ///
 /// ```no_run
 /// use tracing_ext::otlp::{OtlpTracing, Transport};
@@ -97,13 +101,15 @@ impl OtlpTracing {
         self
     }
 
-    /// Most spans waiting for export; more are dropped (default 2,048).
+    /// Most spans waiting for export; more are dropped and counted
+    /// (default 2,048, `OTEL_BSP_MAX_QUEUE_SIZE`).
     pub fn max_queue_size(mut self, size: usize) -> Self {
         self.max_queue_size = Some(size);
         self
     }
 
-    /// Delay between batch exports (default 5 s, `OTEL_BSP_SCHEDULE_DELAY`).
+    /// Longest wait before a partial batch is exported (default 5 s,
+    /// `OTEL_BSP_SCHEDULE_DELAY`).
     pub fn scheduled_delay(mut self, delay: Duration) -> Self {
         self.scheduled_delay = Some(delay);
         self
@@ -124,16 +130,15 @@ impl OtlpTracing {
     /// Installs the pipeline with another exporter (stdout, in-memory...),
     /// keeping the bounded batch queue and the resource settings.
     pub fn install_with_exporter(self, exporter: impl SpanExporter + 'static) -> TracingGuard {
-        let mut batch = BatchConfigBuilder::default();
+        let mut limits = BatchLimits::from_env();
         if let Some(size) = self.max_queue_size {
-            batch = batch.with_max_queue_size(size);
+            limits.max_queue_size = size;
         }
         if let Some(delay) = self.scheduled_delay {
-            batch = batch.with_scheduled_delay(delay);
+            limits.scheduled_delay = delay;
         }
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch.build())
-            .build();
+        let processor = BoundedBatchProcessor::new(exporter, limits);
+        let stats = processor.stats();
         let mut resource = Resource::builder();
         if let Some(name) = &self.service_name {
             resource = resource.with_service_name(name.clone());
@@ -150,6 +155,7 @@ impl OtlpTracing {
         }
         TracingGuard {
             provider: Some(provider),
+            stats,
         }
     }
 
@@ -228,10 +234,15 @@ impl opentelemetry::propagation::TextMapPropagator for PropagatorFromEnv {
 
 /// Owns the tracer provider; [`shutdown`](Self::shutdown) flushes queued
 /// spans and stops export. Dropping it does the same, logging failures.
+///
+/// Flushing waits for the export worker, and the gRPC exporter runs on the
+/// Tokio runtime: on a current-thread runtime, shut down from
+/// `tokio::task::spawn_blocking` so the runtime stays free to export.
 #[derive(Debug)]
 #[must_use = "dropping the guard shuts tracing down"]
 pub struct TracingGuard {
     provider: Option<SdkTracerProvider>,
+    stats: Arc<ExportStats>,
 }
 
 impl TracingGuard {
@@ -241,6 +252,12 @@ impl TracingGuard {
     #[must_use]
     pub fn provider(&self) -> &SdkTracerProvider {
         self.provider.as_ref().expect("present until shutdown")
+    }
+
+    /// Spans ended, exported, failed and dropped so far.
+    #[must_use]
+    pub fn stats(&self) -> &ExportStats {
+        &self.stats
     }
 
     /// Exports what is queued, then shuts the provider down.

@@ -340,3 +340,139 @@ async fn junk_trace_headers_start_a_new_trace_and_the_call_succeeds() -> anyhow:
     }
     Ok(())
 }
+
+/// Log lines written inside a call carry the call's trace and span ids.
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Buffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("info")
+        .finish();
+    // Current-thread runtime: the servers run on this thread, under this subscriber.
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let receiver = OtlpReceiver::start().await?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
+    let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
+        .address(topology.frontend)
+        .build();
+    caller
+        .say(volo_gen::echo::SayRequest {
+            message: "log me".into(),
+        })
+        .await?;
+    // The exporter needs this (only) runtime thread: flush from another one.
+    let providers = [
+        frontend_guard.provider().clone(),
+        backend_guard.provider().clone(),
+    ];
+    tokio::task::spawn_blocking(move || providers.iter().try_for_each(|p| p.force_flush()))
+        .await??;
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), "backend span", |spans| {
+            spans
+                .iter()
+                .any(|s| s.service == "backend" && s.kind == SPAN_KIND_SERVER)
+        })
+        .await?;
+    let backend = one(&spans, "backend", SPAN_KIND_SERVER);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone())?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("tonic echo handling a request"))
+        .unwrap_or_else(|| panic!("handler did not log: {text}"));
+    assert!(
+        line.contains(&format!("trace_id={}", backend.trace_id)),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("span_id={}", backend.span_id)),
+        "{line}"
+    );
+    Ok(())
+}
+
+/// A collector that accepts connections and never answers: calls go on,
+/// spans beyond the queue are dropped and counted, and every span is
+/// accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Result<()> {
+    let hung = TcpListener::bind("127.0.0.1:0").await?;
+    let hung_addr = hung.local_addr()?;
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hung.accept().await {
+            holder.lock().unwrap().push(socket); // keep open, never answer
+        }
+    });
+    let guard = OtlpTracing::new()
+        .service_name("backend")
+        .transport(Transport::Grpc)
+        .endpoint(format!("http://{hung_addr}"))
+        .timeout(Duration::from_millis(300))
+        .max_queue_size(256)
+        .scheduled_delay(Duration::from_millis(50))
+        .install_global(false)
+        .install()?;
+    let tracing = RpcTracing::builder()
+        .tracer_provider(guard.provider())
+        .build();
+    let (stop, mut stopped) = watch::channel(false);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tracing_ext::tower::TracingLayer::server(&tracing))
+            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+                served_by: addr,
+            }))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = tonic_gen::echo_client::EchoClient::new(channel);
+    const CALLS: u64 = 3_000;
+    for _ in 0..CALLS {
+        client
+            .say(tonic_gen::SayRequest {
+                message: "hi".into(),
+            })
+            .await?;
+    }
+    let stats = guard.stats();
+    assert_eq!(stats.ended(), CALLS);
+    assert!(stats.dropped() > 0, "nothing dropped: {stats:?}");
+    assert_eq!(stats.exported(), 0);
+    // Held at most: the queue (256) and the batches being exported.
+    assert!(
+        stats.dropped() + stats.failed() >= CALLS - 256 - 2 * 512,
+        "{stats:?}"
+    );
+    let _ = stop.send(true);
+    let _ = guard.shutdown(); // the flush itself times out against the hung collector
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! A batch span processor with a bounded queue that counts what it drops.
+//!
+//! The SDK's `BatchSpanProcessor` bounds its queue too, but keeps its drop
+//! count private; operators need that number (a collector that is down must
+//! show up somewhere), so this processor keeps the same design — a bounded
+//! queue filled without blocking, a worker thread exporting batches — and
+//! publishes its counters in [`ExportStats`].
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TrySendError};
+use opentelemetry::Context;
+use opentelemetry_sdk::{
+    error::{OTelSdkError, OTelSdkResult},
+    trace::{Span, SpanData, SpanExporter, SpanProcessor},
+    Resource,
+};
+
+/// Counters of one [`BoundedBatchProcessor`].
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    ended: AtomicU64,
+    dropped: AtomicU64,
+    exported: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ExportStats {
+    /// Sampled spans that ended and were handed to the processor.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+    /// Spans dropped because the queue was full (or after shutdown).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Spans the exporter accepted.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+    /// Spans in batches the exporter failed to send.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Limits of a [`BoundedBatchProcessor`].
+#[derive(Debug, Clone)]
+pub struct BatchLimits {
+    /// Most spans waiting for export (default 2,048).
+    pub max_queue_size: usize,
+    /// Most spans in one export (default 512).
+    pub max_export_batch_size: usize,
+    /// Longest wait before a partial batch is exported (default 5 s).
+    pub scheduled_delay: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            scheduled_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BatchLimits {
+    /// The defaults, overridden by `OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BSP_SCHEDULE_DELAY` (ms).
+    #[must_use]
+    pub fn from_env() -> Self {
+        let read = |name: &str| std::env::var(name).ok()?.trim().parse::<u64>().ok();
+        let mut limits = Self::default();
+        if let Some(size) = read("OTEL_BSP_MAX_QUEUE_SIZE") {
+            limits.max_queue_size = usize::try_from(size).unwrap_or(usize::MAX);
+        }
+        if let Some(size) = read("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            limits.max_export_batch_size = usize::try_from(size).unwrap_or(usize::MAX);
+        }
+        if let Some(ms) = read("OTEL_BSP_SCHEDULE_DELAY") {
+            limits.scheduled_delay = Duration::from_millis(ms);
+        }
+        limits.max_export_batch_size = limits
+            .max_export_batch_size
+            .clamp(1, limits.max_queue_size.max(1));
+        limits
+    }
+}
+
+enum Control {
+    Resource(Resource),
+    Flush(Sender<OTelSdkResult>),
+    Shutdown(Sender<OTelSdkResult>),
+}
+
+/// Queues ended spans without blocking (dropping and counting them when the
+/// queue is full) and exports them in batches from a worker thread.
+#[derive(Debug)]
+pub struct BoundedBatchProcessor {
+    spans: Sender<SpanData>,
+    control: Sender<Control>,
+    stats: Arc<ExportStats>,
+    worker: Mutex<Option<thread::JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl BoundedBatchProcessor {
+    /// Starts the worker thread exporting with `exporter`.
+    pub fn new<E: SpanExporter + 'static>(exporter: E, limits: BatchLimits) -> Self {
+        let (spans, span_rx) = bounded(limits.max_queue_size.max(1));
+        let (control, control_rx) = bounded(16);
+        let stats = Arc::new(ExportStats::default());
+        let worker = Worker {
+            exporter,
+            spans: span_rx,
+            control: control_rx,
+            stats: stats.clone(),
+            limits,
+        };
+        let handle = thread::Builder::new()
+            .name("tracing-ext-export".into())
+            .spawn(move || worker.run())
+            .ok();
+        Self {
+            spans,
+            control,
+            stats,
+            worker: Mutex::new(handle),
+            shut_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The processor's counters.
+    #[must_use]
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+
+    fn ask(
+        &self,
+        make: impl FnOnce(Sender<OTelSdkResult>) -> Control,
+        timeout: Duration,
+    ) -> OTelSdkResult {
+        let (reply, answer) = bounded(1);
+        self.control
+            .send_timeout(make(reply), timeout)
+            .map_err(|_| OTelSdkError::InternalFailure("export worker is gone".into()))?;
+        answer
+            .recv_timeout(timeout)
+            .map_err(|_| OTelSdkError::Timeout(timeout))?
+    }
+}
+
+impl SpanProcessor for BoundedBatchProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        if self.shut_down.load(Ordering::Relaxed) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.spans.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        self.ask(Control::Flush, Duration::from_secs(30))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shut_down.swap(true, Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let result = self.ask(Control::Shutdown, timeout);
+        if let Some(handle) = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            if result.is_ok() {
+                let _ = handle.join();
+            }
+        }
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        // The exporter lives on the worker thread: hand the resource over.
+        // The provider sets it once, while building, before any span ends.
+        if self
+            .control
+            .send(Control::Resource(resource.clone()))
+            .is_err()
+        {
+            tracing::warn!("export worker is gone; the resource was not set");
+        }
+    }
+}
+
+struct Worker<E> {
+    exporter: E,
+    spans: Receiver<SpanData>,
+    control: Receiver<Control>,
+    stats: Arc<ExportStats>,
+    limits: BatchLimits,
+}
+
+impl<E: SpanExporter> Worker<E> {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.limits.max_export_batch_size);
+        let mut next_export = Instant::now() + self.limits.scheduled_delay;
+        loop {
+            let timeout = next_export.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.spans) -> span => match span {
+                    Ok(span) => {
+                        batch.push(span);
+                        if batch.len() >= self.limits.max_export_batch_size {
+                            // A failure is counted in the stats; the next batch goes on.
+                            let _ = self.export(&mut batch);
+                            next_export = Instant::now() + self.limits.scheduled_delay;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                recv(self.control) -> message => match message {
+                    Ok(Control::Resource(resource)) => self.exporter.set_resource(&resource),
+                    Ok(Control::Flush(reply)) => {
+                        let result = self.drain(&mut batch);
+                        let _ = reply.send(result);
+                    }
+                    Ok(Control::Shutdown(reply)) => {
+                        let result = self.drain(&mut batch);
+                        let shutdown = self.exporter.shutdown();
+                        let _ = reply.send(result.and(shutdown));
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                default(timeout) => {
+                    let _ = self.export(&mut batch);
+                    next_export = Instant::now() + self.limits.scheduled_delay;
+                }
+            }
+        }
+    }
+
+    /// Exports everything queued so far.
+    fn drain(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+        let mut result = Ok(());
+        loop {
+            while batch.len() < self.limits.max_export_batch_size {
+                match self.spans.recv_timeout(Duration::ZERO) {
+                    Ok(span) => batch.push(span),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if batch.is_empty() {
+                return result;
+            }
+            if let Err(error) = self.export(batch) {
+                result = Err(error);
+            }
+        }
+    }
+
+    fn export(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let count = batch.len() as u64;
+        let spans = std::mem::replace(batch, Vec::with_capacity(self.limits.max_export_batch_size));
+        let result = futures_executor::block_on(self.exporter.export(spans));
+        match &result {
+            Ok(()) => self.stats.exported.fetch_add(count, Ordering::Relaxed),
+            Err(error) => {
+                tracing::debug!(%error, count, "span export failed");
+                self.stats.failed.fetch_add(count, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+
+    use opentelemetry::trace::{Tracer, TracerProvider};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    /// An exporter stuck until the gate opens, like a hung collector.
+    #[derive(Debug, Clone, Default)]
+    struct GatedExporter {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl GatedExporter {
+        fn open(&self) {
+            *self.gate.0.lock().unwrap() = true;
+            self.gate.1.notify_all();
+        }
+    }
+
+    impl SpanExporter for GatedExporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            let (lock, open) = &*self.gate;
+            let _open = open
+                .wait_while(lock.lock().unwrap(), |open| !*open)
+                .unwrap();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_exporter_drops_and_counts_instead_of_growing() {
+        let exporter = GatedExporter::default();
+        let processor = BoundedBatchProcessor::new(
+            exporter.clone(),
+            BatchLimits {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                scheduled_delay: Duration::from_millis(10),
+            },
+        );
+        let stats = processor.stats();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..10_000 {
+            drop(tracer.start("span"));
+        }
+        // At most the queue plus the batch stuck in the exporter are held.
+        assert_eq!(stats.ended(), 10_000);
+        assert!(
+            stats.dropped() >= 10_000 - 100 - 10,
+            "dropped {}",
+            stats.dropped()
+        );
+
+        exporter.open();
+        provider.force_flush().unwrap();
+        assert_eq!(
+            stats.ended(),
+            stats.exported() + stats.failed() + stats.dropped()
+        );
+        provider.shutdown().unwrap();
+    }
+}
