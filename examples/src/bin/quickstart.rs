@@ -5,7 +5,9 @@
 //! that discovers it by service name: Volo's client through
 //! `registry_ext::volo::VoloDiscover`, tonic's through a balanced channel.
 //! Every call, server and client side, is recorded by `metrics-ext` and
-//! exposed on `/metrics`.
+//! exposed on `/metrics`, and traced by `tracing-ext`: spans are printed to
+//! stdout, or exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+//! (with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for port 4317).
 //!
 //! ```text
 //! cargo run -p examples --bin quickstart                  # call, print, exit
@@ -36,6 +38,19 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let keep_running = std::env::args().any(|a| a == "--keep-running");
 
+    // Tracing: stdout by default, OTLP when a collector is configured.
+    let tracing_pipeline = tracing_ext::otlp::OtlpTracing::new().service_name("quickstart");
+    let tracing_guard = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        println!(
+            "exporting spans over OTLP to {:?}",
+            std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        );
+        tracing_pipeline.install()?
+    } else {
+        tracing_pipeline.install_with_exporter(opentelemetry_stdout::SpanExporter::default())
+    };
+    let tracing = tracing_ext::RpcTracing::builder().build();
+
     // One metrics set and one /metrics endpoint for the whole process.
     let metrics = RpcMetrics::builder().build()?;
     let metrics_endpoint = serve_metrics(&metrics).await?;
@@ -53,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let volo_addr = volo_listener.local_addr()?;
     let volo_server = volo_grpc::server::Server::new()
         .layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
+        .layer_front(tracing_ext::volo::TracingLayer::server(&tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by: volo_addr,
@@ -75,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let tonic_listener = TcpListener::bind("127.0.0.1:0").await?;
     let tonic_addr = tonic_listener.local_addr()?;
     let tonic_server = tonic::transport::Server::builder()
+        .layer(tracing_ext::tower::TracingLayer::server(&tracing))
         .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
         .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
             served_by: tonic_addr,
@@ -94,12 +111,14 @@ async fn main() -> anyhow::Result<()> {
     // Volo client: finds "echo-volo" through the registry; records client metrics.
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
         .layer_outer(metrics_ext::volo::MetricsLayer::client(&metrics))
+        .layer_outer(tracing_ext::volo::TracingLayer::client(&tracing))
         .discover(VoloDiscover::new(registry.clone()))
         .build();
     // tonic client: a channel balanced over whatever "echo-tonic" resolves to.
     let channel = registry_ext::tower::balanced_channel(&registry, "echo-tonic").await?;
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::client(&tracing))
             .layer(metrics_ext::tower::MetricsLayer::client(
                 &metrics,
                 "echo-tonic",
@@ -158,6 +177,14 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     metrics_endpoint.shutdown().await;
+    let stats = tracing_guard.stats();
+    println!(
+        "\nspans: {} ended, {} exported, {} dropped",
+        stats.ended(),
+        stats.exported(),
+        stats.dropped()
+    );
+    tracing_guard.shutdown()?;
     println!("\nderegistered both servers and shut down cleanly");
     Ok(())
 }
