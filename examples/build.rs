@@ -1,9 +1,15 @@
-//! Generates the Echo service for Volo (volo-build, pure-Rust parser) and for
-//! tonic (tonic-prost-build, with the protoc shipped by protoc-bin-vendored so
+//! Generates the Echo service for Volo gRPC and Volo Thrift (volo-build,
+//! pure-Rust parsers) and for tonic (tonic-prost-build, with the protoc shipped by protoc-bin-vendored so
 //! no system protoc is needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/echo.proto");
+    println!("cargo:rerun-if-changed=idl/echo.thrift");
+
+    volo_build::Builder::thrift()
+        .add_service("idl/echo.thrift")
+        .filename("volo_thrift_gen.rs".into())
+        .write()?;
 
     volo_build::Builder::protobuf()
         .add_service("proto/echo.proto")

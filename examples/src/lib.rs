@@ -5,6 +5,12 @@
 
 include!(concat!(env!("OUT_DIR"), "/volo_gen.rs"));
 
+/// Volo Thrift code generated from `idl/echo.thrift`.
+pub mod thrift {
+    #![allow(clippy::all, unused, warnings)]
+    include!(concat!(env!("OUT_DIR"), "/volo_thrift_gen.rs"));
+}
+
 /// tonic code generated from `proto/echo.proto`.
 pub mod tonic_gen {
     #![allow(clippy::all, unused, warnings)]

@@ -17,7 +17,7 @@ pub const MAX_BAGGAGE_LEN: usize = 8192;
 /// Longest value of any other propagation header (B3...).
 pub const MAX_OTHER_LEN: usize = 1024;
 
-fn limit(key: &str) -> usize {
+pub(crate) fn limit(key: &str) -> usize {
     match key {
         "traceparent" => MAX_TRACEPARENT_LEN,
         "tracestate" => MAX_TRACESTATE_LEN,

@@ -6,4 +6,5 @@ mod etcd_registry;
 mod harness_selftest;
 mod metrics_prometheus;
 mod support;
+mod thrift_e2e;
 mod tracing_otlp;

@@ -1,13 +1,13 @@
-//! motore layers (feature `volo`) for Volo gRPC, server and client.
-//!
-//! The context travels in the gRPC metadata as `traceparent`, `tracestate`
-//! and `baggage` (the same headers tonic and other OpenTelemetry SDKs use),
-//! so Volo and tonic services join one trace.
+//! Volo gRPC: the context travels in the gRPC metadata as `traceparent`,
+//! `tracestate` and `baggage` (the same headers tonic and other OpenTelemetry
+//! SDKs use), so Volo and tonic services join one trace.
 
 use motore::{layer::Layer, service::Service};
 use opentelemetry::trace::FutureExt as _;
 use tracing::Instrument as _;
-use volo::{context::Context, net::Address};
+use volo::context::Context;
+
+use super::ip;
 
 use crate::{CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing};
 
@@ -83,10 +83,6 @@ where
             let path = rpc.method().as_str();
             let (service, method) = http_observe::grpc_service_method(path)
                 .unwrap_or((rpc.callee().service_name_ref(), path));
-            let ip = |address: Option<Address>| match address {
-                Some(Address::Ip(addr)) => Some(addr),
-                _ => None,
-            };
             let info = CallInfo {
                 system: RpcSystem::Grpc,
                 service,

@@ -1,0 +1,202 @@
+//! Volo Thrift: trace context in the TTHeader, one trace from a Thrift client
+//! through a Thrift server to a tonic backend; Thrift metrics by outcome.
+
+use std::time::Duration;
+
+use echo::{servers::TonicEcho, thrift::volo_thrift_gen::echo as thrift, tonic_gen};
+use harness::otlp::{OtlpReceiver, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
+use metrics_ext::RpcMetrics;
+use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tracing_ext::{
+    otlp::{OtlpTracing, TracingGuard, Transport},
+    RpcTracing,
+};
+use volo_thrift::MaybeException;
+
+fn pipeline(service: &str, receiver: &OtlpReceiver) -> anyhow::Result<(TracingGuard, RpcTracing)> {
+    let guard = OtlpTracing::new()
+        .service_name(service)
+        .transport(Transport::Grpc)
+        .endpoint(receiver.endpoint())
+        .scheduled_delay(Duration::from_millis(100))
+        .install_global(false)
+        .install()?;
+    let tracing = RpcTracing::builder()
+        .tracer_provider(guard.provider())
+        .build();
+    Ok((guard, tracing))
+}
+
+type Backend = tonic_gen::echo_client::EchoClient<
+    tracing_ext::tower::TracingService<tonic::transport::Channel>,
+>;
+
+/// A Thrift Echo that relays to a tonic backend, or throws on "fail".
+#[derive(Clone)]
+struct ThriftRelay {
+    backend: Backend,
+}
+
+impl thrift::ThriftEcho for ThriftRelay {
+    async fn say(
+        &self,
+        request: thrift::SayRequest,
+    ) -> Result<
+        MaybeException<thrift::SayReply, thrift::ThriftEchoSayException>,
+        volo_thrift::ServerError,
+    > {
+        if request.message == echo::servers::FAIL {
+            return Ok(MaybeException::Exception(
+                thrift::ThriftEchoSayException::Error(thrift::EchoError {
+                    reason: "asked to fail".into(),
+                }),
+            ));
+        }
+        let reply = self
+            .backend
+            .clone()
+            .say(tonic_gen::SayRequest {
+                message: request.message.to_string(),
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!("backend: {status}"))?
+            .into_inner();
+        Ok(MaybeException::Ok(thrift::SayReply {
+            message: reply.message.into(),
+            served_by: reply.served_by.into(),
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let receiver = OtlpReceiver::start().await?;
+    let (caller_guard, caller_tracing) = pipeline("caller", &receiver)?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let metrics = RpcMetrics::builder().build()?;
+
+    let backend_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = backend_listener.local_addr()?;
+    let backend_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tracing_ext::tower::TracingLayer::server(&backend_tracing))
+            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+                served_by: backend_addr,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                backend_listener,
+            )),
+    );
+    let backend = tonic_gen::echo_client::EchoClient::new(
+        ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::client(&frontend_tracing))
+            .service(
+                tonic::transport::Endpoint::from_shared(format!("http://{backend_addr}"))?
+                    .connect_lazy(),
+            ),
+    );
+
+    let frontend_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let frontend_addr = frontend_listener.local_addr()?;
+    let frontend_server = tokio::spawn(
+        thrift::ThriftEchoServer::new(ThriftRelay { backend })
+            .layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
+            .layer_front(tracing_ext::volo::ThriftTracingLayer::server(
+                &frontend_tracing,
+            ))
+            .run(volo::net::incoming::DefaultIncoming::from(
+                frontend_listener,
+            )),
+    );
+
+    let client = thrift::ThriftEchoClientBuilder::new("frontend")
+        .layer_outer(tracing_ext::volo::ThriftTracingLayer::client(
+            &caller_tracing,
+        ))
+        .layer_outer(metrics_ext::volo::MetricsLayer::client(&metrics))
+        .address(frontend_addr)
+        .build();
+
+    let root_cx = opentelemetry::Context::current_with_span(
+        caller_guard.provider().tracer("test").start("checkout"),
+    );
+    let trace_id = root_cx.span().span_context().trace_id().to_string();
+    let reply = opentelemetry::trace::FutureExt::with_context(
+        client.say(thrift::SayRequest {
+            message: "hi".into(),
+        }),
+        root_cx.clone(),
+    )
+    .await?;
+    let MaybeException::Ok(reply) = reply else {
+        panic!("unexpected exception")
+    };
+    assert_eq!(reply.served_by, backend_addr.to_string());
+    // A declared exception is an answer, not a failure.
+    let thrown = client
+        .say(thrift::SayRequest {
+            message: echo::servers::FAIL.into(),
+        })
+        .await?;
+    assert!(matches!(thrown, MaybeException::Exception(_)));
+    root_cx.span().end();
+    for guard in [&caller_guard, &frontend_guard, &backend_guard] {
+        guard.provider().force_flush()?;
+    }
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), "the relayed trace", |spans| {
+            spans.iter().filter(|s| s.trace_id == trace_id).count() >= 5
+        })
+        .await?;
+    let traced: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let find = |service: &str, kind: i32| {
+        traced
+            .iter()
+            .find(|s| s.service == service && s.kind == kind)
+            .unwrap_or_else(|| panic!("no {service} span of kind {kind}: {traced:#?}"))
+    };
+    let root = traced.iter().find(|s| s.name == "checkout").expect("root");
+    let caller = find("caller", SPAN_KIND_CLIENT);
+    let thrift_server = find("frontend", SPAN_KIND_SERVER);
+    let relay = find("frontend", SPAN_KIND_CLIENT);
+    let backend = find("backend", SPAN_KIND_SERVER);
+    assert_eq!(caller.parent_span_id, root.span_id);
+    assert_eq!(
+        thrift_server.parent_span_id, caller.span_id,
+        "context crossed the TTHeader"
+    );
+    assert_eq!(relay.parent_span_id, thrift_server.span_id);
+    assert_eq!(backend.parent_span_id, relay.span_id);
+    for span in [caller, thrift_server] {
+        assert_eq!(span.attr("rpc.system"), "apache_thrift");
+        assert_eq!(span.attr("rpc.method"), "say");
+        assert_ne!(span.status_code, STATUS_ERROR);
+    }
+
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    let server_ok = text
+        .lines()
+        .find(|l| {
+            l.starts_with("rpc_server_requests_total")
+                && l.contains(r#"rpc_system="apache_thrift""#)
+        })
+        .unwrap_or_else(|| panic!("no thrift server series: {text}"));
+    assert!(
+        server_ok.contains(r#"rpc_method="say""#) && server_ok.contains(r#"status_code="ok""#),
+        "{server_ok}"
+    );
+    assert!(server_ok.ends_with(" 2"), "{server_ok}");
+    assert!(
+        text.contains(r#"rpc_client_requests_total{peer_service="frontend""#),
+        "{text}"
+    );
+
+    frontend_server.abort();
+    backend_server.abort();
+    Ok(())
+}

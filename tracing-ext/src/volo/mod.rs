@@ -1,0 +1,15 @@
+//! motore layers (feature `volo`): [`TracingLayer`] for Volo gRPC and
+//! [`ThriftTracingLayer`] for Volo Thrift, each for servers and clients.
+
+mod grpc;
+mod thrift;
+
+pub use grpc::{TracingLayer, TracingService};
+pub use thrift::{MetaInfoExtractor, MetaInfoInjector, ThriftTracingLayer, ThriftTracingService};
+
+fn ip(address: Option<volo::net::Address>) -> Option<std::net::SocketAddr> {
+    match address {
+        Some(volo::net::Address::Ip(addr)) => Some(addr),
+        _ => None,
+    }
+}
