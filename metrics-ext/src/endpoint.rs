@@ -27,8 +27,61 @@ pub fn encode_text(registry: &Registry) -> Result<String, Error> {
     String::from_utf8(buffer).map_err(|e| Error::Encode(e.to_string()))
 }
 
-/// An HTTP server answering `GET /metrics` with the registry's metrics
-/// (Prometheus text format 0.0.4). Stops when dropped.
+/// Encodes every metric of `registry` in the OpenMetrics 1.0 text format
+/// (what Prometheus asks for first): counters are announced without their
+/// `_total` suffix and the exposition ends with `# EOF`.
+///
+/// ```
+/// let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+/// metrics
+///     .start_call(metrics_ext::Side::Server, metrics_ext::RpcSystem::Grpc, "s", "m", "")
+///     .finish("0", None);
+/// let text = metrics_ext::encode_openmetrics(metrics.registry()).unwrap();
+/// assert!(text.contains("# TYPE rpc_server_requests counter\n"));
+/// assert!(text.ends_with("# EOF\n"));
+/// ```
+pub fn encode_openmetrics(registry: &Registry) -> Result<String, Error> {
+    let encoder = TextEncoder::new();
+    let mut out = String::new();
+    for family in registry.gather() {
+        let mut text = String::new();
+        encoder.encode_utf8(std::slice::from_ref(&family), &mut text)?;
+        let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        match family.name().strip_suffix("_total").filter(|_| counter) {
+            // OpenMetrics names the counter family without the suffix its
+            // samples carry.
+            Some(base) => {
+                for line in text.lines() {
+                    for prefix in ["# HELP ", "# TYPE "] {
+                        if let Some(rest) = line
+                            .strip_prefix(prefix)
+                            .and_then(|r| r.strip_prefix(family.name()))
+                        {
+                            out.push_str(prefix);
+                            out.push_str(base);
+                            out.push_str(rest);
+                            out.push('\n');
+                        }
+                    }
+                    if !line.starts_with('#') {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            None => out.push_str(&text),
+        }
+    }
+    out.push_str("# EOF\n");
+    Ok(out)
+}
+
+const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// An HTTP server answering `GET /metrics` with the registry's metrics, in
+/// OpenMetrics when the scraper's `Accept` asks for it (Prometheus does),
+/// else in the Prometheus text format 0.0.4. Stops when dropped.
 ///
 /// ```
 /// use metrics_ext::{MetricsEndpoint, RpcMetrics};
@@ -128,12 +181,23 @@ fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<By
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    match encode_text(registry) {
+    let openmetrics = request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (encoded, content_type) = if openmetrics {
+        (encode_openmetrics(registry), OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (encode_text(registry), TEXT_CONTENT_TYPE)
+    };
+    match encoded {
         Ok(text) => {
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(content_type),
             );
             response
         }

@@ -39,7 +39,7 @@ pub mod tower;
 #[cfg(feature = "volo")]
 pub mod volo;
 
-pub use endpoint::{encode_text, MetricsEndpoint};
+pub use endpoint::{encode_openmetrics, encode_text, MetricsEndpoint};
 pub use error::Error;
 pub use metrics::{
     RpcMetrics, RpcMetricsBuilder, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS,

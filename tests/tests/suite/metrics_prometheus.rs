@@ -147,6 +147,25 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         assert_eq!(volo_result.is_ok(), i < OK_CALLS);
     }
 
+    // Prometheus asks for OpenMetrics first; the endpoint answers in kind.
+    let scrape = reqwest::Client::new()
+        .get(format!("http://{}/metrics", tonic_endpoint.local_addr()))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await?;
+    assert!(scrape.headers()["content-type"]
+        .to_str()?
+        .starts_with("application/openmetrics-text"));
+    let body = scrape.text().await?;
+    assert!(
+        body.contains("# TYPE rpc_server_requests counter\n"),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"));
+
     let prometheus = PrometheusServer::start(&[
         tonic_endpoint.local_addr().to_string(),
         volo_endpoint.local_addr().to_string(),
