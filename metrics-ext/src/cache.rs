@@ -20,18 +20,22 @@ use crate::{
 /// The handles of one (side, system, service, method, peer).
 pub(crate) struct MethodHandles {
     key: OwnedKey,
-    pub(crate) in_flight: IntGauge,
-    pub(crate) request_size: Histogram,
-    pub(crate) response_size: Histogram,
+    in_flight: IntGauge,
+    request_size: Histogram,
+    response_size: Histogram,
     families: Families,
     /// Per status: few per method, so a scan beats a map.
     statuses: RwLock<Vec<StatusHandles>>,
+    #[cfg(feature = "otel")]
+    otel: Option<crate::otel::OtelMethod>,
 }
 
 struct StatusHandles {
     status: &'static str,
     duration: Histogram,
     calls: IntCounter,
+    #[cfg(feature = "otel")]
+    otel_attributes: Option<std::sync::Arc<[opentelemetry::KeyValue]>>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -77,7 +81,49 @@ impl MethodHandles {
             response_size: families.response_size.with_label_values(&labels),
             families: families.clone(),
             statuses: RwLock::new(Vec::new()),
+            #[cfg(feature = "otel")]
+            otel: families.otel.as_ref().map(|otel| {
+                crate::otel::OtelMethod::new(
+                    otel,
+                    key.system,
+                    &key.service,
+                    &key.method,
+                    (key.side == Side::Client).then_some(&*key.peer),
+                )
+            }),
             key,
+        }
+    }
+
+    /// A call started.
+    pub(crate) fn started(&self) {
+        self.in_flight.inc();
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            otel.started();
+        }
+    }
+
+    /// A call started on these handles ended (its record may go elsewhere).
+    pub(crate) fn ended(&self) {
+        self.in_flight.dec();
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            otel.ended();
+        }
+    }
+
+    /// Records the message sizes of one call, where known.
+    pub(crate) fn sizes(&self, request: Option<u64>, response: Option<u64>) {
+        if let Some(bytes) = request {
+            self.request_size.observe(bytes as f64);
+        }
+        if let Some(bytes) = response {
+            self.response_size.observe(bytes as f64);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            otel.sizes(request, response);
         }
     }
 
@@ -88,6 +134,10 @@ impl MethodHandles {
             if let Some(handles) = statuses.iter().find(|h| h.status == status) {
                 handles.duration.observe(seconds);
                 handles.calls.inc();
+                #[cfg(feature = "otel")]
+                if let (Some(otel), Some(attributes)) = (&self.otel, &handles.otel_attributes) {
+                    otel.record(attributes, seconds);
+                }
                 return;
             }
         }
@@ -102,6 +152,11 @@ impl MethodHandles {
                 status,
                 duration: self.families.duration.with_label_values(&labels),
                 calls: self.families.calls.with_label_values(&labels),
+                #[cfg(feature = "otel")]
+                otel_attributes: self
+                    .otel
+                    .as_ref()
+                    .map(|otel| otel.status_attributes(status)),
             });
         }
         drop(statuses);

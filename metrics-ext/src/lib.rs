@@ -31,6 +31,8 @@ mod cache;
 mod endpoint;
 mod error;
 mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod recorder;
 pub mod status;
 

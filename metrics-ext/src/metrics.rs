@@ -71,6 +71,8 @@ pub(crate) struct Families {
     pub(crate) in_flight: IntGaugeVec,
     pub(crate) request_size: HistogramVec,
     pub(crate) response_size: HistogramVec,
+    #[cfg(feature = "otel")]
+    pub(crate) otel: Option<crate::otel::OtelFamilies>,
 }
 
 impl Families {
@@ -129,6 +131,15 @@ impl Families {
                 &builder.size_buckets,
                 per_method,
             )?,
+            #[cfg(feature = "otel")]
+            otel: builder.meter.as_ref().map(|meter| {
+                crate::otel::OtelFamilies::new(
+                    meter,
+                    side,
+                    &builder.duration_buckets,
+                    &builder.size_buckets,
+                )
+            }),
         })
     }
 
@@ -258,12 +269,24 @@ fn cancelled_status(system: RpcSystem) -> &'static str {
 
 /// Builds [`RpcMetrics`].
 #[must_use]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RpcMetricsBuilder {
     registry: Option<Registry>,
     pub(crate) duration_buckets: Vec<f64>,
     pub(crate) size_buckets: Vec<f64>,
     max_methods: usize,
+    #[cfg(feature = "otel")]
+    meter: Option<opentelemetry::metrics::Meter>,
+}
+
+impl std::fmt::Debug for RpcMetricsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcMetricsBuilder")
+            .field("duration_buckets", &self.duration_buckets)
+            .field("size_buckets", &self.size_buckets)
+            .field("max_methods", &self.max_methods)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RpcMetricsBuilder {
@@ -273,6 +296,8 @@ impl Default for RpcMetricsBuilder {
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
             max_methods: 1000,
+            #[cfg(feature = "otel")]
+            meter: None,
         }
     }
 }
@@ -301,6 +326,18 @@ impl RpcMetricsBuilder {
     /// series count whatever clients send.
     pub fn max_methods(mut self, max: usize) -> Self {
         self.max_methods = max.max(1);
+        self
+    }
+
+    /// Also records every call into OpenTelemetry instruments from `meter`
+    /// (feature `otel`): `rpc.{server,client}.call.duration` (s),
+    /// `rpc.{server,client}.active_requests`, `rpc.{server,client}.{request,response}.size`
+    /// (By), with `rpc.system`, `rpc.service`, `rpc.method`, the status
+    /// (`rpc.grpc.status_code`, `http.response.status_code` or
+    /// `rpc.response.status_code`) and, client side, `peer.service`.
+    #[cfg(feature = "otel")]
+    pub fn otel_meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
         self
     }
 

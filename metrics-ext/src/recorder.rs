@@ -39,7 +39,7 @@ impl std::fmt::Debug for CallRecorder {
 
 impl CallRecorder {
     pub(crate) fn start(handles: Arc<MethodHandles>, cancelled_status: &'static str) -> Self {
-        handles.in_flight.inc();
+        handles.started();
         Self {
             handles,
             start: Instant::now(),
@@ -80,7 +80,7 @@ impl CallRecorder {
         }
         self.finished = true;
         let seconds = self.start.elapsed().as_secs_f64();
-        self.handles.in_flight.dec();
+        self.handles.ended();
         let resolved;
         let target = match self.pending.take() {
             Some(p) if !names_unknown_method(p.system, status) => {
@@ -92,12 +92,7 @@ impl CallRecorder {
             }
             _ => &self.handles,
         };
-        if let Some(bytes) = self.request_size {
-            target.request_size.observe(bytes as f64);
-        }
-        if let Some(bytes) = response_size {
-            target.response_size.observe(bytes as f64);
-        }
+        target.sizes(self.request_size, response_size);
         target.record(status, seconds);
     }
 }

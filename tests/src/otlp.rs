@@ -8,11 +8,18 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value::Value, AnyValue, KeyValue},
+    metrics::v1::metric::Data,
 };
 use tokio::{net::TcpListener, sync::watch};
 
@@ -51,10 +58,82 @@ pub const SPAN_KIND_CLIENT: i32 = 3;
 /// OTLP status code for errors.
 pub const STATUS_ERROR: i32 = 2;
 
+/// One metric data point as received: histogram count or sum value.
+#[derive(Debug, Clone)]
+pub struct ReceivedPoint {
+    /// Metric name.
+    pub metric: String,
+    /// Unit.
+    pub unit: String,
+    /// Attributes, values rendered as strings.
+    pub attributes: HashMap<String, String>,
+    /// Histogram count, or the sum/gauge value.
+    pub value: f64,
+}
+
 #[derive(Default, Clone)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    points: Arc<Mutex<Vec<ReceivedPoint>>>,
     requests: Arc<Mutex<u64>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    let attributes = |attrs: &[KeyValue]| {
+                        attrs.iter().map(|a| (a.key.clone(), render(a))).collect()
+                    };
+                    let mut push = |attrs: &[KeyValue], value: f64| {
+                        received.push(ReceivedPoint {
+                            metric: metric.name.clone(),
+                            unit: metric.unit.clone(),
+                            attributes: attributes(attrs),
+                            value,
+                        });
+                    };
+                    match &metric.data {
+                        Some(Data::Histogram(h)) => {
+                            for p in &h.data_points {
+                                push(&p.attributes, p.count as f64);
+                            }
+                        }
+                        Some(Data::Sum(sum)) => {
+                            for p in &sum.data_points {
+                                push(&p.attributes, number(p.value));
+                            }
+                        }
+                        Some(Data::Gauge(gauge)) => {
+                            for p in &gauge.data_points {
+                                push(&p.attributes, number(p.value));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.points.lock().unwrap().extend(received);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn number(value: Option<opentelemetry_proto::tonic::metrics::v1::number_data_point::Value>) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match value {
+        Some(Value::AsDouble(d)) => d,
+        Some(Value::AsInt(i)) => i as f64,
+        None => 0.0,
+    }
 }
 
 #[tonic::async_trait]
@@ -133,6 +212,7 @@ impl OtlpReceiver {
         let (stop, mut stopped) = watch::channel(false);
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
@@ -157,7 +237,12 @@ impl OtlpReceiver {
         self.collector.spans.lock().unwrap().clone()
     }
 
-    /// How many export requests arrived.
+    /// Every metric data point received so far (each export appends).
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.collector.points.lock().unwrap().clone()
+    }
+
+    /// How many trace export requests arrived.
     pub fn export_requests(&self) -> u64 {
         *self.collector.requests.lock().unwrap()
     }

@@ -326,3 +326,78 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
     assert!(text.contains(r#"rpc_server_requests_total{rpc_method="_other",rpc_service="_other",rpc_system="grpc",status_code="12"} 5000"#), "{text}");
     Ok(())
 }
+
+/// The same instruments, mirrored into OpenTelemetry and exported over
+/// OTLP/gRPC to a real receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Result<()> {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+
+    let receiver = harness::otlp::OtlpReceiver::start().await?;
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(receiver.endpoint())
+        .build()?;
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter)
+        .build();
+    let metrics = RpcMetrics::builder()
+        .otel_meter(provider.meter("metrics-ext"))
+        .build()?;
+    let (_stop, shutdown) = stop_pair();
+    let addr = tonic_server(&metrics, shutdown()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = tonic_gen::echo_client::EchoClient::new(channel);
+    for i in 0..OK_CALLS + FAILED_CALLS {
+        let message = if i < OK_CALLS { "hi" } else { FAIL };
+        let _ = client
+            .say(tonic_gen::SayRequest {
+                message: message.into(),
+            })
+            .await;
+    }
+    let flush = provider.clone();
+    tokio::task::spawn_blocking(move || flush.force_flush()).await??;
+
+    let points = eventually(Duration::from_secs(10), "OTLP metric points", || async {
+        let points = receiver.points();
+        points
+            .iter()
+            .any(|p| p.metric == "rpc.server.call.duration")
+            .then_some(points)
+    })
+    .await?;
+    let calls = |code: &str| {
+        points
+            .iter()
+            .filter(|p| {
+                p.metric == "rpc.server.call.duration"
+                    && p.attributes.get("rpc.grpc.status_code").map(String::as_str) == Some(code)
+            })
+            .map(|p| p.value)
+            .fold(0.0, f64::max)
+    };
+    assert_eq!(calls("0"), OK_CALLS as f64, "{points:#?}");
+    assert_eq!(calls("3"), FAILED_CALLS as f64, "{points:#?}");
+    let duration = points
+        .iter()
+        .find(|p| p.metric == "rpc.server.call.duration")
+        .expect("duration");
+    assert_eq!(duration.unit, "s");
+    assert_eq!(duration.attributes["rpc.service"], "echo.Echo");
+    assert_eq!(duration.attributes["rpc.method"], "Say");
+    assert_eq!(duration.attributes["rpc.system"], "grpc");
+    let active = points
+        .iter()
+        .rfind(|p| {
+            p.metric == "rpc.server.active_requests"
+                && p.attributes.get("rpc.method").map(String::as_str) == Some("Say")
+        })
+        .expect("active requests");
+    assert_eq!(active.value, 0.0);
+    tokio::task::spawn_blocking(move || provider.shutdown()).await??;
+    Ok(())
+}
