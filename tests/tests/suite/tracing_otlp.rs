@@ -410,8 +410,8 @@ async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
 }
 
 /// A collector that accepts connections and never answers: calls go on,
-/// spans beyond the queue are dropped and counted, and every span is
-/// accounted for.
+/// and the spans the processor holds stay within its bounds (exact drop
+/// counting is tested with a gated exporter in tracing-ext's unit tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Result<()> {
     let hung = TcpListener::bind("127.0.0.1:0").await?;
@@ -465,13 +465,12 @@ async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Resu
     }
     let stats = guard.stats();
     assert_eq!(stats.ended(), CALLS);
-    assert!(stats.dropped() > 0, "nothing dropped: {stats:?}");
     assert_eq!(stats.exported(), 0);
-    // Held at most: the queue (256) and the batches being exported.
-    assert!(
-        stats.dropped() + stats.failed() >= CALLS - 256 - 2 * 512,
-        "{stats:?}"
-    );
+    // Whatever the timing, the processor holds at most the queue (256) and
+    // one batch being exported (512): every other span was dropped or lost
+    // with a failed export, and counted.
+    let held = stats.ended() - stats.dropped() - stats.failed() - stats.exported();
+    assert!(held <= 256 + 512, "{held} spans held: {stats:?}");
     let _ = stop.send(true);
     let _ = guard.shutdown(); // the flush itself times out against the hung collector
     Ok(())
