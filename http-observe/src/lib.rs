@@ -6,6 +6,8 @@
 //! known only when the response body ends. [`ObservedFuture`] and
 //! [`ObservedBody`] carry a [`CallObserver`] to that point and call it once.
 
+#![forbid(unsafe_code)]
+
 mod body;
 mod classify;
 mod future;

@@ -27,6 +27,8 @@
 //! # drop(endpoint); Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod cache;
 mod endpoint;
 mod error;

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod address;
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 mod backoff;

@@ -20,6 +20,8 @@
 //! # let _ = tracing;
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod call;
 mod processor;
 mod propagation;

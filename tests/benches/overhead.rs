@@ -1,0 +1,321 @@
+//! Per-call overhead of the layers on a no-op service, against peers, with
+//! allocations counted.
+//!
+//! ```text
+//! cargo bench -p suite-tests --bench overhead
+//! ```
+//!
+//! tower (http::Request -> http::Response, body drained like a server
+//! does): bare; metrics-ext; tracing-ext with the sampler off; tracing-ext
+//! 100% sampled into the bounded batch processor with a no-op exporter;
+//! both; and the peer: tower-http `TraceLayer` with `tracing-opentelemetry`
+//! exporting to the same no-op sink. Volo (motore service, gRPC context):
+//! bare; metrics-ext; tracing-ext sampled.
+
+// The counting allocator below is the only unsafe code: it forwards to the
+// system allocator.
+#![allow(unsafe_code)]
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    convert::Infallible,
+    hint::black_box,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use http_body_util::{BodyExt, Empty};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tracing_ext::{BatchLimits, BoundedBatchProcessor, RpcTracing};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Counts allocations made by this process.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Exports nowhere, instantly: measures the pipeline, not a network.
+#[derive(Debug)]
+struct NoopExporter;
+
+impl SpanExporter for NoopExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+fn provider(sampled: bool) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_sampler(if sampled {
+            Sampler::AlwaysOn
+        } else {
+            Sampler::AlwaysOff
+        })
+        .with_span_processor(BoundedBatchProcessor::new(
+            NoopExporter,
+            BatchLimits::default(),
+        ))
+        .build()
+}
+
+type Request = http::Request<Empty<Bytes>>;
+
+fn grpc_request() -> Request {
+    http::Request::builder()
+        .uri("http://127.0.0.1:50051/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Empty::new())
+        .expect("valid request")
+}
+
+async fn noop(_: Request) -> Result<http::Response<Empty<Bytes>>, Infallible> {
+    let mut response = http::Response::new(Empty::new());
+    response
+        .headers_mut()
+        .insert("grpc-status", http::HeaderValue::from_static("0"));
+    Ok(response)
+}
+
+/// One call as a server sees it: ready, call, read the body to its end.
+async fn call<S, B>(service: &mut S)
+where
+    S: Service<Request, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    let _ = black_box(response.into_body().collect().await);
+}
+
+fn allocations_per_call<S, B>(runtime: &tokio::runtime::Runtime, service: &mut S) -> f64
+where
+    S: Service<Request, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    const CALLS: u64 = 10_000;
+    runtime.block_on(async {
+        for _ in 0..1_000 {
+            call(service).await; // warm-up: caches, label sets
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..CALLS {
+            call(service).await;
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / CALLS as f64
+    })
+}
+
+fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
+    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let off = provider(false);
+    let on = provider(true);
+    let tracing_off = RpcTracing::builder()
+        .tracer_provider(&off)
+        .tracing_span(false)
+        .build();
+    let tracing_on = RpcTracing::builder()
+        .tracer_provider(&on)
+        .tracing_span(false)
+        .build();
+
+    let mut group = c.benchmark_group("tower");
+    group.throughput(Throughput::Elements(1));
+    macro_rules! case {
+        ($name:expr, $service:expr) => {{
+            let mut service = $service;
+            let allocs = allocations_per_call(runtime, &mut service);
+            report.push(format!(
+                "tower/{:<40} {:>8.1} allocations/call",
+                $name, allocs
+            ));
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = std::time::Instant::now();
+                        for _ in 0..iters {
+                            call(&mut service).await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }};
+    }
+    case!("bare", tower::service_fn(noop));
+    case!(
+        "metrics-ext",
+        ServiceBuilder::new()
+            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .service_fn(noop)
+    );
+    case!(
+        "tracing-ext (sampler off)",
+        ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::server(&tracing_off))
+            .service_fn(noop)
+    );
+    case!(
+        "tracing-ext (100% sampled, batch export)",
+        ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
+            .service_fn(noop)
+    );
+    case!(
+        "metrics-ext + tracing-ext (sampled)",
+        ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
+            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .service_fn(noop)
+    );
+    // Peer: tower-http's TraceLayer with tracing-opentelemetry, same sink.
+    let peer_provider = provider(true);
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(peer_provider.tracer("tower-http")));
+    let dispatch = tracing::Dispatch::new(subscriber);
+    {
+        let _guard = tracing::dispatcher::set_default(&dispatch);
+        case!(
+            "peer: tower-http TraceLayer + tracing-opentelemetry",
+            ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_grpc())
+                .service_fn(noop)
+        );
+    }
+    group.finish();
+}
+
+fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
+    use motore::layer::Layer;
+    use volo::context::Context as _;
+
+    #[derive(Clone)]
+    struct Noop;
+    impl motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>> for Noop {
+        type Response = volo_grpc::Response<()>;
+        type Error = volo_grpc::Status;
+        async fn call(
+            &self,
+            _: &mut volo_grpc::context::ServerContext,
+            _: volo_grpc::Request<()>,
+        ) -> Result<Self::Response, Self::Error> {
+            Ok(volo_grpc::Response::new(()))
+        }
+    }
+    async fn volo_call<S>(service: &S)
+    where
+        S: motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>>,
+    {
+        let mut cx = volo_grpc::context::ServerContext::default();
+        cx.rpc_info_mut().set_method("/echo.Echo/Say".into());
+        let _ = black_box(service.call(&mut cx, volo_grpc::Request::new(())).await);
+    }
+
+    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let on = provider(true);
+    let tracing_on = RpcTracing::builder()
+        .tracer_provider(&on)
+        .tracing_span(false)
+        .build();
+    let mut group = c.benchmark_group("volo");
+    group.throughput(Throughput::Elements(1));
+    macro_rules! case {
+        ($name:expr, $service:expr) => {{
+            let service = $service;
+            let allocs = runtime.block_on(async {
+                for _ in 0..1_000 {
+                    volo_call(&service).await;
+                }
+                let before = ALLOCATIONS.load(Ordering::Relaxed);
+                for _ in 0..10_000 {
+                    volo_call(&service).await;
+                }
+                (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+            });
+            report.push(format!(
+                "volo/{:<41} {:>8.1} allocations/call",
+                $name, allocs
+            ));
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = std::time::Instant::now();
+                        for _ in 0..iters {
+                            volo_call(&service).await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }};
+    }
+    case!("bare", Noop);
+    case!(
+        "metrics-ext",
+        metrics_ext::volo::MetricsLayer::server(&metrics).layer(Noop)
+    );
+    case!(
+        "tracing-ext (100% sampled, batch export)",
+        tracing_ext::volo::TracingLayer::server(&tracing_on).layer(Noop)
+    );
+    group.finish();
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let mut report = Vec::new();
+    tower_benches(&mut criterion, &runtime, &mut report);
+    volo_benches(&mut criterion, &runtime, &mut report);
+    criterion.final_summary();
+    println!("\nallocations per call (after 1,000 warm-up calls, over 10,000 calls; the bare service's own allocations included):");
+    for line in report {
+        println!("  {line}");
+    }
+}
