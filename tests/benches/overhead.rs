@@ -126,6 +126,22 @@ where
     let _ = black_box(response.into_body().collect().await);
 }
 
+/// Runs `call` `iters` times on the runtime and returns the time it took
+/// (for services called through `&self`).
+fn timed<F, Fut>(runtime: &tokio::runtime::Runtime, iters: u64, mut call: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    runtime.block_on(async {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            call().await;
+        }
+        start.elapsed()
+    })
+}
+
 fn allocations_per_call<S, B>(runtime: &tokio::runtime::Runtime, service: &mut S) -> f64
 where
     S: Service<Request, Response = http::Response<B>>,
@@ -277,15 +293,7 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
                 $name, allocs
             ));
             group.bench_function($name, |b| {
-                b.iter_custom(|iters| {
-                    runtime.block_on(async {
-                        let start = std::time::Instant::now();
-                        for _ in 0..iters {
-                            volo_call(&service).await;
-                        }
-                        start.elapsed()
-                    })
-                })
+                b.iter_custom(|iters| timed(runtime, iters, || volo_call(&service)))
             });
         }};
     }

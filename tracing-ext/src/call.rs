@@ -5,7 +5,7 @@ use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 use opentelemetry::{
     global::BoxedTracer,
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{SpanKind, Status, TraceContextExt, Tracer},
+    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer},
     Context, KeyValue,
 };
 
@@ -252,21 +252,25 @@ impl RpcTracing {
             Some(formatter) => formatter(info).into(),
             None => default_span_name(info).into(),
         };
-        let mut attributes = attributes_of(info);
-        if inner.record_sizes {
-            if let Some(size) = info.request_size {
-                attributes.push(KeyValue::new(semconv::RPC_REQUEST_SIZE, size as i64));
-            }
-        }
-        if let Some(extra) = &inner.extra {
-            attributes.extend(extra(info));
-        }
-        let span = inner
+        let mut span = inner
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attributes)
             .start_with_context(&inner.tracer, &parent);
+        // Attributes are built only for spans the sampler kept: an unsampled
+        // call then costs no string copies. (Samplers see name and kind.)
+        if span.is_recording() {
+            let mut attributes = attributes_of(info);
+            if inner.record_sizes {
+                if let Some(size) = info.request_size {
+                    attributes.push(KeyValue::new(semconv::RPC_REQUEST_SIZE, size as i64));
+                }
+            }
+            if let Some(extra) = &inner.extra {
+                attributes.extend(extra(info));
+            }
+            span.set_attributes(attributes);
+        }
         let cx = parent.with_span(span);
         let tracing_span = if inner.tracing_span {
             let context = cx.span().span_context().clone();

@@ -2,7 +2,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use harness::otlp::OtlpReceiver;
 use registry_ext::{Instance, ServiceWatch};
+use tracing_ext::{
+    otlp::{OtlpTracing, TracingGuard, Transport},
+    RpcTracing,
+};
+
+use echo::tonic_gen;
 
 /// How long a change may take to reach a watcher in these tests; the
 /// measured figures are in BENCHMARKS.md.
@@ -40,3 +47,32 @@ pub async fn wait_for_ports(
     })??;
     Ok(())
 }
+
+/// A pipeline for one "service": its own provider and resource, exporting
+/// over OTLP/gRPC to the receiver, not installed globally.
+pub fn pipeline(
+    service: &str,
+    receiver: &OtlpReceiver,
+) -> anyhow::Result<(TracingGuard, RpcTracing)> {
+    let guard = OtlpTracing::new()
+        .service_name(service)
+        .transport(Transport::Grpc)
+        .endpoint(receiver.endpoint())
+        .scheduled_delay(Duration::from_millis(100))
+        .install_global(false)
+        .install()?;
+    let tracing = RpcTracing::builder()
+        .tracer_provider(guard.provider())
+        .propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+            vec![
+                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+            ],
+        ))
+        .build();
+    Ok((guard, tracing))
+}
+
+pub type TracedTonicClient = tonic_gen::echo_client::EchoClient<
+    tracing_ext::tower::TracingService<tonic::transport::Channel>,
+>;

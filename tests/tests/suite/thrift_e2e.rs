@@ -9,34 +9,14 @@ use metrics_ext::RpcMetrics;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tracing_ext::{
-    otlp::{OtlpTracing, TracingGuard, Transport},
-    RpcTracing,
-};
+
+use crate::support::{pipeline, TracedTonicClient};
 use volo_thrift::MaybeException;
-
-fn pipeline(service: &str, receiver: &OtlpReceiver) -> anyhow::Result<(TracingGuard, RpcTracing)> {
-    let guard = OtlpTracing::new()
-        .service_name(service)
-        .transport(Transport::Grpc)
-        .endpoint(receiver.endpoint())
-        .scheduled_delay(Duration::from_millis(100))
-        .install_global(false)
-        .install()?;
-    let tracing = RpcTracing::builder()
-        .tracer_provider(guard.provider())
-        .build();
-    Ok((guard, tracing))
-}
-
-type Backend = tonic_gen::echo_client::EchoClient<
-    tracing_ext::tower::TracingService<tonic::transport::Channel>,
->;
 
 /// A Thrift Echo that relays to a tonic backend, or throws on "fail".
 #[derive(Clone)]
 struct ThriftRelay {
-    backend: Backend,
+    backend: TracedTonicClient,
 }
 
 impl thrift::ThriftEcho for ThriftRelay {

@@ -9,35 +9,11 @@ use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tracing_ext::{
-    otlp::{OtlpTracing, TracingGuard, Transport},
+    otlp::{OtlpTracing, Transport},
     RpcTracing,
 };
 
-/// A pipeline for one "service": its own provider and resource, exporting
-/// over OTLP/gRPC to the receiver, not installed globally.
-fn pipeline(service: &str, receiver: &OtlpReceiver) -> anyhow::Result<(TracingGuard, RpcTracing)> {
-    let guard = OtlpTracing::new()
-        .service_name(service)
-        .transport(Transport::Grpc)
-        .endpoint(receiver.endpoint())
-        .scheduled_delay(Duration::from_millis(100))
-        .install_global(false)
-        .install()?;
-    let tracing = RpcTracing::builder()
-        .tracer_provider(guard.provider())
-        .propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
-            vec![
-                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
-                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
-            ],
-        ))
-        .build();
-    Ok((guard, tracing))
-}
-
-type TracedTonicClient = tonic_gen::echo_client::EchoClient<
-    tracing_ext::tower::TracingService<tonic::transport::Channel>,
->;
+use crate::support::{pipeline, TracedTonicClient};
 
 /// The frontend: a Volo gRPC Echo that relays to the backend over tonic.
 #[derive(Clone)]
