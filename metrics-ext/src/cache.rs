@@ -73,6 +73,11 @@ impl OwnedKey {
 }
 
 impl MethodHandles {
+    /// The side, system and peer the handles were made for.
+    pub(crate) fn origin(&self) -> (Side, RpcSystem, &str) {
+        (self.key.side, self.key.system, &self.key.peer)
+    }
+
     fn new(key: OwnedKey, families: &Families) -> Self {
         let labels = key.labels();
         Self {

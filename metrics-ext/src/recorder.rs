@@ -26,6 +26,7 @@ pub struct CallRecorder {
     cancelled_status: &'static str,
     finished: bool,
     pending: Option<Box<Pending>>,
+    relabeled: Option<Arc<MethodHandles>>,
     request_size: Option<u64>,
 }
 
@@ -46,6 +47,7 @@ impl CallRecorder {
             cancelled_status,
             finished: false,
             pending: None,
+            relabeled: None,
             request_size: None,
         }
     }
@@ -60,6 +62,18 @@ impl CallRecorder {
         let mut recorder = Self::start(handles, cancelled_status);
         recorder.pending = Some(Box::new(pending));
         recorder
+    }
+
+    /// Files the call under `service` and `method` once they are known —
+    /// an HTTP server learns the route template only after its router ran,
+    /// inside this layer. In flight, the call stays under the labels it
+    /// started with. The labels must come from the server's own route table,
+    /// never from the raw request (the method cap still applies).
+    pub fn relabel(&mut self, metrics: &crate::RpcMetrics, service: &str, method: &str) {
+        let (side, system, peer) = self.handles.origin();
+        let inner = &metrics.inner;
+        self.pending = None;
+        self.relabeled = Some(inner.cache.get(inner, side, system, service, method, peer));
     }
 
     /// Records the size of the request message (with the call, once its
@@ -82,8 +96,9 @@ impl CallRecorder {
         let seconds = self.start.elapsed().as_secs_f64();
         self.handles.ended();
         let resolved;
-        let target = match self.pending.take() {
-            Some(p) if !names_unknown_method(p.system, status) => {
+        let target = match (&self.relabeled, self.pending.take()) {
+            (Some(relabeled), _) => relabeled,
+            (None, Some(p)) if !names_unknown_method(p.system, status) => {
                 resolved = p
                     .inner
                     .cache

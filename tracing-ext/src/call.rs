@@ -352,6 +352,17 @@ impl ActiveCall {
         &self.tracing_span
     }
 
+    /// Names an HTTP span by the route template once the router has
+    /// matched it (`GET /users/{id}`), and records `http.route`.
+    pub fn set_http_route(&self, method: &str, route: &str) {
+        if !self.traced {
+            return;
+        }
+        let span = self.cx.span();
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
+    }
+
     /// Ends the span with the call's outcome.
     pub fn finish(mut self, outcome: &Outcome) {
         self.end(outcome);

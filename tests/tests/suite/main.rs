@@ -8,3 +8,4 @@ mod metrics_prometheus;
 mod support;
 mod thrift_e2e;
 mod tracing_otlp;
+mod volo_http;

@@ -1,10 +1,13 @@
 //! motore layers (feature `volo`): [`TracingLayer`] for Volo gRPC and
-//! [`ThriftTracingLayer`] for Volo Thrift, each for servers and clients.
+//! [`ThriftTracingLayer`] for Volo Thrift, each for servers and clients, and
+//! [`HttpTracingLayer`] for Volo HTTP servers.
 
 mod grpc;
+mod http;
 mod thrift;
 
 pub use grpc::{TracingLayer, TracingService};
+pub use http::{HttpTracingLayer, HttpTracingService};
 pub use thrift::{MetaInfoExtractor, MetaInfoInjector, ThriftTracingLayer, ThriftTracingService};
 
 fn ip(address: Option<volo::net::Address>) -> Option<std::net::SocketAddr> {

@@ -1,5 +1,4 @@
-//! motore layers (feature `volo`) for Volo gRPC and Volo Thrift, server and
-//! client.
+//! Volo gRPC and Volo Thrift, servers and clients.
 //!
 //! Labels come from Volo's `RpcInfo`: for gRPC the method path
 //! (`/package.Service/Method`), for Thrift the callee's service name and the

@@ -1,0 +1,107 @@
+//! Volo HTTP servers: labels are the route template the router matched
+//! (`rpc_service = "/users/{id}"`, `rpc_method = "GET"`), never the raw path;
+//! unmatched requests are recorded under [`OVERFLOW_LABEL`].
+
+use motore::{layer::Layer, service::Service};
+use volo::context::Context as _;
+use volo_http::{
+    context::ServerContext,
+    request::Request,
+    response::Response,
+    server::{route::MatchedPath, IntoResponse},
+};
+
+use crate::{status, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
+
+/// Records every request through a Volo HTTP server.
+///
+/// Add it with `Server::layer` so it sees every request: the route is read
+/// from the router's `MatchedPath` once the router has run.
+///
+/// ```
+/// use metrics_ext::{volo::HttpMetricsLayer, RpcMetrics};
+///
+/// let metrics = RpcMetrics::builder().build().unwrap();
+/// // volo_http::server::Server::new(router).layer(HttpMetricsLayer::new(&metrics))
+/// let layer = HttpMetricsLayer::new(&metrics);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpMetricsLayer {
+    metrics: RpcMetrics,
+}
+
+impl HttpMetricsLayer {
+    /// Server side: `rpc_server_*` with `rpc_system = "http"`.
+    #[must_use]
+    pub fn new(metrics: &RpcMetrics) -> Self {
+        Self {
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetricsService<S>;
+
+    fn layer(self, inner: S) -> Self::Service {
+        HttpMetricsService { inner, layer: self }
+    }
+}
+
+/// The service made by [`HttpMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpMetricsService<S> {
+    inner: S,
+    layer: HttpMetricsLayer,
+}
+
+impl<B, S> Service<ServerContext, Request<B>> for HttpMetricsService<S>
+where
+    B: Send + 'static,
+    S: Service<ServerContext, Request<B>> + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Error: IntoResponse,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+
+    async fn call(
+        &self,
+        cx: &mut ServerContext,
+        request: Request<B>,
+    ) -> Result<Response, Self::Error> {
+        let metrics = &self.layer.metrics;
+        let method = request.method().clone();
+        let mut recorder = metrics.start_call(
+            Side::Server,
+            RpcSystem::Http,
+            OVERFLOW_LABEL,
+            method.as_str(),
+            "",
+        );
+        if let Some(size) = http_body_size(&request) {
+            recorder.request_size(size);
+        }
+        let response = match self.inner.call(cx, request).await {
+            Ok(response) => response.into_response(),
+            Err(error) => error.into_response(),
+        };
+        if let Some(route) = cx.extensions().get::<MatchedPath>() {
+            recorder.relabel(metrics, route.as_str(), method.as_str());
+        }
+        let size = http_body::Body::size_hint(response.body()).exact();
+        recorder.finish(status::http_status_label(response.status().as_u16()), size);
+        Ok(response)
+    }
+}
+
+fn http_body_size<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}

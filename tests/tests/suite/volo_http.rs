@@ -1,0 +1,102 @@
+//! Volo HTTP servers: metrics and spans labelled by route template, context
+//! read from the headers.
+
+use std::time::Duration;
+
+use harness::otlp::{OtlpReceiver, SPAN_KIND_SERVER, STATUS_ERROR};
+use metrics_ext::RpcMetrics;
+use tokio::net::TcpListener;
+use volo_http::server::{
+    route::{get, Router},
+    Server,
+};
+
+use crate::support::pipeline;
+
+async fn user() -> &'static str {
+    "a user"
+}
+
+async fn boom() -> http::StatusCode {
+    http::StatusCode::INTERNAL_SERVER_ERROR
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let (guard, tracing) = pipeline("web", &receiver)?;
+    let metrics = RpcMetrics::builder().build()?;
+    let router: Router = Router::new()
+        .route("/users/{id}", get(user))
+        .route("/boom", get(boom));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(
+        Server::new(router)
+            .layer(tracing_ext::volo::HttpTracingLayer::new(&tracing))
+            .layer(metrics_ext::volo::HttpMetricsLayer::new(&metrics))
+            .run(volo::net::incoming::DefaultIncoming::from(listener)),
+    );
+
+    let http = reqwest::Client::new();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for path in ["/users/1", "/users/2", "/boom", "/no/such/page"] {
+        let response = http
+            .get(format!("http://{addr}{path}"))
+            .header("traceparent", parent)
+            .send()
+            .await?;
+        let want = match path {
+            "/boom" => 500,
+            "/no/such/page" => 404,
+            _ => 200,
+        };
+        assert_eq!(response.status().as_u16(), want, "{path}");
+    }
+
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    for (route, status, count) in [
+        ("/users/{id}", "200", 2),
+        ("/boom", "500", 1),
+        ("_other", "404", 1),
+    ] {
+        let series = format!(
+            r#"rpc_server_requests_total{{rpc_method="GET",rpc_service="{route}",rpc_system="http",status_code="{status}"}} {count}"#
+        );
+        assert!(text.contains(&series), "missing {series} in\n{text}");
+    }
+    assert!(!text.contains("/users/1"), "a raw path became a label");
+
+    guard.provider().force_flush()?;
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), "four server spans", |spans| {
+            spans.iter().filter(|s| s.kind == SPAN_KIND_SERVER).count() >= 4
+        })
+        .await?;
+    let users: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "GET /users/{id}")
+        .collect();
+    assert_eq!(users.len(), 2, "{spans:#?}");
+    for span in &users {
+        assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
+        assert_eq!(span.attr("http.route"), "/users/{id}");
+        assert_eq!(span.attr("http.response.status_code"), "200");
+    }
+    let boom = spans
+        .iter()
+        .find(|s| s.name == "GET /boom")
+        .expect("boom span");
+    assert_eq!(boom.status_code, STATUS_ERROR, "5xx is a server error");
+    let unmatched = spans
+        .iter()
+        .find(|s| s.name == "GET _other")
+        .expect("404 span");
+    assert_ne!(
+        unmatched.status_code, STATUS_ERROR,
+        "4xx is the caller's error"
+    );
+    server.abort();
+    Ok(())
+}

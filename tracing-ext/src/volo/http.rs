@@ -1,0 +1,118 @@
+//! Volo HTTP servers: the caller's context comes from the request headers;
+//! spans are named `METHOD route`, with the route template the router
+//! matched (`GET /users/{id}`), never the raw path.
+
+use motore::{layer::Layer, service::Service};
+use opentelemetry::trace::FutureExt as _;
+use tracing::Instrument as _;
+use volo::context::Context as _;
+use volo_http::{
+    context::ServerContext,
+    request::Request,
+    response::Response,
+    server::{route::MatchedPath, IntoResponse},
+};
+
+use super::ip;
+use crate::{CallInfo, HeaderExtractor, Outcome, RpcSystem, RpcTracing};
+
+/// Label for requests no route matched.
+const UNMATCHED: &str = "_other";
+
+/// Traces every request through a Volo HTTP server.
+///
+/// ```
+/// use tracing_ext::{volo::HttpTracingLayer, RpcTracing};
+///
+/// let tracing = RpcTracing::builder().build();
+/// // volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing))
+/// let layer = HttpTracingLayer::new(&tracing);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpTracingLayer {
+    tracing: RpcTracing,
+}
+
+impl HttpTracingLayer {
+    /// Server side: continue the caller's trace from the request headers.
+    #[must_use]
+    pub fn new(tracing: &RpcTracing) -> Self {
+        Self {
+            tracing: tracing.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for HttpTracingLayer {
+    type Service = HttpTracingService<S>;
+
+    fn layer(self, inner: S) -> Self::Service {
+        HttpTracingService { inner, layer: self }
+    }
+}
+
+/// The service made by [`HttpTracingLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpTracingService<S> {
+    inner: S,
+    layer: HttpTracingLayer,
+}
+
+impl<B, S> Service<ServerContext, Request<B>> for HttpTracingService<S>
+where
+    B: Send + 'static,
+    S: Service<ServerContext, Request<B>> + Send + Sync + 'static,
+    S::Response: IntoResponse,
+    S::Error: IntoResponse,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+
+    async fn call(
+        &self,
+        cx: &mut ServerContext,
+        request: Request<B>,
+    ) -> Result<Response, Self::Error> {
+        let method = request.method().clone();
+        let call = {
+            let authority = request
+                .uri()
+                .authority()
+                .map(http::uri::Authority::as_str)
+                .or_else(|| request.headers().get(http::header::HOST)?.to_str().ok());
+            let info = CallInfo {
+                system: RpcSystem::Http,
+                service: UNMATCHED,
+                method: method.as_str(),
+                server_addr: authority.and_then(|a| a.parse().ok()),
+                peer_addr: ip(cx.rpc_info().caller().address()),
+                request_size: None,
+            };
+            self.layer
+                .tracing
+                .start_server(&info, &HeaderExtractor(request.headers()))
+        };
+        let result = self
+            .inner
+            .call(cx, request)
+            .with_context(call.context().clone())
+            .instrument(call.tracing_span().clone())
+            .await;
+        let response = match result {
+            Ok(response) => response.into_response(),
+            Err(error) => error.into_response(),
+        };
+        let route = cx
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED, MatchedPath::as_str);
+        call.set_http_route(method.as_str(), route);
+        call.finish(&Outcome {
+            http_status: Some(response.status().as_u16()),
+            response_size: http_body::Body::size_hint(response.body()).exact(),
+            ..Outcome::default()
+        });
+        Ok(response)
+    }
+}
