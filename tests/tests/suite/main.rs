@@ -1,5 +1,6 @@
 //! Cross-crate integration tests: one binary, so the workspace links once.
 
+mod axum_routes;
 mod discovery_e2e;
 mod etcd_faults;
 mod etcd_registry;

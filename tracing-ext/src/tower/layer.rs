@@ -170,10 +170,17 @@ fn call_info<'a, B: http_body::Body>(
             grpc_service_method(request.uri().path()).unwrap_or((UNKNOWN, UNKNOWN));
         (RpcSystem::Grpc, service, method)
     } else {
-        let route = request
-            .extensions()
+        let extensions = request.extensions();
+        let route = extensions
             .get::<RouteTemplate>()
-            .map_or(UNKNOWN, |RouteTemplate(route)| route);
+            .map(|RouteTemplate(route)| &**route);
+        #[cfg(feature = "axum")]
+        let route = route.or_else(|| {
+            extensions
+                .get::<axum::extract::MatchedPath>()
+                .map(axum::extract::MatchedPath::as_str)
+        });
+        let route = route.unwrap_or(UNKNOWN);
         (RpcSystem::Http, route, request.method().as_str())
     };
     let authority = request

@@ -9,7 +9,9 @@
 //! gRPC requests (by `content-type`) get RPC spans named
 //! `package.Service/Method` with the status from `grpc-status` (headers or
 //! trailers); other requests get HTTP spans named `METHOD route`, the route
-//! being the [`RouteTemplate`] extension or `"_other"`, never the raw path.
+//! being the [`RouteTemplate`] extension, axum's `MatchedPath` (feature
+//! `axum`, with the layer added by `Router::layer`), or `"_other"` — never
+//! the raw path.
 
 mod layer;
 

@@ -1,0 +1,65 @@
+//! axum: the tower layers label metrics and name spans by the matched route.
+
+use std::time::Duration;
+
+use axum::{routing::get, Router};
+use harness::otlp::{OtlpReceiver, SPAN_KIND_SERVER};
+use metrics_ext::RpcMetrics;
+use tokio::net::TcpListener;
+
+use crate::support::pipeline;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let (guard, tracing) = pipeline("axum", &receiver)?;
+    let metrics = RpcMetrics::builder().build()?;
+    // `Router::layer` wraps each route, after matching: `MatchedPath` is set.
+    let app = Router::new()
+        .route("/orders/{id}", get(|| async { "an order" }))
+        .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+        .layer(tracing_ext::tower::TracingLayer::server(&tracing));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let http = reqwest::Client::new();
+    for id in 0..3 {
+        let response = http
+            .get(format!("http://{addr}/orders/{id}"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        http.get(format!("http://{addr}/nowhere/7"))
+            .send()
+            .await?
+            .status(),
+        404
+    );
+
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    assert!(
+        text.contains(r#"rpc_server_requests_total{rpc_method="GET",rpc_service="/orders/{id}",rpc_system="http",status_code="200"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("/orders/1"), "a raw path became a label");
+
+    guard.provider().force_flush()?;
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), "three route spans", |spans| {
+            spans.iter().filter(|s| s.kind == SPAN_KIND_SERVER).count() >= 3
+        })
+        .await?;
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "GET /orders/{id}")
+            .count()
+            == 3,
+        "{spans:#?}"
+    );
+    server.abort();
+    Ok(())
+}
