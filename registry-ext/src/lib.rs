@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | in-process | always | [`MemoryRegistry`] |
 //! | etcd v3 | `etcd` | `etcd::EtcdRegistry`, `etcd::EtcdResolver` |
+//! | Consul | `consul` | `consul::ConsulRegistry`, `consul::ConsulResolver` |
 //!
 //! ```
 //! use registry_ext::{Instance, MemoryRegistry, Registry, Resolver};
@@ -26,18 +27,20 @@
 #![forbid(unsafe_code)]
 
 mod address;
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 mod backoff;
 mod diff;
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 mod error;
 mod instance;
 mod memory;
 mod registry;
 mod resolver;
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 mod subscriptions;
 
+#[cfg(feature = "consul")]
+pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 

@@ -1,0 +1,212 @@
+//! Options shared by the Consul registry and resolver.
+
+use std::{marker::PhantomData, net::IpAddr, time::Duration};
+
+use super::{api::Api, ConsulRegistry, ConsulResolver};
+use crate::{Error, Result};
+
+/// Agent address used when neither the builder nor `CONSUL_HTTP_ADDR` set one.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+/// TTL of the default health check.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// The health check registered with each instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Check {
+    /// A TTL check this crate keeps passing every third of `ttl` (default).
+    Ttl {
+        /// How long the agent waits for a pass before marking it critical.
+        ttl: Duration,
+    },
+    /// The agent GETs this URL every `interval`; 2xx is passing.
+    Http {
+        /// The URL to probe.
+        url: String,
+        /// Probe interval.
+        interval: Duration,
+    },
+    /// The agent calls the gRPC health service at `target` (`host:port` or
+    /// `host:port/service`) every `interval`.
+    Grpc {
+        /// The gRPC health target.
+        target: String,
+        /// Probe interval.
+        interval: Duration,
+    },
+    /// The agent opens a TCP connection to `target` every `interval`.
+    Tcp {
+        /// `host:port` to connect to.
+        target: String,
+        /// Probe interval.
+        interval: Duration,
+    },
+}
+
+/// Builds a [`ConsulRegistry`] or a [`ConsulResolver`]; start from their
+/// `builder()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_ext::consul::{Check, ConsulRegistry};
+///
+/// let registry = ConsulRegistry::builder()
+///     .address("http://127.0.0.1:8500")
+///     .token("secret")
+///     .namespace("team-a")
+///     .check(Check::Ttl { ttl: Duration::from_secs(15) })
+///     .deregister_critical_after(Duration::from_secs(60))
+///     .build()
+///     .unwrap();
+/// # let _ = registry;
+/// ```
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct ConsulBuilder<T> {
+    pub(crate) address: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) datacenter: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) partition: Option<String>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) check: Check,
+    pub(crate) deregister_critical_after: Duration,
+    pub(crate) advertise_ip: Option<IpAddr>,
+    pub(crate) wait: Duration,
+    pub(crate) tags: Vec<String>,
+    target: PhantomData<fn() -> T>,
+}
+
+impl<T> ConsulBuilder<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            address: None,
+            token: None,
+            datacenter: None,
+            namespace: None,
+            partition: None,
+            request_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+            check: Check::Ttl { ttl: DEFAULT_TTL },
+            deregister_critical_after: Duration::from_secs(60),
+            advertise_ip: None,
+            wait: Duration::from_secs(30),
+            tags: Vec::new(),
+            target: PhantomData,
+        }
+    }
+
+    /// The agent's HTTP address (else `CONSUL_HTTP_ADDR`, else [`DEFAULT_ADDRESS`]).
+    /// `https://` addresses use TLS with the system's roots.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// ACL token (else `CONSUL_HTTP_TOKEN`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Namespace (Consul Enterprise).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Admin partition (Consul Enterprise).
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
+    /// Timeout of one ordinary request (default 5 s); blocking queries get
+    /// their wait time on top.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Longest wait between retries after failures (default 5 s).
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    pub(crate) fn api(&self) -> Result<Api> {
+        let address = self
+            .address
+            .clone()
+            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+            .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
+        let address = if address.contains("://") {
+            address
+        } else {
+            format!("http://{address}")
+        };
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        Api::new(self, address, token)
+    }
+}
+
+impl ConsulBuilder<ConsulRegistry> {
+    /// The health check of each instance (default a 10 s TTL check).
+    pub fn check(mut self, check: Check) -> Self {
+        self.check = check;
+        self
+    }
+
+    /// How long a critical instance stays before the agent removes it
+    /// (`DeregisterCriticalServiceAfter`, default 60 s; Consul's minimum is 1 min).
+    pub fn deregister_critical_after(mut self, after: Duration) -> Self {
+        self.deregister_critical_after = after;
+        self
+    }
+
+    /// The IP to advertise for instances registered on `0.0.0.0` or `::`.
+    pub fn advertise_ip(mut self, ip: IpAddr) -> Self {
+        self.advertise_ip = Some(ip);
+        self
+    }
+
+    /// Creates the registry (no request is made yet).
+    pub fn build(self) -> Result<ConsulRegistry> {
+        if let Check::Ttl { ttl } = &self.check {
+            if *ttl < Duration::from_secs(1) {
+                return Err(Error::Config(format!("TTL {ttl:?} is below one second")));
+            }
+        }
+        Ok(ConsulRegistry::new(self.api()?, self))
+    }
+}
+
+impl ConsulBuilder<ConsulResolver> {
+    /// Datacenter to resolve in (default: the agent's).
+    pub fn datacenter(mut self, datacenter: impl Into<String>) -> Self {
+        self.datacenter = Some(datacenter.into());
+        self
+    }
+
+    /// Only instances carrying every one of these tags.
+    pub fn tags<I: Into<String>>(mut self, tags: impl IntoIterator<Item = I>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long one blocking query may wait for a change (default 30 s).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Creates the resolver (no request is made yet).
+    pub fn build(self) -> Result<ConsulResolver> {
+        Ok(ConsulResolver::new(self.api()?, self))
+    }
+}
