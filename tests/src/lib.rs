@@ -3,6 +3,7 @@
 //! Every server runs on free loopback ports with its own temporary data
 //! directory, and is killed when its guard drops, so nothing outlives a test.
 
+pub mod consul;
 mod etcd;
 pub mod otlp;
 mod process;

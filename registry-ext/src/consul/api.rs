@@ -107,7 +107,11 @@ impl Registration {
             name: instance.service.clone(),
             address: address.ip().to_string(),
             port: address.port(),
-            tags: instance.tags.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            tags: instance
+                .tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
             meta,
             weights: Weights {
                 passing: instance.weight.max(1),
@@ -163,7 +167,11 @@ pub(crate) enum Pass {
 }
 
 impl Api {
-    pub(crate) fn new<T>(builder: &ConsulBuilder<T>, base: String, token: Option<String>) -> Result<Self> {
+    pub(crate) fn new<T>(
+        builder: &ConsulBuilder<T>,
+        base: String,
+        token: Option<String>,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(builder.request_timeout)
             .build()
@@ -217,12 +225,19 @@ impl Api {
         }
         let body = response.text().await.unwrap_or_default();
         let body: String = body.chars().take(200).collect();
-        Err(Error::backend(BACKEND, format!("{what}: HTTP {status}: {body}")))
+        Err(Error::backend(
+            BACKEND,
+            format!("{what}: HTTP {status}: {body}"),
+        ))
     }
 
     pub(crate) async fn register(&self, registration: &Registration) -> Result<()> {
         let request = self
-            .request(Method::PUT, "/v1/agent/service/register", self.request_timeout)
+            .request(
+                Method::PUT,
+                "/v1/agent/service/register",
+                self.request_timeout,
+            )
             .query(&[("replace-existing-checks", "true")])
             .json(registration);
         let response = self.send(request).await?;
@@ -252,12 +267,20 @@ impl Api {
         // check" for a check they lost.
         if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
             let body = response.text().await.unwrap_or_default();
-            if body.contains("Unknown check") || body.contains("unknown check") || body.contains("does not exist") {
+            if body.contains("Unknown check")
+                || body.contains("unknown check")
+                || body.contains("does not exist")
+            {
                 return Ok(Pass::Unknown);
             }
-            return Err(Error::backend(BACKEND, format!("TTL pass: HTTP 500: {body}")));
+            return Err(Error::backend(
+                BACKEND,
+                format!("TTL pass: HTTP 500: {body}"),
+            ));
         }
-        Self::expect_success(response, "TTL pass").await.map(|_| Pass::Passed)
+        Self::expect_success(response, "TTL pass")
+            .await
+            .map(|_| Pass::Passed)
     }
 
     /// Whether the agent still has service `id` (for agent-run checks).
@@ -269,7 +292,9 @@ impl Api {
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
-        Self::expect_success(response, "service lookup").await.map(|_| true)
+        Self::expect_success(response, "service lookup")
+            .await
+            .map(|_| true)
     }
 
     /// One (blocking, when `index` > 0) health query: the passing instances
@@ -309,11 +334,15 @@ impl Api {
                 key: path.clone(),
                 reason: "missing or malformed X-Consul-Index".into(),
             })?;
-        let body = response.bytes().await.map_err(|e| Error::backend(BACKEND, e))?;
-        let entries: Vec<HealthEntry> = serde_json::from_slice(&body).map_err(|e| Error::Decode {
-            key: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        let entries: Vec<HealthEntry> =
+            serde_json::from_slice(&body).map_err(|e| Error::Decode {
+                key: path.clone(),
+                reason: e.to_string(),
+            })?;
         let instances = entries.into_iter().filter_map(instance_of).collect();
         Ok((instances, next_index))
     }

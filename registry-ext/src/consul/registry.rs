@@ -78,7 +78,11 @@ impl Registry for ConsulRegistry {
     async fn register(&self, mut instance: Instance) -> Result<Registration> {
         instance.address = advertise_address(instance.address, self.shared.advertise_ip)?;
         instance.validate()?;
-        let body = Body::of(&instance, &self.shared.check, self.shared.deregister_critical_after);
+        let body = Body::of(
+            &instance,
+            &self.shared.check,
+            self.shared.deregister_critical_after,
+        );
         self.shared.api.register(&body).await?;
         info!(id = %body.id, "registered in Consul");
         let (registration, stop) = Registration::new(instance);
@@ -113,7 +117,11 @@ impl Shared {
                 () = tokio::time::sleep(delay) => {}
             }
             let present = match &self.check {
-                Check::Ttl { .. } => self.api.pass(&check_id).await.map(|p| matches!(p, Pass::Passed)),
+                Check::Ttl { .. } => self
+                    .api
+                    .pass(&check_id)
+                    .await
+                    .map(|p| matches!(p, Pass::Passed)),
                 _ => self.api.has_service(&body.id).await,
             };
             delay = match present {

@@ -1,6 +1,7 @@
 //! Cross-crate integration tests: one binary, so the workspace links once.
 
 mod axum_routes;
+mod consul_backend;
 mod discovery_e2e;
 mod etcd_faults;
 mod etcd_registry;

@@ -1,0 +1,215 @@
+//! The Consul backend against a real Consul agent when `CONSUL_HTTP_ADDR` is
+//! set, else against the stand-in in `tests/src/consul.rs`; fault modes
+//! (500s, garbage, agent restarts, slow answers) always use the stand-in.
+
+use std::time::Duration;
+
+use harness::consul::ConsulStandIn;
+use registry_ext::{
+    consul::{Check, ConsulRegistry, ConsulResolver},
+    Instance, Registry, Resolver,
+};
+
+use crate::support::{addr, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
+
+/// A real agent (`CONSUL_HTTP_ADDR`) or the stand-in.
+enum Agent {
+    Real(String),
+    StandIn(ConsulStandIn),
+}
+
+impl Agent {
+    async fn any() -> anyhow::Result<Self> {
+        Ok(match std::env::var("CONSUL_HTTP_ADDR") {
+            Ok(address) if !address.is_empty() => Agent::Real(address),
+            _ => Agent::StandIn(ConsulStandIn::start().await?),
+        })
+    }
+
+    fn address(&self) -> String {
+        match self {
+            Agent::Real(address) => address.clone(),
+            Agent::StandIn(stand_in) => stand_in.address(),
+        }
+    }
+}
+
+/// A service name of its own, so tests can share a real agent.
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000) as u32
+}
+
+fn pair(address: &str) -> anyhow::Result<(ConsulRegistry, ConsulResolver)> {
+    harness::init_test_logging();
+    let registry = ConsulRegistry::builder()
+        .address(address)
+        .check(Check::Ttl {
+            ttl: Duration::from_secs(2),
+        })
+        .max_backoff(Duration::from_millis(500))
+        .build()?;
+    let resolver = ConsulResolver::builder()
+        .address(address)
+        .wait(Duration::from_secs(5))
+        .max_backoff(Duration::from_millis(500))
+        .build()?;
+    Ok((registry, resolver))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_instances_resolve_stay_passing_and_leave_on_drop() -> anyhow::Result<()> {
+    let agent = Agent::any().await?;
+    let (registry, resolver) = pair(&agent.address())?;
+    let service = unique("echo");
+
+    let first = registry
+        .register(
+            Instance::new(&service, addr(7701))
+                .with_weight(5)
+                .with_tag("zone", "a"),
+        )
+        .await?;
+    let resolved = resolver.resolve(&service).await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].address, addr(7701));
+    assert_eq!(resolved[0].weight, 5);
+    assert_eq!(resolved[0].tags["zone"], "a");
+
+    // Longer than the TTL: the background task keeps the check passing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut watch = resolver.subscribe(&service).await?;
+    wait_for_ports(&mut watch, &[7701], WATCH_DEADLINE).await?;
+
+    // A blocking query returns as soon as the set changes.
+    let second = registry
+        .register(Instance::new(&service, addr(7702)))
+        .await?;
+    wait_for_ports(&mut watch, &[7701, 7702], WATCH_DEADLINE).await?;
+    drop(first);
+    wait_for_ports(&mut watch, &[7702], WATCH_DEADLINE).await?;
+    second.deregister().await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    assert!(resolver.resolve("nobody-registered-this").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filter_selects_instances() -> anyhow::Result<()> {
+    let agent = Agent::any().await?;
+    let (registry, _) = pair(&agent.address())?;
+    let service = unique("tagged");
+    let _a = registry
+        .register(Instance::new(&service, addr(7711)).with_tag("zone", "a"))
+        .await?;
+    let _b = registry
+        .register(Instance::new(&service, addr(7712)).with_tag("zone", "b"))
+        .await?;
+    let zone_b = ConsulResolver::builder()
+        .address(agent.address())
+        .tags(["zone=b"])
+        .build()?;
+    let resolved = zone_b.resolve(&service).await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].address, addr(7712));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_is_survived_without_user_action() -> anyhow::Result<()> {
+    let stand_in = ConsulStandIn::start().await?;
+    let (registry, resolver) = pair(&stand_in.address())?;
+    let _registration = registry.register(Instance::new("echo", addr(7721))).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[7721], WATCH_DEADLINE).await?;
+
+    // The agent forgets everything and its index goes backwards.
+    stand_in.restart();
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ports(&mut watch, &[7721], RECOVERY_DEADLINE).await?;
+    assert_eq!(
+        stand_in.service_ids(),
+        vec!["echo-127.0.0.1-7721".to_owned()]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_garbage_keep_the_last_known_instances() -> anyhow::Result<()> {
+    let stand_in = ConsulStandIn::start().await?;
+    let (registry, _) = pair(&stand_in.address())?;
+    let resolver = ConsulResolver::builder()
+        .address(stand_in.address())
+        .wait(Duration::from_millis(200))
+        .max_backoff(Duration::from_millis(300))
+        .build()?;
+    let _registration = registry.register(Instance::new("echo", addr(7731))).await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[7731], WATCH_DEADLINE).await?;
+
+    for inject in [
+        (|s: &ConsulStandIn| s.fail_next(4)) as fn(&ConsulStandIn),
+        |s: &ConsulStandIn| s.garbage_next(3),
+    ] {
+        inject(&stand_in);
+        let snapshot = harness::eventually(WATCH_DEADLINE, "an error report", || {
+            let snapshot = watch.current();
+            async move { snapshot.last_error.is_some().then_some(snapshot) }
+        })
+        .await?;
+        assert_eq!(snapshot.instances.len(), 1, "the last known set is kept");
+        // It recovers by itself once the agent answers properly again.
+        harness::eventually(RECOVERY_DEADLINE, "recovery", || {
+            let snapshot = watch.current();
+            async move { snapshot.last_error.is_none().then_some(()) }
+        })
+        .await?;
+    }
+    assert_eq!(watch.current().instances.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_still_serves() -> anyhow::Result<()> {
+    let stand_in = ConsulStandIn::start().await?;
+    stand_in.set_delay(Duration::from_millis(300));
+    let (registry, resolver) = pair(&stand_in.address())?;
+    let _registration = registry.register(Instance::new("echo", addr(7741))).await?;
+    assert_eq!(resolver.resolve("echo").await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
+    use echo::{servers::serve_tonic, tonic_gen};
+
+    let agent = Agent::any().await?;
+    let (registry, resolver) = pair(&agent.address())?;
+    let service = unique("echo-tonic");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server_addr = listener.local_addr()?;
+    let server = tokio::spawn(serve_tonic(listener, std::future::pending()));
+    let _registration = registry
+        .register(Instance::new(&service, server_addr))
+        .await?;
+    let channel = registry_ext::tower::balanced_channel(&resolver, &service).await?;
+    let reply = harness::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
+        let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
+        async move {
+            client
+                .say(tonic_gen::SayRequest {
+                    message: "hi".into(),
+                })
+                .await
+                .ok()
+        }
+    })
+    .await?;
+    assert_eq!(reply.into_inner().served_by, server_addr.to_string());
+    server.abort();
+    Ok(())
+}
