@@ -17,9 +17,10 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{bail, Context};
 use echo::{servers, tonic_gen, volo_gen};
 use registry_ext::{
+    consul::{ConsulRegistry, ConsulResolver},
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
-    Instance, Registry,
+    Instance, Registry, Resolver,
 };
 use tokio::net::TcpListener;
 
@@ -39,29 +40,38 @@ async fn main() -> anyhow::Result<()> {
         .map(str::to_owned)
         .collect();
     let mut args = std::env::args().skip(1);
+    let backend = args.next().unwrap_or_default();
     let command = args.next().unwrap_or_default();
     let listen: SocketAddr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:0".into())
         .parse()
         .context("the listen address must look like 127.0.0.1:50051")?;
-    match command.as_str() {
-        "volo-server" => serve(endpoints, listen, VOLO_SERVICE, true).await,
-        "tonic-server" => serve(endpoints, listen, TONIC_SERVICE, false).await,
-        "volo-client" => volo_client(endpoints).await,
-        "tonic-client" => tonic_client(endpoints).await,
-        _ => bail!(
-            "usage: etcd_echo volo-server|tonic-server [listen-addr] | volo-client | tonic-client"
-        ),
+    const USAGE: &str = "usage: discovery etcd|consul \
+        volo-server|tonic-server [listen-addr] | volo-client | tonic-client";
+    match (backend.as_str(), command.as_str()) {
+        ("etcd", "volo-server" | "tonic-server") => {
+            let registry = EtcdRegistry::builder(&endpoints).build().await?;
+            serve(registry, listen, command == "volo-server").await
+        }
+        ("consul", "volo-server" | "tonic-server") => {
+            let registry = ConsulRegistry::builder().build()?;
+            serve(registry, listen, command == "volo-server").await
+        }
+        ("etcd", "volo-client") => {
+            volo_client(EtcdResolver::builder(&endpoints).build().await?).await
+        }
+        ("etcd", "tonic-client") => {
+            tonic_client(EtcdResolver::builder(&endpoints).build().await?).await
+        }
+        ("consul", "volo-client") => volo_client(ConsulResolver::builder().build()?).await,
+        ("consul", "tonic-client") => tonic_client(ConsulResolver::builder().build()?).await,
+        _ => bail!(USAGE),
     }
 }
 
-async fn serve(
-    endpoints: Vec<String>,
-    listen: SocketAddr,
-    service: &str,
-    volo: bool,
-) -> anyhow::Result<()> {
+async fn serve(registry: impl Registry, listen: SocketAddr, volo: bool) -> anyhow::Result<()> {
+    let service = if volo { VOLO_SERVICE } else { TONIC_SERVICE };
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -74,11 +84,10 @@ async fn serve(
         tokio::spawn(servers::serve_tonic(listener, shutdown))
     };
 
-    let registry = EtcdRegistry::builder(&endpoints).build().await?;
     // Listening on 0.0.0.0 registers the host's first non-loopback address.
     let registration = registry.register(Instance::new(service, local)).await?;
     println!(
-        "{service} serving on {local}, registered in etcd as {}",
+        "{service} serving on {local}, registered as {}",
         registration.instance().address
     );
 
@@ -107,8 +116,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn volo_client(endpoints: Vec<String>) -> anyhow::Result<()> {
-    let resolver = EtcdResolver::builder(&endpoints).build().await?;
+async fn volo_client(resolver: impl Resolver) -> anyhow::Result<()> {
     let client = volo_gen::echo::EchoClientBuilder::new(VOLO_SERVICE)
         .discover(VoloDiscover::new(resolver))
         .build();
@@ -125,8 +133,7 @@ async fn volo_client(endpoints: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tonic_client(endpoints: Vec<String>) -> anyhow::Result<()> {
-    let resolver = EtcdResolver::builder(&endpoints).build().await?;
+async fn tonic_client(resolver: impl Resolver) -> anyhow::Result<()> {
     let channel = registry_ext::tower::balanced_channel(&resolver, TONIC_SERVICE).await?;
     let mut client = tonic_gen::echo_client::EchoClient::new(channel);
     for i in 1..=5 {
