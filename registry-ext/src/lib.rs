@@ -10,6 +10,7 @@
 //! | in-process | always | [`MemoryRegistry`] |
 //! | etcd v3 | `etcd` | `etcd::EtcdRegistry`, `etcd::EtcdResolver` |
 //! | Consul | `consul` | `consul::ConsulRegistry`, `consul::ConsulResolver` |
+//! | Kubernetes EndpointSlices | `k8s` | `k8s::K8sRegistry`, `k8s::K8sResolver` |
 //!
 //! ```
 //! use registry_ext::{Instance, MemoryRegistry, Registry, Resolver};
@@ -27,22 +28,33 @@
 #![forbid(unsafe_code)]
 
 mod address;
-#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
+    allow(dead_code)
+)]
 mod backoff;
 mod diff;
-#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
+    allow(dead_code)
+)]
 mod error;
 mod instance;
 mod memory;
 mod registry;
 mod resolver;
-#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
+    allow(dead_code)
+)]
 mod subscriptions;
 
 #[cfg(feature = "consul")]
 pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -5,6 +5,7 @@
 
 pub mod consul;
 mod etcd;
+pub mod k8s;
 pub mod otlp;
 mod process;
 mod prometheus;

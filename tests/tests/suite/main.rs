@@ -6,6 +6,7 @@ mod discovery_e2e;
 mod etcd_faults;
 mod etcd_registry;
 mod harness_selftest;
+mod k8s_backend;
 mod metrics_prometheus;
 mod support;
 mod thrift_e2e;

@@ -1,0 +1,207 @@
+//! Resolution from EndpointSlices with kube's runtime watcher.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::{
+    runtime::{watcher, WatchStreamExt},
+    Api, Client,
+};
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::{PortSpec, Target};
+use crate::{
+    subscriptions::{publish_error, publish_instances, Subscriptions},
+    Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
+};
+
+/// Resolves `k8s://<service>.<namespace>:<port>` targets to the ready
+/// endpoints of the Service's EndpointSlices, pushing every change.
+///
+/// ```no_run
+/// use registry_ext::{k8s::K8sResolver, volo::VoloDiscover};
+///
+/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// let resolver = K8sResolver::try_default().await?;
+/// // Volo: the client's service name is the target.
+/// let discover = VoloDiscover::new(resolver);
+/// // EchoClientBuilder::new("k8s://echo.default:grpc").discover(discover).build();
+/// # let _ = discover; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct K8sResolver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    subscriptions: Subscriptions,
+}
+
+impl std::fmt::Debug for K8sResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("K8sResolver").finish_non_exhaustive()
+    }
+}
+
+impl K8sResolver {
+    /// A resolver using the usual configuration: in-cluster service account,
+    /// else `KUBECONFIG` or `~/.kube/config`.
+    pub async fn try_default() -> Result<Self> {
+        let client = Client::try_default().await.map_err(super::kube_error)?;
+        Ok(Self::new(client))
+    }
+
+    /// A resolver using `client` (build it from an explicit `kube::Config`
+    /// with `kube::Client::try_from`).
+    #[must_use]
+    pub fn new(client: Client) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                subscriptions: Subscriptions::default(),
+            }),
+        }
+    }
+}
+
+impl Resolver for K8sResolver {
+    async fn subscribe(&self, target: &str) -> Result<ServiceWatch> {
+        let parsed = Target::parse(target)?;
+        let api: Api<EndpointSlice> = match &parsed.namespace {
+            Some(namespace) => Api::namespaced(self.shared.client.clone(), namespace),
+            None => Api::default_namespaced(self.shared.client.clone()),
+        };
+        let follower = Follower {
+            api,
+            name: target.to_owned(),
+            target: parsed,
+        };
+        self.shared
+            .subscriptions
+            .subscribe(target, |tx| follower.run(tx))
+            .await
+    }
+}
+
+struct Follower {
+    api: Api<EndpointSlice>,
+    name: String,
+    target: Target,
+}
+
+impl Follower {
+    async fn run(self, tx: watch::Sender<ServiceSnapshot>) {
+        let selector = format!("kubernetes.io/service-name={}", self.target.service);
+        let mut events = watcher(
+            self.api.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .boxed();
+        // Instances by slice name; `relisting` buffers a re-list so the
+        // current set stays in place until the new list is complete.
+        let mut slices: HashMap<String, Vec<Arc<Instance>>> = HashMap::new();
+        let mut relisting: Option<HashMap<String, Vec<Arc<Instance>>>> = None;
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = events.next() => event,
+            };
+            let changed = match event {
+                None => return,
+                Some(Ok(watcher::Event::Init)) => {
+                    relisting = Some(HashMap::new());
+                    false
+                }
+                Some(Ok(watcher::Event::InitApply(slice))) => {
+                    let (name, instances) = self.instances_of(&slice);
+                    relisting
+                        .get_or_insert_with(HashMap::new)
+                        .insert(name, instances);
+                    false
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    slices = relisting.take().unwrap_or_default();
+                    true
+                }
+                Some(Ok(watcher::Event::Apply(slice))) => {
+                    let (name, instances) = self.instances_of(&slice);
+                    slices.insert(name, instances);
+                    true
+                }
+                Some(Ok(watcher::Event::Delete(slice))) => {
+                    let (name, _) = self.instances_of(&slice);
+                    slices.remove(&name).is_some()
+                }
+                Some(Err(error)) => {
+                    warn!(target = %self.name, %error, "EndpointSlice watch failed; keeping last known instances");
+                    publish_error(&tx, crate::Error::backend(super::BACKEND, error));
+                    false
+                }
+            };
+            if changed {
+                publish_instances(&tx, slices.values().flatten().cloned().collect());
+            }
+        }
+    }
+
+    /// The ready endpoints of one slice, at the target's port.
+    fn instances_of(&self, slice: &EndpointSlice) -> (String, Vec<Arc<Instance>>) {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        let port = match &self.target.port {
+            PortSpec::Name(wanted) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(wanted.as_str()))
+                .and_then(|p| p.port),
+            PortSpec::Number(number) => Some(
+                ports
+                    .iter()
+                    .find_map(|p| p.port.filter(|port| *port == i32::from(*number)))
+                    .unwrap_or(i32::from(*number)),
+            ),
+        };
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+            return (name, Vec::new());
+        };
+        let mut instances = Vec::new();
+        for endpoint in slice.endpoints.as_deref().unwrap_or_default() {
+            let conditions = endpoint.conditions.as_ref();
+            // Unknown readiness counts as ready, per the EndpointSlice API.
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready || terminating {
+                continue;
+            }
+            let mut tags = BTreeMap::new();
+            if let Some(zone) = &endpoint.zone {
+                tags.insert("zone".to_owned(), zone.clone());
+            }
+            if let Some(node) = &endpoint.node_name {
+                tags.insert("node".to_owned(), node.clone());
+            }
+            if let Some(hostname) = &endpoint.hostname {
+                tags.insert("hostname".to_owned(), hostname.clone());
+            }
+            for address in &endpoint.addresses {
+                match address.parse::<IpAddr>() {
+                    Ok(ip) => instances.push(Arc::new(Instance {
+                        service: self.name.clone(),
+                        address: SocketAddr::new(ip, port),
+                        weight: crate::DEFAULT_WEIGHT,
+                        tags: tags.clone(),
+                    })),
+                    Err(_) => warn!(slice = %name, address, "skipping a non-IP endpoint address"),
+                }
+            }
+        }
+        (name, instances)
+    }
+}

@@ -1,0 +1,234 @@
+//! The Kubernetes backend against a real cluster when `KUBECONFIG` is set
+//! (the registry round trip), else — and for every fault — against the
+//! stand-in API server in `tests/src/k8s.rs`.
+
+use std::time::Duration;
+
+use harness::k8s::K8sStandIn;
+use registry_ext::{
+    k8s::{K8sRegistry, K8sResolver},
+    Instance, Registry, Resolver, ServiceSnapshot,
+};
+use serde_json::{json, Value};
+
+use crate::support::{RECOVERY_DEADLINE, WATCH_DEADLINE};
+
+fn endpoint(ip: &str, ready: bool, terminating: bool) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": ready, "terminating": terminating},
+           "zone": "zone-a", "nodeName": "node-1"})
+}
+
+fn slice(name: &str, service: &str, endpoints: Vec<Value>) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}, {"name": "metrics", "port": 9464}],
+    })
+}
+
+fn ips(snapshot: &ServiceSnapshot) -> Vec<String> {
+    snapshot
+        .instances
+        .iter()
+        .map(|i| i.address.to_string())
+        .collect()
+}
+
+async fn wait_for_ips(
+    watch: &mut registry_ext::ServiceWatch,
+    want: &[&str],
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    tokio::time::timeout(
+        deadline,
+        watch.wait_for(|i| i.iter().map(|x| x.address.to_string()).collect::<Vec<_>>() == want),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("wanted {want:?}, have {:?}", ips(&watch.current())))??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let api = K8sStandIn::start().await?;
+    api.put(
+        "default",
+        slice(
+            "echo-1",
+            "echo",
+            vec![
+                endpoint("10.0.0.1", true, false),
+                endpoint("10.0.0.2", false, false),
+                endpoint("10.0.0.3", true, true),
+            ],
+        ),
+    );
+    api.put(
+        "default",
+        slice("other-1", "other", vec![endpoint("10.9.9.9", true, false)]),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+
+    let resolved = resolver.resolve("k8s://echo.default:grpc").await?;
+    assert_eq!(
+        resolved.len(),
+        1,
+        "not-ready and terminating endpoints are left out"
+    );
+    assert_eq!(
+        resolved[0].address.to_string(),
+        "10.0.0.1:50051",
+        "named port"
+    );
+    assert_eq!(resolved[0].tags["zone"], "zone-a");
+    assert_eq!(resolved[0].tags["node"], "node-1");
+    let metrics_port = resolver.resolve("k8s://echo.default:metrics").await?;
+    assert_eq!(metrics_port[0].address.port(), 9464);
+
+    let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
+    // Readiness flips and a second slice.
+    api.put(
+        "default",
+        slice(
+            "echo-1",
+            "echo",
+            vec![
+                endpoint("10.0.0.1", true, false),
+                endpoint("10.0.0.2", true, false),
+            ],
+        ),
+    );
+    wait_for_ips(
+        &mut watch,
+        &["10.0.0.1:50051", "10.0.0.2:50051"],
+        WATCH_DEADLINE,
+    )
+    .await?;
+    api.put(
+        "default",
+        slice("echo-2", "echo", vec![endpoint("10.0.1.1", true, false)]),
+    );
+    wait_for_ips(
+        &mut watch,
+        &["10.0.0.1:50051", "10.0.0.2:50051", "10.0.1.1:50051"],
+        WATCH_DEADLINE,
+    )
+    .await?;
+    api.remove("default", "echo-1");
+    wait_for_ips(&mut watch, &["10.0.1.1:50051"], WATCH_DEADLINE).await?;
+    assert!(resolver
+        .resolve("k8s://nobody.default:grpc")
+        .await?
+        .is_empty());
+    assert!(resolver.resolve("not a target").await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_watch_relists_without_dropping_the_current_set() -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    api.put(
+        "default",
+        slice("echo-1", "echo", vec![endpoint("10.0.0.1", true, false)]),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
+
+    // Record every snapshot the resolver publishes from here on.
+    let mut observer = watch.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(snapshot) = observer.changed().await {
+                seen.lock().unwrap().push(ips(&snapshot));
+            }
+        })
+    };
+
+    // History compacted and connections cut: the watcher's resume gets
+    // 410 Gone and it must list again; a change happens meanwhile.
+    let lists_before = api.list_requests();
+    api.compact();
+    api.expire_next_watch();
+    api.drop_watches();
+    api.put(
+        "default",
+        slice(
+            "echo-1",
+            "echo",
+            vec![
+                endpoint("10.0.0.1", true, false),
+                endpoint("10.0.0.2", true, false),
+            ],
+        ),
+    );
+    wait_for_ips(
+        &mut watch,
+        &["10.0.0.1:50051", "10.0.0.2:50051"],
+        RECOVERY_DEADLINE,
+    )
+    .await?;
+    // And updates keep flowing after the re-list.
+    api.put(
+        "default",
+        slice("echo-1", "echo", vec![endpoint("10.0.0.2", true, false)]),
+    );
+    wait_for_ips(&mut watch, &["10.0.0.2:50051"], WATCH_DEADLINE).await?;
+    recorder.abort();
+    assert!(
+        api.list_requests() > lists_before,
+        "the watcher did not list again after 410"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|set| !set.is_empty()),
+        "the set went empty during the re-list: {seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
+    // A real cluster when KUBECONFIG is set (namespace `default`), else the stand-in.
+    let (stand_in, client) = match std::env::var("KUBECONFIG") {
+        Ok(path) if !path.is_empty() => (None, kube::Client::try_default().await?),
+        _ => {
+            let api = K8sStandIn::start().await?;
+            let client = api.client()?;
+            (Some(api), client)
+        }
+    };
+    let service = format!("rx-{}", std::process::id());
+    let registry = K8sRegistry::new(client.clone())
+        .namespace("default")
+        .port_name("grpc")
+        .recheck_interval(Duration::from_millis(200));
+    let resolver = K8sResolver::new(client);
+    let registration = registry
+        .register(Instance::new(&service, "10.1.2.3:50051".parse()?).with_tag("zone", "z1"))
+        .await?;
+    let target = format!("k8s://{service}.default:grpc");
+    let mut watch = resolver.subscribe(&target).await?;
+    wait_for_ips(&mut watch, &["10.1.2.3:50051"], WATCH_DEADLINE).await?;
+    assert_eq!(watch.current().instances[0].tags["zone"], "z1");
+
+    if let Some(api) = &stand_in {
+        let name = format!("{service}-10-1-2-3-50051");
+        let stored = api.get("default", &name).expect("slice stored");
+        assert_eq!(
+            stored["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+            "registry-ext"
+        );
+        // Someone deletes it: the registration puts it back.
+        api.remove("default", &name);
+        wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+        wait_for_ips(&mut watch, &["10.1.2.3:50051"], RECOVERY_DEADLINE).await?;
+    }
+    registration.deregister().await?;
+    wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}
