@@ -19,6 +19,7 @@ use echo::{servers, tonic_gen, volo_gen};
 use registry_ext::{
     consul::{ConsulRegistry, ConsulResolver},
     etcd::{EtcdRegistry, EtcdResolver},
+    k8s::{K8sRegistry, K8sResolver},
     volo::VoloDiscover,
     Instance, Registry, Resolver,
 };
@@ -47,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:0".into())
         .parse()
         .context("the listen address must look like 127.0.0.1:50051")?;
-    const USAGE: &str = "usage: discovery etcd|consul \
+    let namespace = std::env::var("K8S_NAMESPACE").unwrap_or_else(|_| "default".into());
+    const USAGE: &str = "usage: discovery etcd|consul|k8s \
         volo-server|tonic-server [listen-addr] | volo-client | tonic-client";
     match (backend.as_str(), command.as_str()) {
         ("etcd", "volo-server" | "tonic-server") => {
@@ -66,6 +68,21 @@ async fn main() -> anyhow::Result<()> {
         }
         ("consul", "volo-client") => volo_client(ConsulResolver::builder().build()?).await,
         ("consul", "tonic-client") => tonic_client(ConsulResolver::builder().build()?).await,
+        ("k8s", "volo-server" | "tonic-server") => {
+            let registry = K8sRegistry::try_default()
+                .await?
+                .namespace(&namespace)
+                .port_name("grpc");
+            serve(registry, listen, command == "volo-server").await
+        }
+        ("k8s", "volo-client") => {
+            let target = format!("k8s://{VOLO_SERVICE}.{namespace}:grpc");
+            volo_client_of(K8sResolver::try_default().await?, &target).await
+        }
+        ("k8s", "tonic-client") => {
+            let target = format!("k8s://{TONIC_SERVICE}.{namespace}:grpc");
+            tonic_client_of(K8sResolver::try_default().await?, &target).await
+        }
         _ => bail!(USAGE),
     }
 }
@@ -117,7 +134,11 @@ async fn shutdown_signal() {
 }
 
 async fn volo_client(resolver: impl Resolver) -> anyhow::Result<()> {
-    let client = volo_gen::echo::EchoClientBuilder::new(VOLO_SERVICE)
+    volo_client_of(resolver, VOLO_SERVICE).await
+}
+
+async fn volo_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {
+    let client = volo_gen::echo::EchoClientBuilder::new(service)
         .discover(VoloDiscover::new(resolver))
         .build();
     for i in 1..=5 {
@@ -134,7 +155,11 @@ async fn volo_client(resolver: impl Resolver) -> anyhow::Result<()> {
 }
 
 async fn tonic_client(resolver: impl Resolver) -> anyhow::Result<()> {
-    let channel = registry_ext::tower::balanced_channel(&resolver, TONIC_SERVICE).await?;
+    tonic_client_of(resolver, TONIC_SERVICE).await
+}
+
+async fn tonic_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {
+    let channel = registry_ext::tower::balanced_channel(&resolver, service).await?;
     let mut client = tonic_gen::echo_client::EchoClient::new(channel);
     for i in 1..=5 {
         let reply = client
