@@ -298,6 +298,8 @@ impl RpcTracing {
 
 fn default_span_name(info: &CallInfo<'_>) -> String {
     match info.system {
+        // HTTP clients know no route: the method alone, per the conventions.
+        RpcSystem::Http if info.service.is_empty() => info.method.to_owned(),
         RpcSystem::Http => format!("{} {}", info.method, info.service),
         _ => format!("{}/{}", info.service, info.method),
     }

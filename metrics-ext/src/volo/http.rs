@@ -1,11 +1,15 @@
-//! Volo HTTP servers: labels are the route template the router matched
+//! Volo HTTP. Servers: labels are the route template the router matched
 //! (`rpc_service = "/users/{id}"`, `rpc_method = "GET"`), never the raw path;
-//! unmatched requests are recorded under [`OVERFLOW_LABEL`].
+//! unmatched requests are recorded under [`OVERFLOW_LABEL`]. Clients: a
+//! client knows no route template, so `rpc_service` is [`OVERFLOW_LABEL`],
+//! `rpc_method` the HTTP method and `peer_service` the target host.
 
+use http_body::Body as _;
 use motore::{layer::Layer, service::Service};
 use volo::context::Context as _;
 use volo_http::{
-    context::ServerContext,
+    context::{ClientContext, ServerContext},
+    error::ClientError,
     request::Request,
     response::Response,
     server::{route::MatchedPath, IntoResponse},
@@ -13,10 +17,12 @@ use volo_http::{
 
 use crate::{status, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
 
-/// Records every request through a Volo HTTP server.
+/// Records every request through a Volo HTTP server or client (the side
+/// follows from the context type).
 ///
-/// Add it with `Server::layer` so it sees every request: the route is read
-/// from the router's `MatchedPath` once the router has run.
+/// On servers, add it with `Server::layer` so it sees every request: the
+/// route is read from the router's `MatchedPath` once the router has run.
+/// On clients, add it with `ClientBuilder::layer_outer`.
 ///
 /// ```
 /// use metrics_ext::{volo::HttpMetricsLayer, RpcMetrics};
@@ -32,7 +38,7 @@ pub struct HttpMetricsLayer {
 }
 
 impl HttpMetricsLayer {
-    /// Server side: `rpc_server_*` with `rpc_system = "http"`.
+    /// Records into `metrics` (`rpc_server_*` or `rpc_client_*`, `rpc_system = "http"`).
     #[must_use]
     pub fn new(metrics: &RpcMetrics) -> Self {
         Self {
@@ -90,7 +96,7 @@ where
         if let Some(route) = cx.extensions().get::<MatchedPath>() {
             recorder.relabel(metrics, route.as_str(), method.as_str());
         }
-        let size = http_body::Body::size_hint(response.body()).exact();
+        let size = response.body().size_hint().exact();
         recorder.finish(status::http_status_label(response.status().as_u16()), size);
         Ok(response)
     }
@@ -104,4 +110,49 @@ fn http_body_size<B>(request: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+impl<B, RB, S> Service<ClientContext, Request<B>> for HttpMetricsService<S>
+where
+    B: Send + 'static,
+    RB: Send + 'static,
+    S: Service<ClientContext, Request<B>, Response = Response<RB>, Error = ClientError>
+        + Send
+        + Sync
+        + 'static,
+    RB: http_body::Body,
+{
+    type Response = Response<RB>;
+    type Error = ClientError;
+
+    async fn call(
+        &self,
+        cx: &mut ClientContext,
+        request: Request<B>,
+    ) -> Result<Response<RB>, ClientError> {
+        let host = request
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .unwrap_or_else(|| cx.rpc_info().callee().service_name_ref().to_owned());
+        let mut recorder = self.layer.metrics.start_call(
+            Side::Client,
+            RpcSystem::Http,
+            OVERFLOW_LABEL,
+            request.method().as_str(),
+            &host,
+        );
+        if let Some(size) = http_body_size(&request) {
+            recorder.request_size(size);
+        }
+        let result = self.inner.call(cx, request).await;
+        match &result {
+            Ok(response) => recorder.finish(
+                status::http_status_label(response.status().as_u16()),
+                response.body().size_hint().exact(),
+            ),
+            Err(_) => recorder.finish("error", None),
+        }
+        result
+    }
 }

@@ -100,3 +100,70 @@ async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     server.abort();
     Ok(())
 }
+
+/// A Volo HTTP client with both layers: its span is the parent of the
+/// server's, and its calls are counted per host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()> {
+    use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+
+    let receiver = OtlpReceiver::start().await?;
+    let (server_guard, server_tracing) = pipeline("web", &receiver)?;
+    let (client_guard, client_tracing) = pipeline("caller", &receiver)?;
+    let metrics = RpcMetrics::builder().build()?;
+    let router: Router = Router::new().route("/users/{id}", get(user));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(
+        Server::new(router)
+            .layer(tracing_ext::volo::HttpTracingLayer::new(&server_tracing))
+            .run(volo::net::incoming::DefaultIncoming::from(listener)),
+    );
+    let client = volo_http::client::Client::builder()
+        .layer_outer(tracing_ext::volo::HttpTracingLayer::new(&client_tracing))
+        .layer_outer(metrics_ext::volo::HttpMetricsLayer::new(&metrics))
+        .build()?;
+
+    let root = opentelemetry::Context::current_with_span(
+        client_guard.provider().tracer("test").start("root"),
+    );
+    let trace_id = root.span().span_context().trace_id().to_string();
+    let response = opentelemetry::trace::FutureExt::with_context(
+        client
+            .get(format!("http://{addr}/users/7"))
+            .send::<volo_http::body::Body>(),
+        root.clone(),
+    )
+    .await?;
+    assert_eq!(response.status(), 200);
+    root.span().end();
+    client_guard.provider().force_flush()?;
+    server_guard.provider().force_flush()?;
+
+    let spans = receiver
+        .wait_for(
+            Duration::from_secs(10),
+            "client and server spans",
+            |spans| spans.iter().filter(|s| s.trace_id == trace_id).count() >= 3,
+        )
+        .await?;
+    let client_span = spans
+        .iter()
+        .find(|s| s.service == "caller" && s.kind == harness::otlp::SPAN_KIND_CLIENT)
+        .expect("client span");
+    assert_eq!(client_span.name, "GET");
+    let server_span = spans
+        .iter()
+        .find(|s| s.service == "web" && s.kind == SPAN_KIND_SERVER)
+        .expect("server span");
+    assert_eq!(server_span.trace_id, trace_id);
+    assert_eq!(server_span.parent_span_id, client_span.span_id);
+
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    assert!(
+        text.contains(r#"rpc_client_requests_total{peer_service="127.0.0.1",rpc_method="GET",rpc_service="_other",rpc_system="http",status_code="200"} 1"#),
+        "{text}"
+    );
+    server.abort();
+    Ok(())
+}

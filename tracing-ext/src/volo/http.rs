@@ -1,31 +1,36 @@
-//! Volo HTTP servers: the caller's context comes from the request headers;
-//! spans are named `METHOD route`, with the route template the router
-//! matched (`GET /users/{id}`), never the raw path.
+//! Volo HTTP: on servers the caller's context comes from the request
+//! headers and spans are named `METHOD route`, with the route template the
+//! router matched (`GET /users/{id}`), never the raw path; on clients the
+//! span (named by the method) is a child of the current context, which is
+//! written into the request headers.
 
 use motore::{layer::Layer, service::Service};
 use opentelemetry::trace::FutureExt as _;
 use tracing::Instrument as _;
 use volo::context::Context as _;
 use volo_http::{
-    context::ServerContext,
+    context::{ClientContext, ServerContext},
+    error::ClientError,
     request::Request,
     response::Response,
     server::{route::MatchedPath, IntoResponse},
 };
 
 use super::ip;
-use crate::{CallInfo, HeaderExtractor, Outcome, RpcSystem, RpcTracing};
+use crate::{CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing};
 
 /// Label for requests no route matched.
 const UNMATCHED: &str = "_other";
 
-/// Traces every request through a Volo HTTP server.
+/// Traces every request through a Volo HTTP server or client (the side
+/// follows from the context type).
 ///
 /// ```
 /// use tracing_ext::{volo::HttpTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
-/// // volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing))
+/// // server: volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing))
+/// // client: volo_http::client::Client::builder().layer_outer(HttpTracingLayer::new(&tracing))
 /// let layer = HttpTracingLayer::new(&tracing);
 /// # let _ = layer;
 /// ```
@@ -35,7 +40,7 @@ pub struct HttpTracingLayer {
 }
 
 impl HttpTracingLayer {
-    /// Server side: continue the caller's trace from the request headers.
+    /// Traces with `tracing`'s tracer and propagator.
     #[must_use]
     pub fn new(tracing: &RpcTracing) -> Self {
         Self {
@@ -114,5 +119,64 @@ where
             ..Outcome::default()
         });
         Ok(response)
+    }
+}
+
+impl<B, RB, S> Service<ClientContext, Request<B>> for HttpTracingService<S>
+where
+    B: Send + 'static,
+    RB: Send + 'static,
+    S: Service<ClientContext, Request<B>, Response = Response<RB>, Error = ClientError>
+        + Send
+        + Sync
+        + 'static,
+{
+    type Response = Response<RB>;
+    type Error = ClientError;
+
+    async fn call(
+        &self,
+        cx: &mut ClientContext,
+        mut request: Request<B>,
+    ) -> Result<Response<RB>, ClientError> {
+        let method = request.method().clone();
+        let mut headers = std::mem::take(request.headers_mut());
+        let call = {
+            let server_addr = request
+                .uri()
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .or_else(|| ip(cx.rpc_info().callee().address()));
+            let info = CallInfo {
+                system: RpcSystem::Http,
+                service: "",
+                method: method.as_str(),
+                server_addr,
+                peer_addr: server_addr,
+                request_size: None,
+            };
+            self.layer
+                .tracing
+                .start_client(&info, &mut HeaderInjector(&mut headers))
+        };
+        *request.headers_mut() = headers;
+        let result = self
+            .inner
+            .call(cx, request)
+            .with_context(call.context().clone())
+            .instrument(call.tracing_span().clone())
+            .await;
+        let outcome = match &result {
+            Ok(response) => Outcome {
+                http_status: Some(response.status().as_u16()),
+                ..Outcome::default()
+            },
+            Err(_) => Outcome {
+                error_type: Some("transport".into()),
+                ..Outcome::default()
+            },
+        };
+        call.finish(&outcome);
+        result
     }
 }
