@@ -1,15 +1,18 @@
 //! Label-resolved metric handles, cached per method so that recording a call
-//! hashes a few strings and takes no lock for writing and no allocation.
+//! hashes a few strings and takes no lock and makes no allocation: readers
+//! load immutable snapshots (`arc-swap`), and the rare writer (a method or
+//! status seen for the first time) publishes a new snapshot.
 
 use std::{
     collections::HashMap,
     hash::BuildHasher,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, PoisonError, RwLock,
+        Arc, Mutex, PoisonError,
     },
 };
 
+use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::{
@@ -25,11 +28,13 @@ pub(crate) struct MethodHandles {
     response_size: Histogram,
     families: Families,
     /// Per status: few per method, so a scan beats a map.
-    statuses: RwLock<Vec<StatusHandles>>,
+    statuses: ArcSwap<Vec<StatusHandles>>,
+    status_writer: Mutex<()>,
     #[cfg(feature = "otel")]
     otel: Option<crate::otel::OtelMethod>,
 }
 
+#[derive(Clone)]
 struct StatusHandles {
     status: &'static str,
     duration: Histogram,
@@ -85,7 +90,8 @@ impl MethodHandles {
             request_size: families.request_size.with_label_values(&labels),
             response_size: families.response_size.with_label_values(&labels),
             families: families.clone(),
-            statuses: RwLock::new(Vec::new()),
+            statuses: ArcSwap::from_pointee(Vec::new()),
+            status_writer: Mutex::new(()),
             #[cfg(feature = "otel")]
             otel: families.otel.as_ref().map(|otel| {
                 crate::otel::OtelMethod::new(
@@ -135,7 +141,7 @@ impl MethodHandles {
     /// Records one finished call.
     pub(crate) fn record(&self, status: &'static str, seconds: f64) {
         {
-            let statuses = self.statuses.read().unwrap_or_else(PoisonError::into_inner);
+            let statuses = self.statuses.load();
             if let Some(handles) = statuses.iter().find(|h| h.status == status) {
                 handles.duration.observe(seconds);
                 handles.calls.inc();
@@ -146,13 +152,12 @@ impl MethodHandles {
                 return;
             }
         }
-        let mut statuses = self
-            .statuses
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !statuses.iter().any(|h| h.status == status) {
+        let writer = self.status_writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.statuses.load_full();
+        if !current.iter().any(|h| h.status == status) {
             let mut labels = self.key.labels();
             labels.push(status);
+            let mut statuses = Vec::clone(&current);
             statuses.push(StatusHandles {
                 status,
                 duration: self.families.duration.with_label_values(&labels),
@@ -163,15 +168,17 @@ impl MethodHandles {
                     .as_ref()
                     .map(|otel| otel.status_attributes(status)),
             });
+            self.statuses.store(Arc::new(statuses));
         }
-        drop(statuses);
+        drop(writer);
         self.record(status, seconds);
     }
 }
 
 /// Every method seen so far, up to a cap.
 pub(crate) struct MethodCache {
-    methods: RwLock<HashMap<u64, Vec<Arc<MethodHandles>>>>,
+    methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>>>,
+    writer: Mutex<()>,
     count: AtomicUsize,
     max: usize,
     hasher: std::collections::hash_map::RandomState,
@@ -180,7 +187,8 @@ pub(crate) struct MethodCache {
 impl MethodCache {
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            methods: RwLock::new(HashMap::new()),
+            methods: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
             count: AtomicUsize::new(0),
             max,
             hasher: Default::default(),
@@ -205,8 +213,8 @@ impl MethodCache {
         peer: &str,
     ) -> Option<Arc<MethodHandles>> {
         let hash = self.hash(side, system, service, method, peer);
-        let methods = self.methods.read().unwrap_or_else(PoisonError::into_inner);
-        methods
+        self.methods
+            .load()
             .get(&hash)?
             .iter()
             .find(|m| m.key.matches(side, system, service, method, peer))
@@ -237,13 +245,9 @@ impl MethodCache {
                 OVERFLOW_LABEL,
             );
         }
-        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
-        let bucket = methods.entry(hash).or_default();
-        if let Some(found) = bucket
-            .iter()
-            .find(|m| m.key.matches(side, system, service, method, peer))
-        {
-            return found.clone();
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = self.find(side, system, service, method, peer) {
+            return found;
         }
         let families = match side {
             Side::Server => &inner.server,
@@ -259,7 +263,10 @@ impl MethodCache {
             },
             families,
         ));
-        bucket.push(handles.clone());
+        // Copy-on-write: readers keep using the snapshot they loaded.
+        let mut methods = HashMap::clone(&self.methods.load_full());
+        methods.entry(hash).or_default().push(handles.clone());
+        self.methods.store(Arc::new(methods));
         if !overflow {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
