@@ -1,5 +1,5 @@
-//! Shared plumbing of the tower layers of `metrics-ext` and `tracing-ext`:
-//! what kind of call a request is, and how it ended.
+//! Shared plumbing of the layers of `metrics-ext` and `tracing-ext`: what
+//! kind of call a request is ([`RpcSystem`]), and how it ended.
 //!
 //! A gRPC call's status arrives in the response headers (trailers-only
 //! responses) or in the trailers after the last message, so the outcome is
@@ -15,6 +15,30 @@ mod future;
 pub use body::ObservedBody;
 pub use classify::{grpc_service_method, grpc_status_from_headers, is_grpc, parse_grpc_status};
 pub use future::ObservedFuture;
+
+/// The RPC system of a call: the `rpc_system` metric label and the
+/// `rpc.system` span attribute, shared by `metrics-ext` and `tracing-ext`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RpcSystem {
+    /// gRPC (Volo gRPC, tonic).
+    Grpc,
+    /// Apache Thrift (Volo Thrift).
+    Thrift,
+    /// Plain HTTP (axum, hyper, Volo HTTP).
+    Http,
+}
+
+impl RpcSystem {
+    /// The value per the OpenTelemetry conventions: `grpc`, `apache_thrift`, `http`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcSystem::Grpc => "grpc",
+            RpcSystem::Thrift => "apache_thrift",
+            RpcSystem::Http => "http",
+        }
+    }
+}
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

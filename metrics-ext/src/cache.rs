@@ -152,7 +152,10 @@ impl MethodHandles {
                 return;
             }
         }
-        let writer = self.status_writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = self
+            .status_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let current = self.statuses.load_full();
         if !current.iter().any(|h| h.status == status) {
             let mut labels = self.key.labels();

@@ -39,29 +39,7 @@ pub enum Side {
     Client,
 }
 
-/// The RPC system, the `rpc_system` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RpcSystem {
-    /// gRPC (Volo gRPC, tonic).
-    Grpc,
-    /// Apache Thrift (Volo Thrift).
-    Thrift,
-    /// Plain HTTP (axum, hyper, Volo HTTP).
-    Http,
-}
-
-impl RpcSystem {
-    /// The label value (`grpc`, `apache_thrift`, `http`), as in the
-    /// OpenTelemetry `rpc.system` attribute.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RpcSystem::Grpc => "grpc",
-            RpcSystem::Thrift => "apache_thrift",
-            RpcSystem::Http => "http",
-        }
-    }
-}
+pub use http_observe::RpcSystem;
 
 /// The metric families of one side.
 #[derive(Clone)]

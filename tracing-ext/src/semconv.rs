@@ -30,28 +30,7 @@ pub const RPC_REQUEST_SIZE: &str = "rpc.request.size";
 /// Response size (this crate's `record_sizes` option)
 pub const RPC_RESPONSE_SIZE: &str = "rpc.response.size";
 
-/// Which RPC system a call belongs to (`rpc.system`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RpcSystem {
-    /// gRPC.
-    Grpc,
-    /// Apache Thrift.
-    Thrift,
-    /// Plain HTTP (no `rpc.system`; HTTP attributes instead).
-    Http,
-}
-
-impl RpcSystem {
-    /// The attribute value.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RpcSystem::Grpc => "grpc",
-            RpcSystem::Thrift => "apache_thrift",
-            RpcSystem::Http => "http",
-        }
-    }
-}
+pub use http_observe::RpcSystem;
 
 /// How a call ended.
 #[derive(Debug, Clone, Default)]
