@@ -401,3 +401,75 @@ async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Resul
     tokio::task::spawn_blocking(move || provider.shutdown()).await??;
     Ok(())
 }
+
+/// Scrapes while serving: every scrape answers a well-formed exposition, and
+/// counters only grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
+    let (_stop, shutdown) = stop_pair();
+    let metrics = RpcMetrics::builder().build()?;
+    let endpoint =
+        MetricsEndpoint::serve("127.0.0.1:0".parse()?, metrics.registry().clone()).await?;
+    let addr = tonic_server(&metrics, shutdown()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+
+    const CALLERS: usize = 4;
+    const CALLS: usize = 250;
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
+        callers.push(tokio::spawn(async move {
+            for _ in 0..CALLS {
+                client
+                    .say(tonic_gen::SayRequest {
+                        message: "hi".into(),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let url = format!("http://{}/metrics", endpoint.local_addr());
+    let mut scrapers = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        scrapers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut last = 0.0;
+            for _ in 0..50 {
+                let body = http
+                    .get(&url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                let total: f64 = body
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("rpc_server_requests_total{")
+                            && l.contains(r#"status_code="0""#)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                anyhow::ensure!(total >= last, "counter went backwards: {last} -> {total}");
+                last = total;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in callers.into_iter().chain(scrapers) {
+        task.await??;
+    }
+    let text = metrics_ext::encode_text(metrics.registry())?;
+    assert!(
+        text.contains(&format!(
+            r#"rpc_server_requests_total{{rpc_method="Say",rpc_service="echo.Echo",rpc_system="grpc",status_code="0"}} {}"#,
+            CALLERS * CALLS
+        )),
+        "{text}"
+    );
+    Ok(())
+}
