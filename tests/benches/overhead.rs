@@ -309,11 +309,61 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
     group.finish();
 }
 
+/// Runs one tower case `iters` times and nothing else, for instruction
+/// counting under `valgrind --tool=callgrind` (deterministic, unlike time
+/// on a shared machine).
+fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
+    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let on = provider(true);
+    let tracing_on = RpcTracing::builder()
+        .tracer_provider(&on)
+        .tracing_span(false)
+        .build();
+    let peer_provider = provider(true);
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(peer_provider.tracer("tower-http"))),
+    );
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    macro_rules! run {
+        ($service:expr) => {{
+            let mut service = $service;
+            runtime.block_on(async {
+                for _ in 0..iters {
+                    call(&mut service).await;
+                }
+            })
+        }};
+    }
+    match case {
+        "bare" => run!(tower::service_fn(noop)),
+        "metrics" => run!(ServiceBuilder::new()
+            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .service_fn(noop)),
+        "tracing" => run!(ServiceBuilder::new()
+            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
+            .service_fn(noop)),
+        "peer" => run!(ServiceBuilder::new()
+            .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            .service_fn(noop)),
+        other => panic!("unknown case {other}"),
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    // OVERHEAD_CASE=bare|metrics|tracing|peer OVERHEAD_ITERS=N: one case only.
+    if let Ok(case) = std::env::var("OVERHEAD_CASE") {
+        let iters = std::env::var("OVERHEAD_ITERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        count_one(&runtime, &case, iters);
+        return;
+    }
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
