@@ -32,6 +32,10 @@ cargo fmt --all --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
+# The example binaries are started by the shutdown tests.
+echo "==> example binaries"
+cargo build --workspace --all-features --bins --quiet
+
 echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

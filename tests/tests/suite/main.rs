@@ -5,6 +5,7 @@ mod consul_backend;
 mod discovery_e2e;
 mod etcd_faults;
 mod etcd_registry;
+mod graceful_shutdown;
 mod harness_selftest;
 mod k8s_backend;
 mod metrics_prometheus;
