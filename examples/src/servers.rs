@@ -56,13 +56,16 @@ impl tonic_gen::echo_server::Echo for TonicEcho {
     }
 }
 
-/// Serves Volo Echo on `listener` until `shutdown` resolves.
+/// Serves Volo Echo on `listener`, traced with `tracing`, until `shutdown`
+/// resolves.
 pub async fn serve_volo(
     listener: tokio::net::TcpListener,
+    tracing: &tracing_ext::RpcTracing,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     volo_grpc::server::Server::new()
+        .layer_front(tracing_ext::volo::TracingLayer::server(tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by,
@@ -80,13 +83,16 @@ pub async fn serve_volo(
         .map_err(|e| anyhow::anyhow!("volo server failed: {e}"))
 }
 
-/// Serves tonic Echo on `listener` until `shutdown` resolves.
+/// Serves tonic Echo on `listener`, traced with `tracing`, until `shutdown`
+/// resolves.
 pub async fn serve_tonic(
     listener: tokio::net::TcpListener,
+    tracing: &tracing_ext::RpcTracing,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     tonic::transport::Server::builder()
+        .layer(tracing_ext::tower::TracingLayer::server(tracing))
         .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
             served_by,
         }))

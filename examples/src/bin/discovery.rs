@@ -95,10 +95,19 @@ async fn serve(registry: impl Registry, listen: SocketAddr, volo: bool) -> anyho
     let shutdown = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
+    let tracing_guard = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Some(_) => Some(
+            tracing_ext::otlp::OtlpTracing::new()
+                .service_name(service)
+                .install()?,
+        ),
+        None => None,
+    };
+    let tracing = tracing_ext::RpcTracing::builder().build();
     let server = if volo {
-        tokio::spawn(servers::serve_volo(listener, shutdown))
+        tokio::spawn(async move { servers::serve_volo(listener, &tracing, shutdown).await })
     } else {
-        tokio::spawn(servers::serve_tonic(listener, shutdown))
+        tokio::spawn(async move { servers::serve_tonic(listener, &tracing, shutdown).await })
     };
 
     // Listening on 0.0.0.0 registers the host's first non-loopback address.
@@ -114,6 +123,9 @@ async fn serve(registry: impl Registry, listen: SocketAddr, volo: bool) -> anyho
     registration.deregister().await?;
     let _ = stop_tx.send(true);
     server.await??;
+    if let Some(guard) = tracing_guard {
+        guard.shutdown()?; // export what is queued before exiting
+    }
     println!("{service} deregistered and stopped");
     Ok(())
 }

@@ -192,7 +192,9 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
     let service = unique("echo-tonic");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = listener.local_addr()?;
-    let server = tokio::spawn(serve_tonic(listener, std::future::pending()));
+    let tracing = tracing_ext::RpcTracing::builder().build();
+    let server =
+        tokio::spawn(async move { serve_tonic(listener, &tracing, std::future::pending()).await });
     let _registration = registry
         .register(Instance::new(&service, server_addr))
         .await?;

@@ -36,10 +36,11 @@ async fn start_servers(count: usize, volo: bool) -> anyhow::Result<Servers> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
+        let tracing = tracing_ext::RpcTracing::builder().build();
         if volo {
-            tokio::spawn(servers::serve_volo(listener, shutdown));
+            tokio::spawn(async move { servers::serve_volo(listener, &tracing, shutdown).await });
         } else {
-            tokio::spawn(servers::serve_tonic(listener, shutdown));
+            tokio::spawn(async move { servers::serve_tonic(listener, &tracing, shutdown).await });
         }
     }
     Ok(Servers { addrs, stop })

@@ -1,4 +1,5 @@
-//! SIGTERM to an example server: it deregisters, then exits 0.
+//! SIGTERM to an example server: it deregisters, flushes its spans, then
+//! exits 0.
 //!
 //! Needs the `discovery` binary next to the test binary's directory
 //! (`scripts/test.sh` builds the example binaries first).
@@ -21,9 +22,13 @@ async fn sigterm_deregisters_and_exits_zero() -> anyhow::Result<()> {
         anyhow::bail!("the `discovery` example is not built: run `cargo build --workspace --all-features --bins` (scripts/test.sh does)");
     };
     let etcd = EtcdServer::start().await?;
+    let receiver = harness::otlp::OtlpReceiver::start().await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()?));
     let mut server = Command::new(binary)
-        .args(["etcd", "volo-server", "127.0.0.1:0"])
+        .args(["etcd", "volo-server", &addr.to_string()])
         .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .env("RUST_LOG", "warn")
         .spawn()?;
     let raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
@@ -46,6 +51,16 @@ async fn sigterm_deregisters_and_exits_zero() -> anyhow::Result<()> {
     )
     .await?;
 
+    // One traced call; its span waits in the batch queue (5 s delay).
+    let client = echo::volo_gen::echo::EchoClientBuilder::new("echo-volo")
+        .address(addr)
+        .build();
+    client
+        .say(echo::volo_gen::echo::SayRequest {
+            message: "bye".into(),
+        })
+        .await?;
+
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()?;
@@ -66,5 +81,12 @@ async fn sigterm_deregisters_and_exits_zero() -> anyhow::Result<()> {
     .await??;
     assert!(exit.success(), "exit status {exit}");
     assert_eq!(count().await, Some(0), "the key outlived the server");
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "echo-volo" && s.name == "echo.Echo/Say"),
+        "the span was not flushed before exit: {spans:#?}"
+    );
     Ok(())
 }
