@@ -1,6 +1,8 @@
 //! What kind of call a request is, and reading gRPC statuses.
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 
 /// True for gRPC requests (`content-type: application/grpc...`).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -23,6 +25,28 @@ pub fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
         .then_some((service, method))
+}
+
+/// The `content-length` of a message, when present and well-formed.
+#[must_use]
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The server address a request was sent to: the URI's authority, else the
+/// `Host` header, when it is an `ip:port`.
+#[must_use]
+pub fn server_addr(uri: &Uri, headers: &HeaderMap) -> Option<SocketAddr> {
+    uri.authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?
+        .parse()
+        .ok()
 }
 
 /// A `grpc-status` value as a code; junk reads as UNKNOWN (2).

@@ -13,7 +13,10 @@ mod classify;
 mod future;
 
 pub use body::ObservedBody;
-pub use classify::{grpc_service_method, grpc_status_from_headers, is_grpc, parse_grpc_status};
+pub use classify::{
+    content_length, grpc_service_method, grpc_status_from_headers, is_grpc, parse_grpc_status,
+    server_addr,
+};
 pub use future::ObservedFuture;
 
 /// The RPC system of a call: the `rpc_system` metric label and the

@@ -139,15 +139,11 @@ fn route_template<B>(request: &Request<B>) -> &str {
 }
 
 fn request_size<B: http_body::Body>(request: &Request<B>) -> Option<u64> {
-    request.body().size_hint().exact().or_else(|| {
-        request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
-    })
+    request
+        .body()
+        .size_hint()
+        .exact()
+        .or_else(|| http_observe::content_length(request.headers()))
 }
 
 /// Finishes the call record when [`http_observe`] reports the call's end;

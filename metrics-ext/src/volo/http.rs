@@ -86,7 +86,7 @@ where
             method.as_str(),
             "",
         );
-        if let Some(size) = http_body_size(&request) {
+        if let Some(size) = http_observe::content_length(request.headers()) {
             recorder.request_size(size);
         }
         let response = match self.inner.call(cx, request).await {
@@ -100,16 +100,6 @@ where
         recorder.finish(status::http_status_label(response.status().as_u16()), size);
         Ok(response)
     }
-}
-
-fn http_body_size<B>(request: &Request<B>) -> Option<u64> {
-    request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 impl<B, RB, S> Service<ClientContext, Request<B>> for HttpMetricsService<S>
@@ -142,7 +132,7 @@ where
             request.method().as_str(),
             &host,
         );
-        if let Some(size) = http_body_size(&request) {
+        if let Some(size) = http_observe::content_length(request.headers()) {
             recorder.request_size(size);
         }
         let result = self.inner.call(cx, request).await;

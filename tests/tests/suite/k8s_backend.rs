@@ -40,14 +40,9 @@ async fn wait_for_ips(
     want: &[&str],
     deadline: Duration,
 ) -> anyhow::Result<()> {
-    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    tokio::time::timeout(
-        deadline,
-        watch.wait_for(|i| i.iter().map(|x| x.address.to_string()).collect::<Vec<_>>() == want),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("wanted {want:?}, have {:?}", ips(&watch.current())))??;
-    Ok(())
+    let want: Vec<std::net::SocketAddr> =
+        want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    crate::support::wait_for_addresses(watch, &want, deadline).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

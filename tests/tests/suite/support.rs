@@ -33,14 +33,23 @@ pub async fn wait_for_ports(
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let want: Vec<SocketAddr> = ports.iter().map(|p| addr(*p)).collect();
+    wait_for_addresses(watch, &want, deadline).await
+}
+
+/// Waits until the watch shows exactly `want`, in address order.
+pub async fn wait_for_addresses(
+    watch: &mut ServiceWatch,
+    want: &[SocketAddr],
+    deadline: Duration,
+) -> anyhow::Result<()> {
     tokio::time::timeout(
         deadline,
-        watch.wait_for(|instances| instances.iter().map(|i| i.address).collect::<Vec<_>>() == want),
+        watch.wait_for(|instances| instances.iter().map(|i| i.address).eq(want.iter().copied())),
     )
     .await
     .map_err(|_| {
         anyhow::anyhow!(
-            "{} did not show {ports:?} within {deadline:?}; it shows {:?}",
+            "{} did not show {want:?} within {deadline:?}; it shows {:?}",
             watch.service(),
             watch.current().instances
         )

@@ -1,9 +1,6 @@
 //! [`TracingLayer`] and the [`TracingService`] it wraps around a service.
 
-use std::{
-    net::SocketAddr,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_observe::{
@@ -183,12 +180,7 @@ fn call_info<'a, B: http_body::Body>(
         let route = route.unwrap_or(UNKNOWN);
         (RpcSystem::Http, route, request.method().as_str())
     };
-    let authority = request
-        .uri()
-        .authority()
-        .map(http::uri::Authority::as_str)
-        .or_else(|| headers.get(http::header::HOST)?.to_str().ok());
-    let server_addr = authority.and_then(|a| a.parse::<SocketAddr>().ok());
+    let server_addr = http_observe::server_addr(request.uri(), headers);
     CallInfo {
         system,
         service,

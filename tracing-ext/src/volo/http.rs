@@ -81,16 +81,11 @@ where
     ) -> Result<Response, Self::Error> {
         let method = request.method().clone();
         let call = {
-            let authority = request
-                .uri()
-                .authority()
-                .map(http::uri::Authority::as_str)
-                .or_else(|| request.headers().get(http::header::HOST)?.to_str().ok());
             let info = CallInfo {
                 system: RpcSystem::Http,
                 service: UNMATCHED,
                 method: method.as_str(),
-                server_addr: authority.and_then(|a| a.parse().ok()),
+                server_addr: http_observe::server_addr(request.uri(), request.headers()),
                 peer_addr: ip(cx.rpc_info().caller().address()),
                 request_size: None,
             };
