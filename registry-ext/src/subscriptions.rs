@@ -60,6 +60,12 @@ pub(crate) fn publish_error(tx: &watch::Sender<ServiceSnapshot>, error: Error) {
     tx.send_modify(|snapshot| snapshot.last_error = Some(error));
 }
 
+/// Clears a published failure once the backend answers again, even if no
+/// instance changed meanwhile.
+pub(crate) fn publish_recovered(tx: &watch::Sender<ServiceSnapshot>) {
+    tx.send_if_modified(|snapshot| snapshot.last_error.take().is_some());
+}
+
 /// Publishes a successful view; subscribers are woken only if the instances
 /// changed or an error was cleared.
 pub(crate) fn publish_instances(

@@ -9,10 +9,12 @@ pub mod k8s;
 pub mod otlp;
 mod process;
 mod prometheus;
+pub mod proxy;
 
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::{free_port, free_ports, require_binary, ChildGuard};
 pub use prometheus::PrometheusServer;
+pub use proxy::FaultProxy;
 
 use std::time::Duration;
 

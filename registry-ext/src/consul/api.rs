@@ -1,11 +1,15 @@
 //! The few Consul HTTP API calls this backend makes, and their JSON.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{builder::Check, ConsulBuilder, BACKEND};
+use super::{
+    builder::Check,
+    health::{decode_health, decode_index, INDEX_HEADER},
+    ConsulBuilder, BACKEND,
+};
 use crate::{Error, Instance, Result};
 
 /// Meta key carrying the weight (Consul's own `Weights` cannot be 0).
@@ -125,38 +129,6 @@ impl Registration {
     pub(crate) fn check_id(&self) -> String {
         format!("service:{}", self.id)
     }
-}
-
-/// One entry of `GET /v1/health/service/<name>`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthEntry {
-    node: HealthNode,
-    service: HealthService,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthNode {
-    #[serde(default)]
-    address: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthService {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(default)]
-    service: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    weights: Option<Weights>,
 }
 
 /// What the agent said to a TTL pass.
@@ -325,54 +297,17 @@ impl Api {
             request = request.query(&[("tag", tag)]);
         }
         let response = Self::expect_success(self.send(request).await?, "health query").await?;
-        let next_index = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| Error::Decode {
-                key: path.clone(),
-                reason: "missing or malformed X-Consul-Index".into(),
-            })?;
+        let next_index = decode_index(
+            &path,
+            response
+                .headers()
+                .get(INDEX_HEADER)
+                .map(reqwest::header::HeaderValue::as_bytes),
+        )?;
         let body = response
             .bytes()
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
-        let entries: Vec<HealthEntry> =
-            serde_json::from_slice(&body).map_err(|e| Error::Decode {
-                key: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let instances = entries.into_iter().filter_map(instance_of).collect();
-        Ok((instances, next_index))
+        Ok((decode_health(&path, &body)?, next_index))
     }
-}
-
-fn instance_of(entry: HealthEntry) -> Option<Instance> {
-    let service = entry.service;
-    // An empty service address means "the node's address".
-    let host = if service.address.is_empty() {
-        &entry.node.address
-    } else {
-        &service.address
-    };
-    let address = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) if service.port != 0 => SocketAddr::new(ip, service.port),
-        _ => {
-            tracing::warn!(id = %service.id, host, port = service.port, "skipping Consul instance without an IP address and port");
-            return None;
-        }
-    };
-    let mut tags = service.meta.unwrap_or_default();
-    let weight = tags
-        .remove(WEIGHT_META)
-        .and_then(|w| w.parse().ok())
-        .or(service.weights.map(|w| w.passing))
-        .unwrap_or(crate::DEFAULT_WEIGHT);
-    Some(Instance {
-        service: service.service,
-        address,
-        weight,
-        tags,
-    })
 }

@@ -30,10 +30,12 @@
 
 mod api;
 mod builder;
+mod health;
 mod registry;
 mod resolver;
 
 pub use builder::{Check, ConsulBuilder, DEFAULT_ADDRESS, DEFAULT_TTL};
+pub use health::{decode_health, decode_index, INDEX_HEADER};
 pub use registry::ConsulRegistry;
 pub use resolver::ConsulResolver;
 

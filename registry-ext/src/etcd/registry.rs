@@ -172,15 +172,29 @@ impl Shared {
     /// Keeps `entry` registered until the handle stops it.
     async fn keep(self: Arc<Self>, entry: Entry, mut lease: i64, mut stop: StopSignal) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        let mut expires = Instant::now() + self.ttl;
         loop {
             let lost = tokio::select! {
                 reason = stop.wait() => {
                     reason.reply(self.remove(&entry, lease).await);
                     return;
                 }
-                lost = self.keep_alive(lease) => lost,
+                lost = self.keep_alive(lease, &mut expires, &mut backoff) => lost,
             };
-            warn!(key = %entry.key, lease, error = %lost, "etcd lease lost; registering again");
+            if !lost.lease_gone && Instant::now() < expires {
+                // Only the connection broke: renewing the same lease keeps
+                // the key untouched, so watchers see no change at all.
+                debug!(key = %entry.key, lease, error = %lost.error, "etcd keep-alive interrupted; renewing the same lease");
+                tokio::select! {
+                    reason = stop.wait() => {
+                        reason.reply(self.remove(&entry, lease).await);
+                        return;
+                    }
+                    () = sleep(backoff.next_delay()) => {}
+                }
+                continue;
+            }
+            warn!(key = %entry.key, lease, error = %lost.error, "etcd lease lost; registering again");
             loop {
                 tokio::select! {
                     reason = stop.wait() => {
@@ -195,6 +209,7 @@ impl Shared {
                         // one cannot delete it.
                         self.revoke(lease).await;
                         lease = new_lease;
+                        expires = Instant::now() + self.ttl;
                         backoff.reset();
                         info!(key = %entry.key, lease, "registered in etcd again");
                         break;
@@ -205,8 +220,9 @@ impl Shared {
         }
     }
 
-    /// Renews `lease` every third of its TTL; returns why it stopped.
-    async fn keep_alive(&self, lease: i64) -> Error {
+    /// Renews `lease` every third of its TTL, moving `expires` on with each
+    /// answer; returns why it stopped.
+    async fn keep_alive(&self, lease: i64, expires: &mut Instant, backoff: &mut Backoff) -> Lost {
         let (mut keeper, mut responses) = match with_retry(self.request_timeout, || {
             let mut client = self.client();
             async move { client.lease_keep_alive(lease).await }
@@ -214,33 +230,74 @@ impl Shared {
         .await
         {
             Ok(stream) => stream,
-            Err(error) => return error,
+            Err(error) if says_lease_not_found(&error) => return Lost::lease(error),
+            Err(error) => return Lost::connection(error),
         };
         let mut ticks = interval(self.ttl / 3);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut expires = Instant::now() + self.ttl;
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    if Instant::now() >= expires {
-                        return Error::Timeout { backend: super::BACKEND, timeout: self.ttl };
+                    if Instant::now() >= *expires {
+                        return Lost::lease(Error::Timeout { backend: super::BACKEND, timeout: self.ttl });
                     }
                     if let Err(error) = keeper.keep_alive().await {
-                        return super::etcd_error(error);
+                        return Lost::connection(super::etcd_error(error));
                     }
                 }
                 response = responses.message() => match response {
                     Ok(Some(response)) if response.ttl() > 0 => {
                         let ttl = Duration::from_secs(response.ttl().unsigned_abs());
-                        expires = Instant::now() + ttl;
+                        *expires = Instant::now() + ttl;
+                        backoff.reset();
                     }
                     Ok(Some(_)) => {
-                        return Error::backend(super::BACKEND, format!("lease {lease} not found (expired or etcd data lost)"));
+                        return Lost::lease(Error::backend(super::BACKEND, format!("lease {lease} not found (expired or etcd data lost)")));
                     }
-                    Ok(None) => return Error::backend(super::BACKEND, "keep-alive stream closed"),
-                    Err(error) => return super::etcd_error(error),
+                    Ok(None) => return Lost::connection(Error::backend(super::BACKEND, "keep-alive stream closed")),
+                    Err(error) => return Lost::connection(super::etcd_error(error)),
                 },
             }
         }
+    }
+}
+
+/// Why renewing a lease stopped.
+struct Lost {
+    error: Error,
+    /// etcd said the lease is gone, or it outlived its TTL unrenewed;
+    /// otherwise only the connection broke and the lease may live on.
+    lease_gone: bool,
+}
+
+impl Lost {
+    fn connection(error: Error) -> Self {
+        Self {
+            error,
+            lease_gone: false,
+        }
+    }
+
+    fn lease(error: Error) -> Self {
+        Self {
+            error,
+            lease_gone: true,
+        }
+    }
+}
+
+/// Whether etcd answered that the lease does not exist (revoked, expired, or
+/// its data lost), as opposed to not answering at all.
+fn says_lease_not_found(error: &Error) -> bool {
+    let Error::Backend { source, .. } = error else {
+        return false;
+    };
+    match source.downcast_ref::<etcd_client::Error>() {
+        // The client's own check of the first keep-alive answer (TTL 0).
+        Some(etcd_client::Error::LeaseKeepAliveError(message)) => message.contains("not found"),
+        Some(etcd_client::Error::GRpcStatus(status)) => {
+            status.code() == tonic::Code::NotFound || status.message().contains("lease not found")
+        }
+        _ => false,
     }
 }

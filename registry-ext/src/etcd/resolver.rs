@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
     backoff::Backoff,
-    subscriptions::{publish_error, publish_instances, Subscriptions},
+    subscriptions::{publish_error, publish_instances, publish_recovered, Subscriptions},
     Error, Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 
@@ -183,6 +183,10 @@ impl ServiceFollower {
                 );
             }
             backoff.reset();
+            if response.created() {
+                // The watch is live again: the last known set is current.
+                publish_recovered(tx);
+            }
             if self.apply(response.events()) {
                 self.publish(tx);
             }

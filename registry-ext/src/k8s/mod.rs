@@ -34,10 +34,12 @@
 
 mod registry;
 mod resolver;
+mod slice;
 mod target;
 
 pub use registry::K8sRegistry;
 pub use resolver::K8sResolver;
+pub use slice::ready_instances;
 pub use target::{PortSpec, Target};
 
 pub(crate) const BACKEND: &str = "k8s";

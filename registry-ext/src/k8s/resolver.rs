@@ -1,10 +1,6 @@
 //! Resolution from EndpointSlices with kube's runtime watcher.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,7 +11,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{PortSpec, Target};
+use super::{ready_instances, Target};
 use crate::{
     subscriptions::{publish_error, publish_instances, Subscriptions},
     Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
@@ -152,56 +148,13 @@ impl Follower {
         }
     }
 
-    /// The ready endpoints of one slice, at the target's port.
+    /// The slice's name and its ready instances at the target's port.
     fn instances_of(&self, slice: &EndpointSlice) -> (String, Vec<Arc<Instance>>) {
         let name = slice.metadata.name.clone().unwrap_or_default();
-        let ports = slice.ports.as_deref().unwrap_or_default();
-        let port = match &self.target.port {
-            PortSpec::Name(wanted) => ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(wanted.as_str()))
-                .and_then(|p| p.port),
-            PortSpec::Number(number) => Some(
-                ports
-                    .iter()
-                    .find_map(|p| p.port.filter(|port| *port == i32::from(*number)))
-                    .unwrap_or(i32::from(*number)),
-            ),
-        };
-        let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
-            return (name, Vec::new());
-        };
-        let mut instances = Vec::new();
-        for endpoint in slice.endpoints.as_deref().unwrap_or_default() {
-            let conditions = endpoint.conditions.as_ref();
-            // Unknown readiness counts as ready, per the EndpointSlice API.
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            if !ready || terminating {
-                continue;
-            }
-            let mut tags = BTreeMap::new();
-            if let Some(zone) = &endpoint.zone {
-                tags.insert("zone".to_owned(), zone.clone());
-            }
-            if let Some(node) = &endpoint.node_name {
-                tags.insert("node".to_owned(), node.clone());
-            }
-            if let Some(hostname) = &endpoint.hostname {
-                tags.insert("hostname".to_owned(), hostname.clone());
-            }
-            for address in &endpoint.addresses {
-                match address.parse::<IpAddr>() {
-                    Ok(ip) => instances.push(Arc::new(Instance {
-                        service: self.name.clone(),
-                        address: SocketAddr::new(ip, port),
-                        weight: crate::DEFAULT_WEIGHT,
-                        tags: tags.clone(),
-                    })),
-                    Err(_) => warn!(slice = %name, address, "skipping a non-IP endpoint address"),
-                }
-            }
-        }
+        let instances = ready_instances(&self.name, &self.target.port, slice)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         (name, instances)
     }
 }

@@ -4,6 +4,7 @@ mod axum_routes;
 mod consul_backend;
 mod discovery_e2e;
 mod etcd_faults;
+mod etcd_network;
 mod etcd_registry;
 mod graceful_shutdown;
 mod harness_selftest;

@@ -1,0 +1,118 @@
+//! Reading Consul's health answers: the `X-Consul-Index` header and the
+//! body of `GET /v1/health/service/<name>`.
+//!
+//! Public so that tools and fuzzers can run exactly what the resolver runs
+//! on an agent's answer.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Deserialize;
+
+use super::api::{Weights, WEIGHT_META};
+use crate::{Error, Instance, Result};
+
+/// The header carrying the index a blocking query waits on.
+pub const INDEX_HEADER: &str = "X-Consul-Index";
+
+/// Reads an `X-Consul-Index` value; `what` names the query in the error.
+///
+/// ```
+/// use registry_ext::consul::decode_index;
+///
+/// assert_eq!(decode_index("health", Some(b" 42 ".as_slice())).unwrap(), 42);
+/// assert!(decode_index("health", Some(b"-1".as_slice())).is_err());
+/// assert!(decode_index("health", None).is_err());
+/// ```
+pub fn decode_index(what: &str, value: Option<&[u8]>) -> Result<u64> {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::Decode {
+            key: what.to_owned(),
+            reason: format!("missing or malformed {INDEX_HEADER}"),
+        })
+}
+
+/// Decodes a health answer into instances. A body that is not the documented
+/// JSON array is an [`Error::Decode`]; an entry without an IP address and a
+/// port is skipped with a warning, the others are kept.
+///
+/// ```
+/// use registry_ext::consul::decode_health;
+///
+/// let body = br#"[{"Node": {"Address": "10.0.0.1"},
+///                  "Service": {"ID": "echo-1", "Service": "echo", "Address": "", "Port": 8080,
+///                              "Meta": {"weight": "5", "zone": "a"}}}]"#;
+/// let instances = decode_health("echo", body).unwrap();
+/// assert_eq!(instances[0].address, "10.0.0.1:8080".parse().unwrap());
+/// assert_eq!(instances[0].weight, 5);
+/// assert!(decode_health("echo", b"<html>").is_err());
+/// ```
+pub fn decode_health(what: &str, body: &[u8]) -> Result<Vec<Instance>> {
+    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| Error::Decode {
+        key: what.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(entries.into_iter().filter_map(instance_of).collect())
+}
+
+/// One entry of `GET /v1/health/service/<name>`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: HealthService,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<Weights>,
+}
+
+fn instance_of(entry: HealthEntry) -> Option<Instance> {
+    let service = entry.service;
+    // An empty service address means "the node's address".
+    let host = if service.address.is_empty() {
+        &entry.node.address
+    } else {
+        &service.address
+    };
+    let address = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if service.port != 0 => SocketAddr::new(ip, service.port),
+        _ => {
+            tracing::warn!(id = %service.id, host, port = service.port, "skipping Consul instance without an IP address and port");
+            return None;
+        }
+    };
+    let mut tags = service.meta.unwrap_or_default();
+    let weight = tags
+        .remove(WEIGHT_META)
+        .and_then(|w| w.parse().ok())
+        .or(service.weights.map(|w| w.passing))
+        .unwrap_or(crate::DEFAULT_WEIGHT);
+    Some(Instance {
+        service: service.service,
+        address,
+        weight,
+        tags,
+    })
+}
