@@ -47,6 +47,35 @@ cargo test --workspace --all-features 2>&1 | tee "$log"
 echo "==> benchmarks build"
 cargo build --workspace --all-features --benches --quiet
 
+# A short fuzz run of every target (cargo-fuzz, libFuzzer): what the suite
+# reads from the network and from registry backends must never panic. The
+# stable compiler takes cargo-fuzz's instrumentation flags with
+# RUSTC_BOOTSTRAP; the unoptimized build keeps this step's compile short.
+# Longer runs: RELIABILITY.md.
+fuzz_seconds="${FUZZ_SECONDS:-10}"
+echo "==> fuzz (${fuzz_seconds} s per target)"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
+fuzz_flags=(--dev --sanitizer none --debug-assertions)
+"${fuzz[@]}" build "${fuzz_flags[@]}"
+fuzz_log=$(mktemp)
+trap 'rm -f "$log" "$fuzz_log"' EXIT
+for target in $("${fuzz[@]}" list); do
+  corpus=$(mktemp -d)
+  "${fuzz[@]}" run "${fuzz_flags[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
+    -max_total_time="$fuzz_seconds" -print_final_stats=1 >"$fuzz_log" 2>&1 || {
+    cat "$fuzz_log" >&2
+    echo "fuzz target $target failed; the crashing input is under fuzz/artifacts/$target" >&2
+    exit 1
+  }
+  runs=$(awk '/stat::number_of_executed_units/ { print $2 }' "$fuzz_log")
+  echo "fuzz $target: ${runs:-?} inputs, no failure"
+  rm -rf "$corpus"
+done
+
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
