@@ -8,9 +8,10 @@
 //! tower (http::Request -> http::Response, body drained like a server
 //! does): bare; metrics-ext; tracing-ext with the sampler off; tracing-ext
 //! 100% sampled into the bounded batch processor with a no-op exporter;
-//! both; and the peer: tower-http `TraceLayer` with `tracing-opentelemetry`
-//! exporting to the same no-op sink. Volo (motore service, gRPC context):
-//! bare; metrics-ext; tracing-ext sampled.
+//! both; and the peers: tower-http `TraceLayer` with `tracing-opentelemetry`
+//! exporting to the same no-op sink, and axum-prometheus's metrics layer
+//! (the `metrics` facade into `metrics-exporter-prometheus`). Volo (motore
+//! service, gRPC context): bare; metrics-ext; tracing-ext sampled.
 
 // The counting allocator below is the only unsafe code: it forwards to the
 // system allocator.
@@ -162,6 +163,19 @@ where
     })
 }
 
+/// The peer metrics middleware: axum-prometheus's tower layer with its
+/// default Prometheus recorder (installed as the global `metrics` recorder,
+/// with an upkeep task spawned on `runtime`). Once per process.
+fn peer_metrics_layer(
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    axum_prometheus::PrometheusMetricLayer<'static>,
+    axum_prometheus::metrics_exporter_prometheus::PrometheusHandle,
+) {
+    let _runtime = runtime.enter();
+    axum_prometheus::PrometheusMetricLayer::pair()
+}
+
 fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
     let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
     let off = provider(false);
@@ -204,6 +218,11 @@ fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &
         ServiceBuilder::new()
             .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
             .service_fn(noop)
+    );
+    let (peer_metrics, _peer_metrics_handle) = peer_metrics_layer(runtime);
+    case!(
+        "peer: axum-prometheus metrics layer",
+        ServiceBuilder::new().layer(peer_metrics).service_fn(noop)
     );
     case!(
         "tracing-ext (sampler off)",
@@ -346,6 +365,10 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
         "peer" => run!(ServiceBuilder::new()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .service_fn(noop)),
+        "peer-metrics" => {
+            let (layer, _handle) = peer_metrics_layer(runtime);
+            run!(ServiceBuilder::new().layer(layer).service_fn(noop))
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -355,7 +378,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // OVERHEAD_CASE=bare|metrics|tracing|peer OVERHEAD_ITERS=N: one case only.
+    // OVERHEAD_CASE=bare|metrics|tracing|peer|peer-metrics OVERHEAD_ITERS=N:
+    // one case only.
     if let Ok(case) = std::env::var("OVERHEAD_CASE") {
         let iters = std::env::var("OVERHEAD_ITERS")
             .ok()

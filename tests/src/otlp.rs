@@ -71,11 +71,25 @@ pub struct ReceivedPoint {
     pub value: f64,
 }
 
+/// How the receiver answers trace exports, to test exporters against a
+/// sick collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TraceFault {
+    /// Accept and keep every span.
+    #[default]
+    Healthy,
+    /// Answer `UNAVAILABLE` and keep nothing (a collector shedding load).
+    Unavailable,
+    /// Keep the spans, but answer only after this long.
+    Slow(Duration),
+}
+
 #[derive(Default, Clone)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     points: Arc<Mutex<Vec<ReceivedPoint>>>,
     requests: Arc<Mutex<u64>>,
+    fault: Arc<Mutex<TraceFault>>,
 }
 
 #[tonic::async_trait]
@@ -143,6 +157,16 @@ impl TraceService for Collector {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         *self.requests.lock().unwrap() += 1;
+        let fault = *self.fault.lock().unwrap();
+        match fault {
+            TraceFault::Healthy => {}
+            TraceFault::Unavailable => {
+                return Err(tonic::Status::unavailable(
+                    "collector overloaded (test fault)",
+                ))
+            }
+            TraceFault::Slow(delay) => tokio::time::sleep(delay).await,
+        }
         let mut received = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
             let service = resource_spans
@@ -240,6 +264,11 @@ impl OtlpReceiver {
     /// Every metric data point received so far (each export appends).
     pub fn points(&self) -> Vec<ReceivedPoint> {
         self.collector.points.lock().unwrap().clone()
+    }
+
+    /// Makes later trace exports fail or slow down (or heals them).
+    pub fn set_trace_fault(&self, fault: TraceFault) {
+        *self.collector.fault.lock().unwrap() = fault;
     }
 
     /// How many trace export requests arrived.

@@ -29,6 +29,8 @@ pub mod semconv;
 
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "volo")]

@@ -254,9 +254,10 @@ impl TracingGuard {
         self.provider.as_ref().expect("present until shutdown")
     }
 
-    /// Spans ended, exported, failed and dropped so far.
+    /// Spans ended, exported, failed and dropped so far (clone the `Arc`
+    /// to expose them, e.g. with `prometheus::ExportStatsCollector`).
     #[must_use]
-    pub fn stats(&self) -> &ExportStats {
+    pub fn stats(&self) -> &Arc<ExportStats> {
         &self.stats
     }
 

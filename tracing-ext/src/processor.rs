@@ -30,9 +30,30 @@ pub struct ExportStats {
     dropped: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
+    queue_capacity: u64,
 }
 
 impl ExportStats {
+    fn with_capacity(queue_capacity: usize) -> Self {
+        Self {
+            queue_capacity: u64::try_from(queue_capacity).unwrap_or(u64::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Most spans the queue holds (`0` for stats not made by a processor).
+    pub fn queue_capacity(&self) -> u64 {
+        self.queue_capacity
+    }
+
+    /// Spans handed to the processor and neither dropped nor done exporting
+    /// yet: the queue plus the batch being exported.
+    pub fn pending(&self) -> u64 {
+        // Read the outcomes before `ended`, which counts every span first.
+        let done = self.dropped() + self.exported() + self.failed();
+        self.ended().saturating_sub(done)
+    }
+
     /// Sampled spans that ended and were handed to the processor.
     pub fn ended(&self) -> u64 {
         self.ended.load(Ordering::Relaxed)
@@ -115,9 +136,10 @@ pub struct BoundedBatchProcessor {
 impl BoundedBatchProcessor {
     /// Starts the worker thread exporting with `exporter`.
     pub fn new<E: SpanExporter + 'static>(exporter: E, limits: BatchLimits) -> Self {
-        let (spans, span_rx) = bounded(limits.max_queue_size.max(1));
+        let capacity = limits.max_queue_size.max(1);
+        let (spans, span_rx) = bounded(capacity);
         let (control, control_rx) = bounded(16);
-        let stats = Arc::new(ExportStats::default());
+        let stats = Arc::new(ExportStats::with_capacity(capacity));
         let worker = Worker {
             exporter,
             spans: span_rx,

@@ -6,6 +6,7 @@ mod discovery_e2e;
 mod etcd_faults;
 mod etcd_network;
 mod etcd_registry;
+mod export_faults;
 mod graceful_shutdown;
 mod harness_selftest;
 mod k8s_backend;

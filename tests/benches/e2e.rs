@@ -1,0 +1,675 @@
+//! End-to-end throughput and latency of real Volo gRPC and tonic Echo calls
+//! over loopback TCP, with the layers off and on: a closed-loop load
+//! generator sends a fixed number of requests at a fixed concurrency and
+//! reports QPS and latency percentiles, and their ratios to the bare case of
+//! the same stack.
+//!
+//! ```text
+//! cargo bench -p suite-tests --bench e2e
+//! ```
+//!
+//! Per stack (Volo gRPC server + Volo client; tonic server + tonic client),
+//! four cases, each with its own server on its own loopback port and its own
+//! client (one HTTP/2 connection, cloned into every load task):
+//!
+//! - `bare`: no layer;
+//! - `metrics`: `metrics-ext` on the server and on the client;
+//! - `tracing`: `tracing-ext` on the server and on the client, 100% sampled
+//!   (the client's span is the parent of the server's, carried in
+//!   `traceparent`), exported through `BoundedBatchProcessor` (default
+//!   limits) to an exporter that drops the batch: no network sink;
+//! - `both`: metrics and tracing.
+//!
+//! The tonic server sets `TCP_NODELAY` on accepted connections, as tonic's
+//! own `Server::serve` does and as Volo always does (`E2E_TONIC_NODELAY=0`
+//! leaves Nagle on, as a plain `TcpListenerStream` does).
+//!
+//! Client and server run in this process on one multi-thread tokio runtime
+//! (one worker per core); the export worker is its own thread. Every case is
+//! warmed up first; then the cases run one after another in rounds, forward
+//! in rounds 1, 3, ... and backward in rounds 2, 4, ... (ABCD DCBA ...), so
+//! that slow drifts of a shared machine hit every case alike. Reported per
+//! case: the median over rounds of QPS, p50 and p99, and their ratios to the
+//! bare case of the same stack; and the process's CPU time per request (all
+//! threads, from `/proc/self/task/*/schedstat`). On a shared machine both
+//! move with whatever else runs (other tenants slow the cores down, not
+//! only take them); for a repeatable comparison count instructions with
+//! callgrind, one case at a time (`E2E_CASES`, `E2E_STACKS`; see
+//! BENCHMARKS.md).
+//!
+//! Environment: `E2E_REQUESTS` (per case and round, default 30,000),
+//! `E2E_CONCURRENCY` (in-flight requests, default 32), `E2E_ROUNDS` (default
+//! 7), `E2E_WARMUP` (requests per case before measuring, default 5,000),
+//! `E2E_STACKS` (`volo,tonic` by default), `E2E_CASES` (`bare,metrics,
+//! tracing,both` by default; `tracing-discard` adds a diagnostic case:
+//! tracing sampled, but ended spans are dropped by a processor that does
+//! nothing, which isolates the cost of handing every span to the export
+//! thread).
+
+use std::{
+    future::Future,
+    hint::black_box,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use echo::{
+    servers::{TonicEcho, VoloEcho},
+    tonic_gen, volo_gen,
+};
+use futures::future::BoxFuture;
+use metrics_ext::RpcMetrics;
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceBuilder;
+use tracing_ext::{BatchLimits, BoundedBatchProcessor, ExportStats, RpcTracing};
+
+/// Exports nowhere, instantly: measures the pipeline, not a network.
+#[derive(Debug)]
+struct NoopExporter;
+
+impl SpanExporter for NoopExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+/// Which layers a case puts on its server and client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layers {
+    Bare,
+    Metrics,
+    Tracing,
+    Both,
+    /// Diagnostic, not run by default: tracing sampled, but ended spans are
+    /// dropped by a processor that does nothing (no queue, no export
+    /// thread), to separate the cost of handing spans to the export worker.
+    TracingDiscard,
+}
+
+impl Layers {
+    const ALL: [Self; 5] = [
+        Self::Bare,
+        Self::Metrics,
+        Self::Tracing,
+        Self::Both,
+        Self::TracingDiscard,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Metrics => "metrics",
+            Self::Tracing => "tracing",
+            Self::Both => "both",
+            Self::TracingDiscard => "tracing-discard",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Bare => "bare (no layer)",
+            Self::Metrics => "metrics-ext server + client",
+            Self::Tracing => "tracing-ext server + client, 100% sampled",
+            Self::Both => "metrics-ext + tracing-ext (sampled)",
+            Self::TracingDiscard => "tracing-ext sampled, spans discarded at end (diagnostic)",
+        }
+    }
+}
+
+/// One measured run of a case.
+struct Run {
+    elapsed: Duration,
+    /// CPU time of the whole process (every thread: runtime workers, export
+    /// threads) during the run, if `/proc` could be read.
+    cpu: Option<Duration>,
+    /// Per-request latencies in nanoseconds, sorted.
+    latencies: Vec<u64>,
+    errors: u64,
+}
+
+impl Run {
+    fn qps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Process CPU time per request, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.cpu.map_or(f64::NAN, |cpu| {
+            cpu.as_secs_f64() * 1e6 / self.latencies.len() as f64
+        })
+    }
+
+    /// Nearest-rank percentile, in microseconds.
+    fn percentile_us(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (p * self.latencies.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, self.latencies.len()) - 1;
+        self.latencies[index] as f64 / 1_000.0
+    }
+}
+
+/// CPU time consumed so far by the threads of this process: the sum of
+/// `/proc/self/task/*/schedstat` (nanoseconds on the CPU, user and kernel).
+/// This process's threads all live for the whole bench, so none is lost
+/// between two readings.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue; // the thread ended meanwhile
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Drives a case: `requests` calls with `concurrency` of them in flight.
+type Load = Box<dyn Fn(u64, usize) -> BoxFuture<'static, Run> + Send + Sync>;
+
+/// A closed-loop load over `client`: `concurrency` tasks, each with its own
+/// clone of the client, take request numbers from a shared counter until
+/// `requests` have been sent, and time every call.
+fn load<C, F, Fut>(client: C, call: F) -> Load
+where
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = (C, bool)> + Send + 'static,
+{
+    Box::new(move |requests, concurrency| {
+        let client = client.clone();
+        let call = call.clone();
+        Box::pin(async move {
+            let next = Arc::new(AtomicU64::new(0));
+            let per_task = usize::try_from(requests).unwrap_or(usize::MAX) / concurrency + 1;
+            let cpu_before = process_cpu();
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let mut client = client.clone();
+                    let call = call.clone();
+                    let next = next.clone();
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::with_capacity(per_task);
+                        let mut errors = 0u64;
+                        while next.fetch_add(1, Ordering::Relaxed) < requests {
+                            let sent = Instant::now();
+                            let (returned, ok) = call(client).await;
+                            latencies.push(sent.elapsed().as_nanos() as u64);
+                            client = returned;
+                            errors += u64::from(!ok);
+                        }
+                        (latencies, errors)
+                    })
+                })
+                .collect();
+            let mut latencies = Vec::with_capacity(per_task * concurrency);
+            let mut errors = 0;
+            for task in tasks {
+                let (task_latencies, task_errors) = task.await.expect("load task panicked");
+                latencies.extend(task_latencies);
+                errors += task_errors;
+            }
+            let elapsed = start.elapsed();
+            let cpu = process_cpu()
+                .zip(cpu_before)
+                .map(|(after, before)| after.saturating_sub(before));
+            latencies.sort_unstable();
+            Run {
+                elapsed,
+                cpu,
+                latencies,
+                errors,
+            }
+        })
+    })
+}
+
+/// A traced case's tracer provider and its processor's counters.
+struct Traced {
+    provider: SdkTracerProvider,
+    /// The batch processor's counters (none for the discarding processor).
+    stats: Option<Arc<ExportStats>>,
+}
+
+/// Drops every ended span on the calling thread (the diagnostic case).
+#[derive(Debug)]
+struct DiscardProcessor;
+
+impl SpanProcessor for DiscardProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+    fn on_end(&self, span: SpanData) {
+        black_box(span);
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+fn traced(discard: bool) -> (Traced, RpcTracing) {
+    let builder = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOn);
+    let (provider, stats) = if discard {
+        (builder.with_span_processor(DiscardProcessor).build(), None)
+    } else {
+        let processor = BoundedBatchProcessor::new(NoopExporter, BatchLimits::default());
+        let stats = processor.stats();
+        (builder.with_span_processor(processor).build(), Some(stats))
+    };
+    // Defaults otherwise: W3C trace context + baggage, the `tracing` span
+    // (no subscriber is installed, so it costs next to nothing).
+    let tracing = RpcTracing::builder().tracer_provider(&provider).build();
+    (Traced { provider, stats }, tracing)
+}
+
+struct Case {
+    stack: &'static str,
+    layers: Layers,
+    load: Load,
+    traced: Option<Traced>,
+    runs: Vec<Run>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .replace(['_', ','], "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+const MESSAGE: &str = "hello from the e2e load generator";
+
+/// Starts a Volo gRPC Echo server with `$server` layers (innermost first,
+/// each `layer_front`) and returns a load over a Volo client with `$client`
+/// layers (innermost first, each `layer_outer`).
+macro_rules! volo_case {
+    ($stop:expr, [$($server:expr),*], [$($client:expr),*]) => {{
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stopped = $stop;
+        tokio::spawn(
+            volo_grpc::server::Server::new()
+                $(.layer_front($server))*
+                .add_service(
+                    volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(
+                        VoloEcho { served_by: addr },
+                    ))
+                    .build(),
+                )
+                .run_with_shutdown(
+                    volo::net::incoming::DefaultIncoming::from(listener),
+                    async move {
+                        stopped.await;
+                        Ok(())
+                    },
+                ),
+        );
+        let client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
+            $(.layer_outer($client))*
+            .address(addr)
+            .build();
+        load(client, |client| async move {
+            let reply = client
+                .say(volo_gen::echo::SayRequest {
+                    message: faststr::FastStr::from_static_str(MESSAGE),
+                })
+                .await;
+            let ok = matches!(&reply, Ok(r) if r.get_ref().message == MESSAGE);
+            (client, ok)
+        })
+    }};
+}
+
+/// Whether the tonic server sets `TCP_NODELAY` on accepted connections, as
+/// `tonic::transport::Server::serve` does by default (Volo always does).
+/// `E2E_TONIC_NODELAY=0` serves like `examples::servers::serve_tonic`
+/// (a plain `TcpListenerStream`: Nagle on, tonic's setting ignored).
+fn tonic_nodelay() -> bool {
+    env_or("E2E_TONIC_NODELAY", 1u8) != 0
+}
+
+/// Starts a tonic Echo server with `$server` layers (outermost first) and
+/// returns a load over a tonic client with `$client` layers (outermost
+/// first) over one channel.
+macro_rules! tonic_case {
+    ($stop:expr, [$($server:expr),*], [$($client:expr),*]) => {{
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                $(.layer($server))*
+                .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+                    served_by: addr,
+                }))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(tonic_nodelay())),
+                    $stop,
+                ),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let client = tonic_gen::echo_client::EchoClient::new(
+            ServiceBuilder::new()$(.layer($client))*.service(channel),
+        );
+        load(client, |mut client| async move {
+            let reply = client
+                .say(tonic_gen::SayRequest {
+                    message: MESSAGE.to_owned(),
+                })
+                .await;
+            let ok = matches!(&reply, Ok(r) if r.get_ref().message == MESSAGE);
+            (client, ok)
+        })
+    }};
+}
+
+async fn build_cases(
+    stacks: &[String],
+    wanted: &[String],
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Case>> {
+    let stopped = || {
+        let mut rx = stop.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut cases = Vec::new();
+    for stack in stacks {
+        for layers in Layers::ALL {
+            if !wanted.iter().any(|w| w == layers.name()) {
+                continue;
+            }
+            let metrics = RpcMetrics::builder().build()?;
+            let (traced, tracing) = match layers {
+                Layers::Tracing | Layers::Both | Layers::TracingDiscard => {
+                    let (traced, tracing) = traced(layers == Layers::TracingDiscard);
+                    (Some(traced), tracing)
+                }
+                Layers::Bare | Layers::Metrics => (None, RpcTracing::builder().build()),
+            };
+            // Layer order as in the quickstart: tracing outside metrics.
+            let load = match (stack.as_str(), layers) {
+                ("volo", Layers::Bare) => volo_case!(stopped(), [], []),
+                ("volo", Layers::Metrics) => volo_case!(
+                    stopped(),
+                    [metrics_ext::volo::MetricsLayer::server(&metrics)],
+                    [metrics_ext::volo::MetricsLayer::client(&metrics)]
+                ),
+                ("volo", Layers::Tracing | Layers::TracingDiscard) => volo_case!(
+                    stopped(),
+                    [tracing_ext::volo::TracingLayer::server(&tracing)],
+                    [tracing_ext::volo::TracingLayer::client(&tracing)]
+                ),
+                ("volo", Layers::Both) => volo_case!(
+                    stopped(),
+                    [
+                        metrics_ext::volo::MetricsLayer::server(&metrics),
+                        tracing_ext::volo::TracingLayer::server(&tracing)
+                    ],
+                    [
+                        metrics_ext::volo::MetricsLayer::client(&metrics),
+                        tracing_ext::volo::TracingLayer::client(&tracing)
+                    ]
+                ),
+                ("tonic", Layers::Bare) => tonic_case!(stopped(), [], []),
+                ("tonic", Layers::Metrics) => tonic_case!(
+                    stopped(),
+                    [metrics_ext::tower::MetricsLayer::server(&metrics)],
+                    [metrics_ext::tower::MetricsLayer::client(
+                        &metrics,
+                        "echo-tonic"
+                    )]
+                ),
+                ("tonic", Layers::Tracing | Layers::TracingDiscard) => tonic_case!(
+                    stopped(),
+                    [tracing_ext::tower::TracingLayer::server(&tracing)],
+                    [tracing_ext::tower::TracingLayer::client(&tracing)]
+                ),
+                ("tonic", Layers::Both) => tonic_case!(
+                    stopped(),
+                    [
+                        tracing_ext::tower::TracingLayer::server(&tracing),
+                        metrics_ext::tower::MetricsLayer::server(&metrics)
+                    ],
+                    [
+                        tracing_ext::tower::TracingLayer::client(&tracing),
+                        metrics_ext::tower::MetricsLayer::client(&metrics, "echo-tonic")
+                    ]
+                ),
+                (other, _) => anyhow::bail!("unknown stack {other:?} (volo or tonic)"),
+            };
+            cases.push(Case {
+                stack: if stack == "volo" {
+                    "Volo gRPC"
+                } else {
+                    "tonic"
+                },
+                layers,
+                load,
+                traced,
+                runs: Vec::new(),
+            });
+        }
+    }
+    Ok(cases)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1_000.0 {
+        format!("{:.2} ms", us / 1_000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_thousands(n: f64) -> String {
+    let digits = (n.round() as u64).to_string();
+    let first = match digits.len() % 3 {
+        0 => 3.min(digits.len()),
+        r => r,
+    };
+    let mut out = digits[..first].to_owned();
+    for group in digits.as_bytes()[first..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
+    }
+    out
+}
+
+async fn run() -> anyhow::Result<()> {
+    let requests: u64 = env_or("E2E_REQUESTS", 30_000);
+    let concurrency: usize = env_or("E2E_CONCURRENCY", 32usize).max(1);
+    let rounds: usize = env_or("E2E_ROUNDS", 7usize).max(1);
+    let warmup: u64 = env_or("E2E_WARMUP", 5_000);
+    let stacks = env_list("E2E_STACKS", "volo,tonic");
+    let wanted = env_list("E2E_CASES", "bare,metrics,tracing,both");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut cases = build_cases(&stacks, &wanted, &stop_rx).await?;
+    eprintln!(
+        "e2e: {} cases, {requests} requests per case and round at concurrency {concurrency}, \
+         {rounds} rounds, {warmup} warm-up requests per case, {} tokio workers",
+        cases.len(),
+        tokio::runtime::Handle::current().metrics().num_workers(),
+    );
+
+    for case in &cases {
+        let run = (case.load)(warmup, concurrency).await;
+        anyhow::ensure!(
+            run.errors == 0,
+            "{} {}: {} of {warmup} warm-up calls failed",
+            case.stack,
+            case.layers.name(),
+            run.errors
+        );
+        eprintln!(
+            "warm-up {:<9} {:<16} {:>8.0} QPS",
+            case.stack,
+            case.layers.name(),
+            run.qps()
+        );
+    }
+
+    let order: Vec<usize> = (0..cases.len()).collect();
+    for round in 0..rounds {
+        let forward = round % 2 == 0;
+        let this_round: Vec<usize> = if forward {
+            order.clone()
+        } else {
+            order.iter().rev().copied().collect()
+        };
+        for index in this_round {
+            let case = &mut cases[index];
+            let run = (case.load)(requests, concurrency).await;
+            anyhow::ensure!(
+                run.errors == 0,
+                "{} {}: {} of {requests} calls failed",
+                case.stack,
+                case.layers.name(),
+                run.errors
+            );
+            eprintln!(
+                "round {} {:<9} {:<16} {:>8.0} QPS  {:>6.1} µs CPU/req  p50 {:>9}  p99 {:>9}",
+                round + 1,
+                case.stack,
+                case.layers.name(),
+                run.qps(),
+                run.cpu_us(),
+                fmt_us(run.percentile_us(0.50)),
+                fmt_us(run.percentile_us(0.99)),
+            );
+            case.runs.push(run);
+        }
+    }
+
+    report(&cases, requests, concurrency, rounds);
+
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut spans = Vec::new();
+    for case in &mut cases {
+        if let Some(traced) = case.traced.take() {
+            let _ = traced.provider.shutdown();
+            let Some(stats) = traced.stats else {
+                continue;
+            };
+            spans.push(format!(
+                "- {} {}: {} spans ended, {} exported, {} dropped (queue full)",
+                case.stack,
+                case.layers.name(),
+                fmt_thousands(stats.ended() as f64),
+                fmt_thousands(stats.exported() as f64),
+                fmt_thousands(stats.dropped() as f64),
+            ));
+        }
+    }
+    if !spans.is_empty() {
+        println!("\nSpans (client + server, warm-up included):\n");
+        for line in spans {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn report(cases: &[Case], requests: u64, concurrency: usize, rounds: usize) {
+    struct Summary {
+        qps: f64,
+        cpu: f64,
+        p50: f64,
+        p99: f64,
+    }
+    let summarize = |case: &Case| Summary {
+        qps: median(case.runs.iter().map(Run::qps).collect()),
+        cpu: median(case.runs.iter().map(Run::cpu_us).collect()),
+        p50: median(case.runs.iter().map(|r| r.percentile_us(0.50)).collect()),
+        p99: median(case.runs.iter().map(|r| r.percentile_us(0.99)).collect()),
+    };
+    println!(
+        "\n{} requests per case and round, concurrency {concurrency}, {rounds} rounds; \
+         medians over rounds; ratios against the bare case of the same stack. \
+         CPU / request: CPU time of the whole process (client, server, export \
+         thread) per request.\n",
+        fmt_thousands(requests as f64)
+    );
+    println!(
+        "| stack | case | QPS | QPS vs bare | QPS min–max | CPU / request | p50 | p99 | p99 vs bare |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for case in cases {
+        let summary = summarize(case);
+        let bare = cases
+            .iter()
+            .find(|c| c.stack == case.stack && c.layers == Layers::Bare);
+        let (qps_ratio, p99_ratio) = match bare {
+            Some(bare) if case.layers != Layers::Bare => {
+                let bare = summarize(bare);
+                (
+                    format!("{:.3}x", summary.qps / bare.qps),
+                    format!("{:.2}x", summary.p99 / bare.p99),
+                )
+            }
+            _ => ("—".into(), "—".into()),
+        };
+        let min = case.runs.iter().map(Run::qps).fold(f64::INFINITY, f64::min);
+        let max = case.runs.iter().map(Run::qps).fold(0.0, f64::max);
+        println!(
+            "| {} | {} | {} | {qps_ratio} | {}–{} | {:.0} µs | {} | {} | {p99_ratio} |",
+            case.stack,
+            case.layers.label(),
+            fmt_thousands(summary.qps),
+            fmt_thousands(min),
+            fmt_thousands(max),
+            summary.cpu,
+            fmt_us(summary.p50),
+            fmt_us(summary.p99),
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
