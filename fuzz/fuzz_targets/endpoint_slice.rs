@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
             .flatten()
             .filter(|e| {
                 let c = e.conditions.as_ref();
-                c.and_then(|c| c.ready).unwrap_or(true) && !c.and_then(|c| c.terminating).unwrap_or(false)
+                c.and_then(|c| c.ready).unwrap_or(true)
+                    && !c.and_then(|c| c.terminating).unwrap_or(false)
             })
             .map(|e| e.addresses.len())
             .sum::<usize>();
