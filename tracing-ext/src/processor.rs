@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use opentelemetry::Context;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
@@ -117,6 +117,8 @@ impl BatchLimits {
 }
 
 enum Control {
+    /// A full batch is queued (sent once until the worker takes it).
+    BatchReady,
     Resource(Resource),
     Flush(Sender<OTelSdkResult>),
     Shutdown(Sender<OTelSdkResult>),
@@ -129,6 +131,9 @@ pub struct BoundedBatchProcessor {
     spans: Sender<SpanData>,
     control: Sender<Control>,
     stats: Arc<ExportStats>,
+    /// Set while a `BatchReady` is on its way to the worker.
+    batch_signaled: Arc<AtomicBool>,
+    max_export_batch_size: usize,
     worker: Mutex<Option<thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -140,11 +145,18 @@ impl BoundedBatchProcessor {
         let (spans, span_rx) = bounded(capacity);
         let (control, control_rx) = bounded(16);
         let stats = Arc::new(ExportStats::with_capacity(capacity));
+        let batch_signaled = Arc::new(AtomicBool::new(false));
+        let max_export_batch_size = limits.max_export_batch_size.clamp(1, capacity);
+        let limits = BatchLimits {
+            max_export_batch_size,
+            ..limits
+        };
         let worker = Worker {
             exporter,
             spans: span_rx,
             control: control_rx,
             stats: stats.clone(),
+            batch_signaled: batch_signaled.clone(),
             limits,
         };
         let handle = thread::Builder::new()
@@ -155,6 +167,8 @@ impl BoundedBatchProcessor {
             spans,
             control,
             stats,
+            batch_signaled,
+            max_export_batch_size,
             worker: Mutex::new(handle),
             shut_down: AtomicBool::new(false),
         }
@@ -194,7 +208,15 @@ impl SpanProcessor for BoundedBatchProcessor {
             return;
         }
         match self.spans.try_send(span) {
-            Ok(()) => {}
+            // The worker is not woken per span (a thread wake-up costs more
+            // than the span): only when a full batch waits, else its timer.
+            Ok(()) => {
+                if self.spans.len() >= self.max_export_batch_size
+                    && !self.batch_signaled.swap(true, Ordering::AcqRel)
+                {
+                    let _ = self.control.try_send(Control::BatchReady);
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -244,6 +266,7 @@ struct Worker<E> {
     spans: Receiver<SpanData>,
     control: Receiver<Control>,
     stats: Arc<ExportStats>,
+    batch_signaled: Arc<AtomicBool>,
     limits: BatchLimits,
 }
 
@@ -253,38 +276,49 @@ impl<E: SpanExporter> Worker<E> {
         let mut next_export = Instant::now() + self.limits.scheduled_delay;
         loop {
             let timeout = next_export.saturating_duration_since(Instant::now());
-            select! {
-                recv(self.spans) -> span => match span {
-                    Ok(span) => {
-                        batch.push(span);
-                        if batch.len() >= self.limits.max_export_batch_size {
-                            // A failure is counted in the stats; the next batch goes on.
-                            let _ = self.export(&mut batch);
-                            next_export = Instant::now() + self.limits.scheduled_delay;
-                        }
-                    }
-                    Err(_) => return,
-                },
-                recv(self.control) -> message => match message {
-                    Ok(Control::Resource(resource)) => self.exporter.set_resource(&resource),
-                    Ok(Control::Flush(reply)) => {
-                        let result = self.drain(&mut batch);
-                        let _ = reply.send(result);
-                    }
-                    Ok(Control::Shutdown(reply)) => {
-                        let result = self.drain(&mut batch);
-                        let shutdown = self.exporter.shutdown();
-                        let _ = reply.send(result.and(shutdown));
-                        return;
-                    }
-                    Err(_) => return,
-                },
-                default(timeout) => {
-                    let _ = self.export(&mut batch);
+            match self.control.recv_timeout(timeout) {
+                Ok(Control::BatchReady) => {
+                    self.batch_signaled.store(false, Ordering::Release);
+                    // Failures are counted in the stats; the next batch goes on.
+                    let _ = self.export_full_batches(&mut batch);
                     next_export = Instant::now() + self.limits.scheduled_delay;
                 }
+                Ok(Control::Resource(resource)) => self.exporter.set_resource(&resource),
+                Ok(Control::Flush(reply)) => {
+                    let result = self.drain(&mut batch);
+                    let _ = reply.send(result);
+                }
+                Ok(Control::Shutdown(reply)) => {
+                    let result = self.drain(&mut batch);
+                    let shutdown = self.exporter.shutdown();
+                    let _ = reply.send(result.and(shutdown));
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.batch_signaled.store(false, Ordering::Release);
+                    let _ = self.drain(&mut batch);
+                    next_export = Instant::now() + self.limits.scheduled_delay;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Exports whole batches while the queue holds at least one.
+    fn export_full_batches(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+        let mut result = Ok(());
+        while batch.len() + self.spans.len() >= self.limits.max_export_batch_size {
+            while batch.len() < self.limits.max_export_batch_size {
+                match self.spans.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.export(batch) {
+                result = Err(error);
+            }
+        }
+        result
     }
 
     /// Exports everything queued so far.
@@ -389,6 +423,47 @@ mod tests {
             stats.ended(),
             stats.exported() + stats.failed() + stats.dropped()
         );
+        provider.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once_and_a_partial_one_on_the_timer() {
+        let exporter = GatedExporter::default();
+        exporter.open();
+        let processor = BoundedBatchProcessor::new(
+            exporter,
+            BatchLimits {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                scheduled_delay: Duration::from_secs(2),
+            },
+        );
+        let stats = processor.stats();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("test");
+        let wait_for = |exported: u64, within: Duration| {
+            let deadline = Instant::now() + within;
+            while stats.exported() < exported && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            stats.exported()
+        };
+        let started = Instant::now();
+        for _ in 0..10 {
+            drop(tracer.start("span"));
+        }
+        assert_eq!(wait_for(10, Duration::from_secs(5)), 10);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a full batch waited for the timer"
+        );
+
+        for _ in 0..3 {
+            drop(tracer.start("span"));
+        }
+        assert_eq!(wait_for(13, Duration::from_secs(5)), 13);
         provider.shutdown().unwrap();
     }
 }

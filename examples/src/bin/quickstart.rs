@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             served_by: tonic_addr,
         }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(tonic_listener),
+            tonic::transport::server::TcpIncoming::from(tonic_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let tonic_server = tokio::spawn(tonic_server);

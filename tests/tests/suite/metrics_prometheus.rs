@@ -48,7 +48,7 @@ async fn tonic_server(
             served_by: addr,
         }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         );
     tokio::spawn(server);

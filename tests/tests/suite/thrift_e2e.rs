@@ -67,9 +67,10 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
             .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
                 served_by: backend_addr,
             }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                backend_listener,
-            )),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(backend_listener)
+                    .with_nodelay(Some(true)),
+            ),
     );
     let backend = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()

@@ -70,7 +70,8 @@ async fn start_topology(
                 served_by: backend,
             }))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(backend_listener),
+                tonic::transport::server::TcpIncoming::from(backend_listener)
+                    .with_nodelay(Some(true)),
                 wait(stopped.clone()),
             ),
     );
@@ -421,7 +422,7 @@ async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Resu
                 served_by: addr,
             }))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },
