@@ -3,7 +3,8 @@
 //! (metainfo upstreams), through the server path every layer runs.
 //!
 //! Input: up to three fields separated by NUL bytes.
-//! Properties: nothing panics; a context that is accepted survives an
+//! Properties: our W3C reader and the SDK's propagators read the same
+//! context; nothing panics; a context that is accepted survives an
 //! inject/extract round trip unchanged; an accepted parent is the parent of
 //! the server span.
 
@@ -15,14 +16,18 @@ use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use metainfo::{Forward, MetaInfo};
 use opentelemetry::{
-    propagation::{Extractor, TextMapPropagator},
+    baggage::BaggageExt,
+    propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator},
     trace::TraceContextExt,
     Context,
 };
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::{
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::SdkTracerProvider,
+};
 use tracing_ext::{
     propagator_from_env, volo::MetaInfoExtractor, CallInfo, HeaderExtractor, HeaderInjector,
-    Outcome, RpcSystem, RpcTracing,
+    Outcome, RpcSystem, RpcTracing, W3cPropagator,
 };
 
 const FIELDS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
@@ -30,6 +35,7 @@ const FIELDS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 struct Setup {
     tracing: RpcTracing,
     propagator: Box<dyn TextMapPropagator + Send + Sync>,
+    sdk: TextMapCompositePropagator,
 }
 
 fn setup() -> &'static Setup {
@@ -44,11 +50,30 @@ fn setup() -> &'static Setup {
                 .tracing_span(false)
                 .build(),
             propagator: propagator_from_env(),
+            sdk: TextMapCompositePropagator::new(vec![
+                Box::new(TraceContextPropagator::new()),
+                Box::new(BaggagePropagator::new()),
+            ]),
         }
     })
 }
 
 fn check(setup: &Setup, carrier: &dyn Extractor) {
+    // Our allocation-free W3C reader agrees with the SDK's propagators.
+    let ours = W3cPropagator::new().extract(carrier);
+    let sdk = setup.sdk.extract(carrier);
+    assert_eq!(ours.span().span_context(), sdk.span().span_context());
+    let entries = |cx: &Context| {
+        let mut all: Vec<String> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| format!("{k}={v};{}", m.as_str()))
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(entries(&ours), entries(&sdk));
+
     let parent = setup.propagator.extract(carrier);
     let parent_span = parent.span().span_context().clone();
     if parent_span.is_valid() {

@@ -26,6 +26,7 @@ mod call;
 mod processor;
 mod propagation;
 pub mod semconv;
+mod w3c;
 
 #[cfg(feature = "otlp")]
 pub mod otlp;
@@ -43,7 +44,7 @@ pub use call::{
 pub use opentelemetry;
 pub use processor::{BatchLimits, BoundedBatchProcessor, ExportStats};
 pub use propagation::{
-    propagator_from_env, HeaderExtractor, HeaderInjector, MAX_BAGGAGE_LEN, MAX_OTHER_LEN,
-    MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
+    propagator_from_env, HeaderExtractor, HeaderInjector, W3cPropagator, MAX_BAGGAGE_LEN,
+    MAX_OTHER_LEN, MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
 };
 pub use semconv::{Outcome, RpcSystem};

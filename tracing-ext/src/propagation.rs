@@ -8,6 +8,8 @@ use opentelemetry::propagation::{
 };
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+pub use crate::w3c::W3cPropagator;
+
 /// Longest `traceparent` accepted (a version-00 value is 55 characters).
 pub const MAX_TRACEPARENT_LEN: usize = 128;
 /// Longest `tracestate` accepted (W3C: 32 members, 512 characters).
@@ -34,7 +36,16 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        let value = self.0.get(key)?.to_str().ok()?;
+        // The W3C names are looked up pre-parsed: parsing a name from `&str`
+        // costs more than the lookup itself, on every request.
+        let value = match key {
+            "traceparent" => self.0.get(&TRACEPARENT),
+            "tracestate" => self.0.get(&TRACESTATE),
+            "baggage" => self.0.get(&BAGGAGE),
+            other => self.0.get(other),
+        }?
+        .to_str()
+        .ok()?;
         (value.len() <= limit(key)).then_some(value)
     }
 
@@ -42,6 +53,10 @@ impl Extractor for HeaderExtractor<'_> {
         self.0.keys().map(HeaderName::as_str).collect()
     }
 }
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// Writes propagation fields into HTTP headers; a field that is not a valid
 /// header is skipped.
@@ -88,8 +103,21 @@ pub fn propagator_from_env() -> Box<dyn TextMapPropagator + Send + Sync> {
 // propagator itself is still the maintained implementation of B3.
 #[cfg_attr(feature = "b3", allow(deprecated))]
 pub(crate) fn propagator_from_names(names: &str) -> Box<dyn TextMapPropagator + Send + Sync> {
+    let mut listed: Vec<&str> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    listed.dedup();
+    match listed.as_slice() {
+        ["tracecontext", "baggage"] | ["baggage", "tracecontext"] => {
+            return Box::new(W3cPropagator::new())
+        }
+        ["tracecontext"] => return Box::new(W3cPropagator::trace_context_only()),
+        _ => {}
+    }
     let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
-    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in listed {
         match name {
             "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
             "baggage" => propagators.push(Box::new(BaggagePropagator::new())),

@@ -1,0 +1,224 @@
+//! W3C trace context and baggage in one propagator, with a traceparent
+//! reader that allocates nothing.
+//!
+//! The SDK's `TraceContextPropagator` collects the header's parts into a
+//! `Vec` and runs behind a composite that clones contexts; on a server that
+//! is a large share of what tracing costs per call (BENCHMARKS.md). This
+//! reader applies the SDK's rules step by step — the `propagation` fuzz
+//! target checks both agree on every input — and writing, `tracestate` and
+//! baggage stay with the SDK.
+
+use std::str::FromStr;
+
+use opentelemetry::{
+    propagation::{text_map_propagator::FieldIter, Extractor, Injector, TextMapPropagator},
+    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
+    Context,
+};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+const BAGGAGE: &str = "baggage";
+/// Version `ff` is forbidden by the spec.
+const MAX_VERSION: u8 = 254;
+
+/// W3C `traceparent`/`tracestate` and (optionally) `baggage`: what
+/// `OTEL_PROPAGATORS=tracecontext,baggage` (the default) selects.
+///
+/// ```
+/// use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt};
+/// use std::collections::HashMap;
+/// use tracing_ext::W3cPropagator;
+///
+/// let carrier = HashMap::from([(
+///     "traceparent".to_string(),
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+/// )]);
+/// let cx = W3cPropagator::new().extract(&carrier);
+/// assert!(cx.span().span_context().is_sampled());
+/// ```
+#[derive(Debug, Default)]
+pub struct W3cPropagator {
+    trace_context: TraceContextPropagator,
+    baggage: Option<BaggagePropagator>,
+}
+
+impl W3cPropagator {
+    /// Trace context and baggage.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            trace_context: TraceContextPropagator::new(),
+            baggage: Some(BaggagePropagator::new()),
+        }
+    }
+
+    /// Trace context only (`OTEL_PROPAGATORS=tracecontext`).
+    #[must_use]
+    pub fn trace_context_only() -> Self {
+        Self {
+            trace_context: TraceContextPropagator::new(),
+            baggage: None,
+        }
+    }
+}
+
+impl TextMapPropagator for W3cPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        self.trace_context.inject_context(cx, injector);
+        if let Some(baggage) = &self.baggage {
+            baggage.inject_context(cx, injector);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let with_span = match span_context(extractor) {
+            Some(span) => cx.with_remote_span_context(span),
+            None => cx.clone(),
+        };
+        match &self.baggage {
+            // The baggage propagator only adds to the context it is given.
+            Some(baggage) if extractor.get(BAGGAGE).is_some() => {
+                baggage.extract_with_context(&with_span, extractor)
+            }
+            _ => with_span,
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        if self.baggage.is_some() {
+            FieldIter::new(&*FIELDS_WITH_BAGGAGE)
+        } else {
+            FieldIter::new(&*FIELDS)
+        }
+    }
+}
+
+static FIELDS: std::sync::LazyLock<[String; 2]> =
+    std::sync::LazyLock::new(|| [TRACEPARENT.to_owned(), TRACESTATE.to_owned()]);
+static FIELDS_WITH_BAGGAGE: std::sync::LazyLock<[String; 3]> = std::sync::LazyLock::new(|| {
+    [
+        TRACEPARENT.to_owned(),
+        TRACESTATE.to_owned(),
+        BAGGAGE.to_owned(),
+    ]
+});
+
+/// The remote parent in `traceparent` (and `tracestate`), by the SDK's
+/// rules: the trimmed value split at `-` (a trailing `-` ends the last
+/// part), version below `ff` with exactly four parts for version 0,
+/// lower-case ids that parse as hex and are not all zero, and only the
+/// sampled flag kept.
+fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
+    let value = extractor.get(TRACEPARENT)?.trim();
+    let mut parts = [""; 4];
+    let mut count = 0;
+    for part in value.split_terminator('-') {
+        if count < parts.len() {
+            parts[count] = part;
+        }
+        count += 1;
+        if count > parts.len() {
+            break;
+        }
+    }
+    if count < 4 {
+        return None;
+    }
+    let [version, trace_id, span_id, flags] = parts;
+    let version = u8::try_from(parse_hex(version, 8)?).ok()?;
+    if version > MAX_VERSION || (version == 0 && count != 4) {
+        return None;
+    }
+    let lower = |part: &str| !part.bytes().any(|b| b.is_ascii_uppercase());
+    if !lower(trace_id) || !lower(span_id) || !lower(flags) {
+        return None;
+    }
+    let trace_id = TraceId::from(parse_hex(trace_id, 128)?);
+    let span_id = SpanId::from(u64::try_from(parse_hex(span_id, 64)?).ok()?);
+    let flags = u8::try_from(parse_hex(flags, 8)?).ok()?;
+    let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
+    let trace_state = match extractor.get(TRACESTATE) {
+        Some(state) => TraceState::from_str(state).unwrap_or_default(),
+        None => TraceState::default(),
+    };
+    let span = SpanContext::new(trace_id, span_id, flags, true, trace_state);
+    span.is_valid().then_some(span)
+}
+
+/// `uN::from_str_radix(text, 16)` for N = `bits`, as the SDK parses each
+/// part (an optional `+`, then hex digits of any case, leading zeros
+/// allowed, no overflow), without its generic per-digit machinery.
+fn parse_hex(text: &str, bits: u32) -> Option<u128> {
+    let digits = text.strip_prefix('+').unwrap_or(text).as_bytes();
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for &byte in digits {
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            b'A'..=b'F' => byte - b'A' + 10,
+            _ => return None,
+        };
+        if value >> (bits - 4) != 0 {
+            return None; // one more digit would overflow
+        }
+        value = (value << 4) | u128::from(digit);
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_hex_follows_from_str_radix() {
+        let cases = [
+            "",
+            "+",
+            "-1",
+            "+0",
+            "0",
+            "00",
+            "ff",
+            "FF",
+            "fF",
+            "100",
+            "1ff",
+            "0ff",
+            "0000ff",
+            "g",
+            "+-1",
+            "ffffffffffffffff",
+            "10000000000000000",
+            "00000000000000000001",
+            "7fffffffffffffffffffffffffffffff",
+            "ffffffffffffffffffffffffffffffff",
+            "100000000000000000000000000000000",
+            " 1",
+            "1 ",
+            "é",
+        ];
+        for case in cases {
+            assert_eq!(
+                parse_hex(case, 8),
+                u8::from_str_radix(case, 16).ok().map(u128::from),
+                "u8 {case:?}"
+            );
+            assert_eq!(
+                parse_hex(case, 64),
+                u64::from_str_radix(case, 16).ok().map(u128::from),
+                "u64 {case:?}"
+            );
+            assert_eq!(
+                parse_hex(case, 128),
+                u128::from_str_radix(case, 16).ok(),
+                "u128 {case:?}"
+            );
+        }
+    }
+}
