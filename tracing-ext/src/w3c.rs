@@ -152,10 +152,24 @@ fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
 /// allowed, no overflow), without its generic per-digit machinery.
 fn parse_hex(text: &str, bits: u32) -> Option<u128> {
     let digits = text.strip_prefix('+').unwrap_or(text).as_bytes();
-    if digits.is_empty() {
-        return None;
+    if digits.is_empty() || digits.len() > (bits / 4) as usize {
+        // Longer than the type holds only if led by zeros: rare, so the
+        // standard parser decides.
+        return match bits {
+            8 => u8::from_str_radix(text, 16).ok().map(u128::from),
+            64 => u64::from_str_radix(text, 16).ok().map(u128::from),
+            _ => u128::from_str_radix(text, 16).ok(),
+        };
     }
-    let mut value: u128 = 0;
+    // Short enough that no overflow is possible: accumulate in two halves.
+    let split = digits.len().saturating_sub(16);
+    let (high, low) = digits.split_at(split);
+    Some((u128::from(hex_u64(high)?) << (4 * low.len())) | u128::from(hex_u64(low)?))
+}
+
+/// Up to 16 hex digits.
+fn hex_u64(digits: &[u8]) -> Option<u64> {
+    let mut value = 0u64;
     for &byte in digits {
         let digit = match byte {
             b'0'..=b'9' => byte - b'0',
@@ -163,10 +177,7 @@ fn parse_hex(text: &str, bits: u32) -> Option<u128> {
             b'A'..=b'F' => byte - b'A' + 10,
             _ => return None,
         };
-        if value >> (bits - 4) != 0 {
-            return None; // one more digit would overflow
-        }
-        value = (value << 4) | u128::from(digit);
+        value = (value << 4) | u64::from(digit);
     }
     Some(value)
 }
