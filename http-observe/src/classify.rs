@@ -42,12 +42,31 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// `Host` header, when it is an `ip:port`.
 #[must_use]
 pub fn server_addr(uri: &Uri, headers: &HeaderMap) -> Option<SocketAddr> {
-    uri.authority()
+    let text = uri
+        .authority()
         .map(http::uri::Authority::as_str)
-        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?
-        .parse()
-        .ok()
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
+    // A server sees the same authority on call after call: remember the
+    // last one parsed on this thread instead of parsing it every time.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, SocketAddr)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, addr)) = last.as_ref() {
+            if seen == text {
+                return Some(*addr);
+            }
+        }
+        let addr: SocketAddr = text.parse().ok()?;
+        *last = Some((text.to_owned(), addr));
+        Some(addr)
+    })
+    .unwrap_or_else(|_| text.parse().ok())
 }
+
+/// Pre-parsed: looking a header up by `&str` parses the name on every call.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// A `grpc-status` value as a code; junk reads as UNKNOWN (2).
 #[must_use]
@@ -64,7 +83,7 @@ pub fn parse_grpc_status(value: &HeaderValue) -> i32 {
 /// (trailers-only responses), or the code the gRPC HTTP mapping gives a
 /// non-200 status. `None` when the status will come in the trailers.
 pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
-    if let Some(code) = response.headers().get("grpc-status") {
+    if let Some(code) = response.headers().get(&GRPC_STATUS) {
         return Some(parse_grpc_status(code));
     }
     Some(match response.status().as_u16() {
@@ -79,7 +98,7 @@ pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
 }
 
 pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<i32> {
-    trailers.get("grpc-status").map(parse_grpc_status)
+    trailers.get(&GRPC_STATUS).map(parse_grpc_status)
 }
 
 #[cfg(test)]

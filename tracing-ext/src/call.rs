@@ -13,7 +13,10 @@ use opentelemetry::{
     Context, KeyValue,
 };
 
-use crate::semconv::{self, Outcome, RpcSystem};
+use crate::{
+    recent,
+    semconv::{self, Outcome, RpcSystem},
+};
 
 /// What a layer knows about a call when it starts.
 #[derive(Debug, Clone)]
@@ -298,8 +301,12 @@ impl RpcTracing {
 }
 
 /// Starts a span under `parent` and returns the context holding it.
-/// Attributes are built only for spans the sampler kept: an unsampled call
-/// then costs no string copies. (Samplers see name and kind.)
+///
+/// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
+/// the span, so the attributes go into the builder, where the SDK takes the
+/// `Vec` as it is. Otherwise they are built only if the sampler kept the
+/// span: an unsampled call then costs no string copies. (Samplers always
+/// see name and kind.)
 fn start_span<T>(
     tracer: &T,
     builder: SpanBuilder,
@@ -310,6 +317,12 @@ where
     T: Tracer,
     T::Span: Send + Sync + 'static,
 {
+    if parent.span().span_context().is_sampled() {
+        let span = builder
+            .with_attributes(attributes())
+            .start_with_context(tracer, parent);
+        return parent.with_span(span);
+    }
     let mut span = builder.start_with_context(tracer, parent);
     if span.is_recording() {
         span.set_attributes(attributes());
@@ -340,24 +353,36 @@ fn attributes_of(info: &CallInfo<'_>) -> Vec<KeyValue> {
         RpcSystem::Http => {
             attributes.push(KeyValue::new(
                 semconv::HTTP_REQUEST_METHOD,
-                info.method.to_owned(),
+                recent::name(info.method),
             ));
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, info.service.to_owned()));
+            attributes.push(KeyValue::new(
+                semconv::HTTP_ROUTE,
+                recent::name(info.service),
+            ));
         }
         system => {
             attributes.push(KeyValue::new(semconv::RPC_SYSTEM, system.as_str()));
-            attributes.push(KeyValue::new(semconv::RPC_SERVICE, info.service.to_owned()));
-            attributes.push(KeyValue::new(semconv::RPC_METHOD, info.method.to_owned()));
+            attributes.push(KeyValue::new(
+                semconv::RPC_SERVICE,
+                recent::name(info.service),
+            ));
+            attributes.push(KeyValue::new(
+                semconv::RPC_METHOD,
+                recent::name(info.method),
+            ));
         }
     }
     if let Some(addr) = info.server_addr {
-        attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, ip_text(addr.ip())));
+        attributes.push(KeyValue::new(
+            semconv::SERVER_ADDRESS,
+            recent::ip(addr.ip(), ip_text),
+        ));
         attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(addr.port())));
     }
     if let Some(addr) = info.peer_addr {
         attributes.push(KeyValue::new(
             semconv::NETWORK_PEER_ADDRESS,
-            ip_text(addr.ip()),
+            recent::ip(addr.ip(), ip_text),
         ));
         attributes.push(KeyValue::new(
             semconv::NETWORK_PEER_PORT,

@@ -25,6 +25,7 @@
 mod call;
 mod processor;
 mod propagation;
+mod recent;
 pub mod semconv;
 mod w3c;
 

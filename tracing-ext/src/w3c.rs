@@ -112,16 +112,21 @@ static FIELDS_WITH_BAGGAGE: std::sync::LazyLock<[String; 3]> = std::sync::LazyLo
 /// sampled flag kept.
 fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
     let value = extractor.get(TRACEPARENT)?.trim();
+    // `split_terminator('-')` by hand: the first four parts and whether
+    // there are more (a trailing `-` does not start a part).
     let mut parts = [""; 4];
     let mut count = 0;
-    for part in value.split_terminator('-') {
+    let mut rest = value;
+    while !rest.is_empty() && count <= parts.len() {
+        let (part, after) = match rest.bytes().position(|b| b == b'-') {
+            Some(dash) => (&rest[..dash], &rest[dash + 1..]),
+            None => (rest, ""),
+        };
         if count < parts.len() {
             parts[count] = part;
         }
         count += 1;
-        if count > parts.len() {
-            break;
-        }
+        rest = after;
     }
     if count < 4 {
         return None;
@@ -171,16 +176,32 @@ fn parse_hex(text: &str, bits: u32) -> Option<u128> {
 fn hex_u64(digits: &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for &byte in digits {
-        let digit = match byte {
-            b'0'..=b'9' => byte - b'0',
-            b'a'..=b'f' => byte - b'a' + 10,
-            b'A'..=b'F' => byte - b'A' + 10,
-            _ => return None,
-        };
+        let digit = HEX_DIGITS[usize::from(byte)];
+        if digit == NOT_HEX {
+            return None;
+        }
         value = (value << 4) | u64::from(digit);
     }
     Some(value)
 }
+
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each byte as a hex digit, or `NOT_HEX`.
+static HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match byte as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        byte += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
