@@ -180,17 +180,22 @@ impl MethodHandles {
 
 /// Every method seen so far, up to a cap.
 pub(crate) struct MethodCache {
-    methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>>>,
+    methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>, Seeded>>,
     writer: Mutex<()>,
     count: AtomicUsize,
     max: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Seeded,
 }
+
+/// foldhash, seeded per process: std's SipHash cost more than the rest of
+/// a lookup. Keys only become entries for methods a server answered, so
+/// there is nothing for crafted keys to pile up on.
+type Seeded = foldhash::fast::RandomState;
 
 impl MethodCache {
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            methods: ArcSwap::from_pointee(HashMap::new()),
+            methods: ArcSwap::from_pointee(HashMap::default()),
             writer: Mutex::new(()),
             count: AtomicUsize::new(0),
             max,

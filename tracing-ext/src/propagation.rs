@@ -65,10 +65,17 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        let name = match key {
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
+            "baggage" => BAGGAGE,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        // The value is moved in, not copied, once checked.
+        if let Ok(value) = HeaderValue::try_from(value) {
             self.0.insert(name, value);
         }
     }

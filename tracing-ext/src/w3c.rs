@@ -5,8 +5,9 @@
 //! `Vec` and runs behind a composite that clones contexts; on a server that
 //! is a large share of what tracing costs per call (BENCHMARKS.md). This
 //! reader applies the SDK's rules step by step — the `propagation` fuzz
-//! target checks both agree on every input — and writing, `tracestate` and
-//! baggage stay with the SDK.
+//! target checks both agree on every input. `traceparent` is written as the
+//! SDK writes it, without `format!`; an empty `tracestate` is not sent;
+//! `tracestate` parsing and baggage stay with the SDK.
 
 use std::str::FromStr;
 
@@ -15,7 +16,7 @@ use opentelemetry::{
     trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
     Context,
 };
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -40,7 +41,6 @@ const MAX_VERSION: u8 = 254;
 /// ```
 #[derive(Debug, Default)]
 pub struct W3cPropagator {
-    trace_context: TraceContextPropagator,
     baggage: Option<BaggagePropagator>,
 }
 
@@ -49,7 +49,6 @@ impl W3cPropagator {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            trace_context: TraceContextPropagator::new(),
             baggage: Some(BaggagePropagator::new()),
         }
     }
@@ -57,16 +56,23 @@ impl W3cPropagator {
     /// Trace context only (`OTEL_PROPAGATORS=tracecontext`).
     #[must_use]
     pub fn trace_context_only() -> Self {
-        Self {
-            trace_context: TraceContextPropagator::new(),
-            baggage: None,
-        }
+        Self { baggage: None }
     }
 }
 
 impl TextMapPropagator for W3cPropagator {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        self.trace_context.inject_context(cx, injector);
+        let span = cx.span();
+        let span = span.span_context();
+        if span.is_valid() {
+            injector.set(TRACEPARENT, traceparent(span));
+            // An empty `tracestate` is valid but useless: the spec asks
+            // senders to leave it out (the SDK sends it anyway).
+            let state = span.trace_state().header();
+            if !state.is_empty() {
+                injector.set(TRACESTATE, state);
+            }
+        }
         if let Some(baggage) = &self.baggage {
             baggage.inject_context(cx, injector);
         }
@@ -104,6 +110,28 @@ static FIELDS_WITH_BAGGAGE: std::sync::LazyLock<[String; 3]> = std::sync::LazyLo
         BAGGAGE.to_owned(),
     ]
 });
+
+/// `00-<trace id>-<span id>-<flags>`, as the SDK writes it (only the
+/// sampled flag), hex by table instead of through `format!`.
+fn traceparent(span: &SpanContext) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 55];
+    text[..3].copy_from_slice(b"00-");
+    let trace_id = u128::from_be_bytes(span.trace_id().to_bytes());
+    for i in 0..32 {
+        text[3 + i] = HEX[((trace_id >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    text[35] = b'-';
+    let span_id = u64::from_be_bytes(span.span_id().to_bytes());
+    for i in 0..16 {
+        text[36 + i] = HEX[((span_id >> (4 * (15 - i))) & 0xf) as usize];
+    }
+    text[52] = b'-';
+    text[53] = b'0';
+    text[54] = if span.is_sampled() { b'1' } else { b'0' };
+    // Every byte above is ASCII.
+    String::from_utf8_lossy(&text).into_owned()
+}
 
 /// The remote parent in `traceparent` (and `tracestate`), by the SDK's
 /// rules: the trimmed value split at `-` (a trailing `-` ends the last
@@ -206,6 +234,38 @@ static HEX_DIGITS: [u8; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_is_written_as_the_sdk_writes_it() {
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
+        use std::collections::HashMap;
+
+        for (trace, span, flags) in [
+            (
+                0x4bf92f3577b34da6a3ce929d0e0e4736u128,
+                0x00f067aa0ba902b7u64,
+                1u8,
+            ),
+            (1, 1, 0),
+            (u128::MAX, u64::MAX, 0xff),
+        ] {
+            let context = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::new(flags),
+                true,
+                TraceState::default(),
+            );
+            let cx = Context::new().with_remote_span_context(context.clone());
+            let mut sdk = HashMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut sdk);
+            assert_eq!(Some(&traceparent(&context)), sdk.get(TRACEPARENT));
+            let mut ours = HashMap::new();
+            W3cPropagator::new().inject_context(&cx, &mut ours);
+            assert_eq!(ours.get(TRACEPARENT), sdk.get(TRACEPARENT));
+            assert!(!ours.contains_key(TRACESTATE), "empty tracestate sent");
+        }
+    }
 
     #[test]
     fn parse_hex_follows_from_str_radix() {
