@@ -75,7 +75,11 @@ impl Injector for HeaderInjector<'_> {
             },
         };
         // The value is moved in, not copied, once checked.
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Ok(mut value) = HeaderValue::try_from(value) {
+            // A `traceparent` is new on every request: HTTP/2 should send it
+            // as a never-indexed literal, not look it up in and add it to
+            // the HPACK table, where it would only evict headers that repeat.
+            value.set_sensitive(name == TRACEPARENT);
             self.0.insert(name, value);
         }
     }

@@ -130,7 +130,7 @@ fn traceparent(span: &SpanContext) -> String {
     text[53] = b'0';
     text[54] = if span.is_sampled() { b'1' } else { b'0' };
     // Every byte above is ASCII.
-    String::from_utf8_lossy(&text).into_owned()
+    std::str::from_utf8(&text).unwrap_or_default().to_owned()
 }
 
 /// The remote parent in `traceparent` (and `tracestate`), by the SDK's
