@@ -5,21 +5,21 @@
 
 use std::time::Duration;
 
-use echo::{servers::TonicEcho, tonic_gen};
+use echo::tonic_gen;
 use harness::otlp::{OtlpReceiver, TraceFault};
-use tokio::{net::TcpListener, sync::watch, time::Instant};
+use tokio::{sync::watch, time::Instant};
 use tracing_ext::{
     otlp::{OtlpTracing, TracingGuard, Transport},
     prometheus::ExportStatsCollector,
     RpcTracing,
 };
 
+use crate::support::{traced_tonic_echo, TonicEchoClient};
+
 const QUEUE: usize = 256;
 /// The processor's default batch; one batch may be out for export.
 const BATCH: u64 = 512;
 const CALLS_PER_SIDE: usize = 1_500;
-
-type Client = tonic_gen::echo_client::EchoClient<tonic::transport::Channel>;
 
 fn pipeline(endpoint: String, timeout: Duration) -> anyhow::Result<(TracingGuard, RpcTracing)> {
     let guard = OtlpTracing::new()
@@ -37,31 +37,7 @@ fn pipeline(endpoint: String, timeout: Duration) -> anyhow::Result<(TracingGuard
     Ok((guard, tracing))
 }
 
-/// A traced tonic Echo server and a client connected to it.
-async fn traced_echo(tracing: &RpcTracing, stop: watch::Receiver<bool>) -> anyhow::Result<Client> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let mut stopped = stop;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tracing_ext::tower::TracingLayer::server(tracing))
-            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
-                served_by: addr,
-            }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    Ok(tonic_gen::echo_client::EchoClient::new(channel))
-}
-
-async fn timed_call(client: &mut Client) -> anyhow::Result<Duration> {
+async fn timed_call(client: &mut TonicEchoClient) -> anyhow::Result<Duration> {
     let started = Instant::now();
     client
         .say(tonic_gen::SayRequest {
@@ -102,8 +78,8 @@ async fn compare_with_healthy(
         receiver.set_trace_fault(fault);
     }
     let (stop, stopped) = watch::channel(false);
-    let mut healthy = traced_echo(&healthy_tracing, stopped.clone()).await?;
-    let mut sick_client = traced_echo(&sick_tracing, stopped).await?;
+    let mut healthy = traced_tonic_echo(&healthy_tracing, stopped.clone()).await?;
+    let mut sick_client = traced_tonic_echo(&sick_tracing, stopped).await?;
     for _ in 0..100 {
         timed_call(&mut healthy).await?;
         timed_call(&mut sick_client).await?;

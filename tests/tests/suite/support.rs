@@ -85,3 +85,32 @@ pub fn pipeline(
 pub type TracedTonicClient = tonic_gen::echo_client::EchoClient<
     tracing_ext::tower::TracingService<tonic::transport::Channel>,
 >;
+
+pub type TonicEchoClient = tonic_gen::echo_client::EchoClient<tonic::transport::Channel>;
+
+/// A traced tonic Echo server and a client connected to it.
+pub async fn traced_tonic_echo(
+    tracing: &RpcTracing,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<TonicEchoClient> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut stopped = stop;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tracing_ext::tower::TracingLayer::server(tracing))
+            .add_service(tonic_gen::echo_server::EchoServer::new(
+                echo::servers::TonicEcho { served_by: addr },
+            ))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(tonic_gen::echo_client::EchoClient::new(channel))
+}

@@ -412,26 +412,8 @@ async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Resu
     let tracing = RpcTracing::builder()
         .tracer_provider(guard.provider())
         .build();
-    let (stop, mut stopped) = watch::channel(false);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tracing_ext::tower::TracingLayer::server(&tracing))
-            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
-                served_by: addr,
-            }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    let mut client = tonic_gen::echo_client::EchoClient::new(channel);
+    let (stop, stopped) = watch::channel(false);
+    let mut client = crate::support::traced_tonic_echo(&tracing, stopped).await?;
     const CALLS: u64 = 3_000;
     for _ in 0..CALLS {
         client
