@@ -131,8 +131,9 @@ async fn an_agent_restart_is_survived_without_user_action() -> anyhow::Result<()
     // the resolver sees the empty moment depends on who is faster, the
     // registry re-registering or the resolver's next query; what must hold
     // is that the registration comes back by itself and that the resolver,
-    // its index reset, follows a change made after the restart sooner than
-    // a blocking query on the old index would time out (5 s).
+    // its index reset, follows changes made after the restart. (A query
+    // blocked on the old index may first run out its 5 s wait, as against a
+    // real agent, so the deadline is the recovery one.)
     stand_in.restart();
     harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
         let ids = stand_in.service_ids();
@@ -140,7 +141,7 @@ async fn an_agent_restart_is_survived_without_user_action() -> anyhow::Result<()
     })
     .await?;
     let _second = registry.register(Instance::new("echo", addr(7722))).await?;
-    wait_for_ports(&mut watch, &[7721, 7722], Duration::from_secs(4)).await?;
+    wait_for_ports(&mut watch, &[7721, 7722], RECOVERY_DEADLINE).await?;
     Ok(())
 }
 
