@@ -305,8 +305,9 @@ impl RpcTracing {
 /// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
 /// the span, so the attributes go into the builder, where the SDK takes the
 /// `Vec` as it is. Otherwise they are built only if the sampler kept the
-/// span: an unsampled call then costs no string copies. (Samplers always
-/// see name and kind.)
+/// span: an unsampled call then costs no string copies. Samplers always see
+/// name, kind and parent; they see the attributes only under a sampled
+/// parent, so a sampler that decides on attributes should not be used here.
 fn start_span<T>(
     tracer: &T,
     builder: SpanBuilder,

@@ -133,7 +133,9 @@ pub struct BoundedBatchProcessor {
     stats: Arc<ExportStats>,
     /// Set while a `BatchReady` is on its way to the worker.
     batch_signaled: Arc<AtomicBool>,
-    max_export_batch_size: usize,
+    /// Queue length that wakes the worker: a batch, but never later than
+    /// half the queue, so spans keep arriving safely while it wakes up.
+    wake_at: usize,
     worker: Mutex<Option<thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -168,7 +170,7 @@ impl BoundedBatchProcessor {
             control,
             stats,
             batch_signaled,
-            max_export_batch_size,
+            wake_at: max_export_batch_size.min(capacity.div_ceil(2)).max(1),
             worker: Mutex::new(handle),
             shut_down: AtomicBool::new(false),
         }
@@ -211,10 +213,13 @@ impl SpanProcessor for BoundedBatchProcessor {
             // The worker is not woken per span (a thread wake-up costs more
             // than the span): only when a full batch waits, else its timer.
             Ok(()) => {
-                if self.spans.len() >= self.max_export_batch_size
+                if self.spans.len() >= self.wake_at
                     && !self.batch_signaled.swap(true, Ordering::AcqRel)
+                    && self.control.try_send(Control::BatchReady).is_err()
                 {
-                    let _ = self.control.try_send(Control::BatchReady);
+                    // The control queue is full (flushes piling up): let the
+                    // next span try again rather than wait for the timer.
+                    self.batch_signaled.store(false, Ordering::Release);
                 }
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -296,7 +301,10 @@ impl<E: SpanExporter> Worker<E> {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.batch_signaled.store(false, Ordering::Release);
-                    let _ = self.drain(&mut batch);
+                    // Only what is queued now: under a steady stream a full
+                    // drain would never end, and flushes would wait on it.
+                    let queued = self.spans.len();
+                    let _ = self.export_queued(&mut batch, queued);
                     next_export = Instant::now() + self.limits.scheduled_delay;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -304,21 +312,40 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Exports whole batches while the queue holds at least one.
-    fn export_full_batches(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+    /// Exports up to `count` queued spans, in batches.
+    fn export_queued(&mut self, batch: &mut Vec<SpanData>, mut count: usize) -> OTelSdkResult {
         let mut result = Ok(());
-        while batch.len() + self.spans.len() >= self.limits.max_export_batch_size {
-            while batch.len() < self.limits.max_export_batch_size {
+        while count > 0 {
+            while batch.len() < self.limits.max_export_batch_size && count > 0 {
                 match self.spans.try_recv() {
                     Ok(span) => batch.push(span),
-                    Err(_) => break,
+                    Err(_) => count = 0,
                 }
+                count = count.saturating_sub(1);
             }
             if let Err(error) = self.export(batch) {
                 result = Err(error);
             }
         }
+        if !batch.is_empty() {
+            if let Err(error) = self.export(batch) {
+                result = Err(error);
+            }
+        }
         result
+    }
+
+    /// Exports the whole batches queued now; woken early (half of a queue
+    /// smaller than two batches), exports what is queued.
+    fn export_full_batches(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+        let queued = self.spans.len();
+        let size = self.limits.max_export_batch_size;
+        let count = if queued >= size {
+            queued - queued % size
+        } else {
+            queued
+        };
+        self.export_queued(batch, count)
     }
 
     /// Exports everything queued so far.

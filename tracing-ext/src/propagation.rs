@@ -74,7 +74,21 @@ impl Injector for HeaderInjector<'_> {
                 Err(_) => return,
             },
         };
-        // The value is moved in, not copied, once checked.
+        // An empty `tracestate` is valid but useless: the spec asks senders
+        // to leave it out. Removing it also drops one copied from elsewhere.
+        if name == TRACESTATE && value.is_empty() {
+            self.0.remove(&name);
+            return;
+        }
+        // Visible ASCII only, as `HeaderValue::from_str` requires; then the
+        // value is moved in, not copied.
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return;
+        }
+        // (A sensitive value also prints as `Sensitive` in `Debug` output.)
         if let Ok(mut value) = HeaderValue::try_from(value) {
             // A `traceparent` is new on every request: HTTP/2 should send it
             // as a never-indexed literal, not look it up in and add it to

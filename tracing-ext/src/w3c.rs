@@ -6,8 +6,8 @@
 //! is a large share of what tracing costs per call (BENCHMARKS.md). This
 //! reader applies the SDK's rules step by step — the `propagation` fuzz
 //! target checks both agree on every input. `traceparent` is written as the
-//! SDK writes it, without `format!`; an empty `tracestate` is not sent;
-//! `tracestate` parsing and baggage stay with the SDK.
+//! SDK writes it, without `format!`; `tracestate` parsing and baggage stay
+//! with the SDK.
 
 use std::str::FromStr;
 
@@ -39,7 +39,7 @@ const MAX_VERSION: u8 = 254;
 /// let cx = W3cPropagator::new().extract(&carrier);
 /// assert!(cx.span().span_context().is_sampled());
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct W3cPropagator {
     baggage: Option<BaggagePropagator>,
 }
@@ -60,18 +60,24 @@ impl W3cPropagator {
     }
 }
 
+impl Default for W3cPropagator {
+    /// Trace context and baggage, as [`new`](Self::new).
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TextMapPropagator for W3cPropagator {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
         let span = cx.span();
         let span = span.span_context();
         if span.is_valid() {
             injector.set(TRACEPARENT, traceparent(span));
-            // An empty `tracestate` is valid but useless: the spec asks
-            // senders to leave it out (the SDK sends it anyway).
-            let state = span.trace_state().header();
-            if !state.is_empty() {
-                injector.set(TRACESTATE, state);
-            }
+            // Set even when empty, as the SDK does, so a carrier reused
+            // from an earlier call never keeps that call's state;
+            // `HeaderInjector` then leaves the header out, as the spec
+            // asks of senders.
+            injector.set(TRACESTATE, span.trace_state().header());
         }
         if let Some(baggage) = &self.baggage {
             baggage.inject_context(cx, injector);
@@ -263,7 +269,7 @@ mod tests {
             let mut ours = HashMap::new();
             W3cPropagator::new().inject_context(&cx, &mut ours);
             assert_eq!(ours.get(TRACEPARENT), sdk.get(TRACEPARENT));
-            assert!(!ours.contains_key(TRACESTATE), "empty tracestate sent");
+            assert_eq!(ours.get(TRACESTATE), sdk.get(TRACESTATE));
         }
     }
 

@@ -1,5 +1,6 @@
 //! Registration into etcd: a key per instance on a lease kept alive in the
-//! background, re-created after any failure.
+//! background; renewed again after a broken connection, re-created when
+//! etcd has lost it.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -16,10 +17,11 @@ use crate::{
 /// Registers instances into etcd and keeps them there.
 ///
 /// Each registration owns a lease of the configured TTL. A background task
-/// renews it; if the keep-alive stream breaks, the lease expires or etcd
-/// restarts (even with its data wiped), the task registers the instance again
-/// with a fresh lease, retrying with capped exponential backoff for as long
-/// as the [`Registration`] lives.
+/// renews it. If the keep-alive stream breaks while the lease lives, the task
+/// reconnects and renews the same lease (watchers see nothing); if the lease
+/// expired or etcd lost it (a restart with its data wiped), the task
+/// registers the instance again with a fresh lease. Both retry with capped
+/// exponential backoff for as long as the [`Registration`] lives.
 ///
 /// ```no_run
 /// use registry_ext::{etcd::EtcdRegistry, Instance, Registry};
@@ -229,7 +231,13 @@ impl Shared {
         })
         .await
         {
-            Ok(stream) => stream,
+            // The client reads etcd's first answer itself: the lease was
+            // just renewed.
+            Ok(stream) => {
+                *expires = Instant::now() + self.ttl;
+                backoff.reset();
+                stream
+            }
             Err(error) if says_lease_not_found(&error) => return Lost::lease(error),
             Err(error) => return Lost::connection(error),
         };

@@ -184,7 +184,10 @@ impl ServiceFollower {
             }
             backoff.reset();
             if response.created() {
-                // The watch is live again: the last known set is current.
+                // etcd accepted the watch: it is reachable again, and the
+                // events missed meanwhile follow in order. (A resume past a
+                // compaction is created, then cancelled: the error comes
+                // back at once and the follower lists again.)
                 publish_recovered(tx);
             }
             if self.apply(response.events()) {
