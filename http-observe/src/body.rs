@@ -84,16 +84,21 @@ impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
         };
         let ended = match &frame {
             Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.bytes += bytes::Buf::remaining(data) as u64;
-                } else if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_ref() {
                     if let Some(code) = grpc_status_from_trailers(trailers) {
                         *this.known = Some(CallEnd::Grpc(code));
                     }
+                    // Trailers are always the last frame.
+                    Some(end_of_stream(*this.grpc, *this.known))
+                } else {
+                    if let Some(data) = frame.data_ref() {
+                        *this.bytes += bytes::Buf::remaining(data) as u64;
+                    }
+                    // A gRPC body ends with its trailers: asking the stream
+                    // after every message costs a lock in h2 for nothing.
+                    (!*this.grpc && this.inner.is_end_stream())
+                        .then(|| end_of_stream(*this.grpc, *this.known))
                 }
-                this.inner
-                    .is_end_stream()
-                    .then(|| end_of_stream(*this.grpc, *this.known))
             }
             Some(Err(_)) => Some(if *this.grpc {
                 CallEnd::Grpc(14)

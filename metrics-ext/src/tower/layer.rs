@@ -87,7 +87,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let grpc = is_grpc(&request);
         let mut recorder = self.start(&request, grpc);
-        if let Some(size) = request_size(&request) {
+        if let Some(size) = request_size(&request, grpc) {
             recorder.request_size(size);
         }
         ObservedFuture::new(
@@ -138,12 +138,13 @@ fn route_template<B>(request: &Request<B>) -> &str {
     OVERFLOW_LABEL
 }
 
-fn request_size<B: http_body::Body>(request: &Request<B>) -> Option<u64> {
-    request
-        .body()
-        .size_hint()
-        .exact()
-        .or_else(|| http_observe::content_length(request.headers()))
+fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<u64> {
+    let exact = request.body().size_hint().exact();
+    // gRPC requests carry no `content-length`: no need to look.
+    if grpc {
+        return exact;
+    }
+    exact.or_else(|| http_observe::content_length(request.headers()))
 }
 
 /// Finishes the call record when [`http_observe`] reports the call's end;
