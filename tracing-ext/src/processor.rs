@@ -312,27 +312,26 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Exports up to `count` queued spans, in batches.
-    fn export_queued(&mut self, batch: &mut Vec<SpanData>, mut count: usize) -> OTelSdkResult {
+    /// Exports queued spans in batches: at most `limit` of them
+    /// (`usize::MAX`: until the queue is empty).
+    fn export_queued(&mut self, batch: &mut Vec<SpanData>, limit: usize) -> OTelSdkResult {
         let mut result = Ok(());
-        while count > 0 {
-            while batch.len() < self.limits.max_export_batch_size && count > 0 {
-                match self.spans.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(_) => count = 0,
-                }
-                count = count.saturating_sub(1);
+        let mut left = limit;
+        loop {
+            while batch.len() < self.limits.max_export_batch_size && left > 0 {
+                let Ok(span) = self.spans.try_recv() else {
+                    break;
+                };
+                batch.push(span);
+                left -= 1;
+            }
+            if batch.is_empty() {
+                return result;
             }
             if let Err(error) = self.export(batch) {
                 result = Err(error);
             }
         }
-        if !batch.is_empty() {
-            if let Err(error) = self.export(batch) {
-                result = Err(error);
-            }
-        }
-        result
     }
 
     /// Exports the whole batches queued now; woken early (half of a queue
@@ -350,21 +349,7 @@ impl<E: SpanExporter> Worker<E> {
 
     /// Exports everything queued so far.
     fn drain(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
-        let mut result = Ok(());
-        loop {
-            while batch.len() < self.limits.max_export_batch_size {
-                match self.spans.recv_timeout(Duration::ZERO) {
-                    Ok(span) => batch.push(span),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            if batch.is_empty() {
-                return result;
-            }
-            if let Err(error) = self.export(batch) {
-                result = Err(error);
-            }
-        }
+        self.export_queued(batch, usize::MAX)
     }
 
     fn export(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
