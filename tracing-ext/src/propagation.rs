@@ -36,13 +36,9 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        // The W3C names are looked up pre-parsed: parsing a name from `&str`
-        // costs more than the lookup itself, on every request.
-        let value = match key {
-            "traceparent" => self.0.get(&TRACEPARENT),
-            "tracestate" => self.0.get(&TRACESTATE),
-            "baggage" => self.0.get(&BAGGAGE),
-            other => self.0.get(other),
+        let value = match w3c_name(key) {
+            Some(name) => self.0.get(name),
+            None => self.0.get(key),
         }?
         .to_str()
         .ok()?;
@@ -58,6 +54,18 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
+/// The W3C fields, pre-parsed: parsing a `HeaderName` from `&str` costs more
+/// than the lookup itself, on every request.
+fn w3c_name(key: &str) -> Option<&'static HeaderName> {
+    static NAMES: [HeaderName; 3] = [TRACEPARENT, TRACESTATE, BAGGAGE];
+    match key {
+        "traceparent" => Some(&NAMES[0]),
+        "tracestate" => Some(&NAMES[1]),
+        "baggage" => Some(&NAMES[2]),
+        _ => None,
+    }
+}
+
 /// Writes propagation fields into HTTP headers; a field that is not a valid
 /// header is skipped.
 #[derive(Debug)]
@@ -65,11 +73,9 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let name = match key {
-            "traceparent" => TRACEPARENT,
-            "tracestate" => TRACESTATE,
-            "baggage" => BAGGAGE,
-            other => match HeaderName::from_bytes(other.as_bytes()) {
+        let name = match w3c_name(key) {
+            Some(name) => name.clone(),
+            None => match HeaderName::from_bytes(key.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,
             },
