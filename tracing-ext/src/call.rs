@@ -1,10 +1,6 @@
 //! The framework-free core: start a span for a call, end it with its outcome.
 
-use std::{
-    borrow::Cow,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use opentelemetry::{
     global::BoxedTracer,
@@ -376,14 +372,14 @@ fn attributes_of(info: &CallInfo<'_>) -> Vec<KeyValue> {
     if let Some(addr) = info.server_addr {
         attributes.push(KeyValue::new(
             semconv::SERVER_ADDRESS,
-            recent::ip(addr.ip(), ip_text),
+            recent::ip(addr.ip()),
         ));
         attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(addr.port())));
     }
     if let Some(addr) = info.peer_addr {
         attributes.push(KeyValue::new(
             semconv::NETWORK_PEER_ADDRESS,
-            recent::ip(addr.ip(), ip_text),
+            recent::ip(addr.ip()),
         ));
         attributes.push(KeyValue::new(
             semconv::NETWORK_PEER_PORT,
@@ -391,30 +387,6 @@ fn attributes_of(info: &CallInfo<'_>) -> Vec<KeyValue> {
         ));
     }
     attributes
-}
-
-/// An IP address as text. IPv4 is written digit by digit: `Display` goes
-/// through the formatting machinery, a visible share of a traced call.
-fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut text = String::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text.push('.');
-                }
-                if octet >= 100 {
-                    text.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    text.push(char::from(b'0' + octet / 10 % 10));
-                }
-                text.push(char::from(b'0' + octet % 10));
-            }
-            text
-        }
-        IpAddr::V6(v6) => v6.to_string(),
-    }
 }
 
 impl ActiveCall {
@@ -495,28 +467,5 @@ impl Drop for ActiveCall {
             error_type: Some(Cow::Borrowed("cancelled")),
             ..Outcome::default()
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    #[test]
-    fn ip_text_matches_display() {
-        for octet in 0..=255u8 {
-            for ip in [
-                Ipv4Addr::new(octet, 0, 7, 255),
-                Ipv4Addr::new(10, octet, 99, 1),
-                Ipv4Addr::new(127, 100, octet, 10),
-                Ipv4Addr::new(1, 2, 3, octet),
-            ] {
-                assert_eq!(ip_text(IpAddr::V4(ip)), ip.to_string());
-            }
-        }
-        let v6: IpAddr = "fd00::8".parse().unwrap();
-        assert_eq!(ip_text(v6), "fd00::8");
     }
 }
