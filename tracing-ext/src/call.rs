@@ -6,11 +6,11 @@ use opentelemetry::{
     global::BoxedTracer,
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer},
-    Context, KeyValue,
+    Context, KeyValue, StringValue,
 };
 
 use crate::{
-    recent,
+    recent::{self, CallNames},
     semconv::{self, Outcome, RpcSystem},
 };
 
@@ -251,12 +251,20 @@ impl RpcTracing {
                 finished: false,
             };
         }
+        let mut names = recent::call_names(
+            info.system,
+            info.service,
+            info.method,
+            inner.name.is_none().then_some(default_span_name),
+        );
         let name: Cow<'static, str> = match &inner.name {
             Some(formatter) => formatter(info).into(),
-            None => default_span_name(info).into(),
+            None => std::mem::take(&mut names.span_name),
         };
         let builder = SpanBuilder::from_name(name).with_kind(kind);
-        let cx = start_span(&inner.tracer, builder, &parent, || self.attributes(info));
+        let cx = start_span(&inner.tracer, builder, &parent, || {
+            self.attributes(info, &names)
+        });
         let tracing_span = if inner.tracing_span {
             let context = cx.span().span_context().clone();
             tracing::info_span!(
@@ -282,8 +290,8 @@ impl RpcTracing {
 }
 
 impl RpcTracing {
-    fn attributes(&self, info: &CallInfo<'_>) -> Vec<KeyValue> {
-        let mut attributes = attributes_of(info);
+    fn attributes(&self, info: &CallInfo<'_>, names: &CallNames) -> Vec<KeyValue> {
+        let mut attributes = attributes_of(info, names);
         if self.inner.record_sizes {
             if let Some(size) = info.request_size {
                 attributes.push(KeyValue::new(semconv::RPC_REQUEST_SIZE, size as i64));
@@ -327,7 +335,7 @@ where
     parent.with_span(span)
 }
 
-fn default_span_name(info: &CallInfo<'_>) -> String {
+fn default_span_name(system: RpcSystem, service: &str, method: &str) -> String {
     // Joined by hand: `format!` costs several times the copy, per call.
     let join = |first: &str, separator: char, second: &str| {
         let mut name = String::with_capacity(first.len() + 1 + second.len());
@@ -336,36 +344,36 @@ fn default_span_name(info: &CallInfo<'_>) -> String {
         name.push_str(second);
         name
     };
-    match info.system {
+    match system {
         // HTTP clients know no route: the method alone, per the conventions.
-        RpcSystem::Http if info.service.is_empty() => info.method.to_owned(),
-        RpcSystem::Http => join(info.method, ' ', info.service),
-        _ => join(info.service, '/', info.method),
+        RpcSystem::Http if service.is_empty() => method.to_owned(),
+        RpcSystem::Http => join(method, ' ', service),
+        _ => join(service, '/', method),
     }
 }
 
-fn attributes_of(info: &CallInfo<'_>) -> Vec<KeyValue> {
+fn attributes_of(info: &CallInfo<'_>, names: &CallNames) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(8);
     match info.system {
         RpcSystem::Http => {
             attributes.push(KeyValue::new(
                 semconv::HTTP_REQUEST_METHOD,
-                recent::name(info.method),
+                StringValue::from(names.method.clone()),
             ));
             attributes.push(KeyValue::new(
                 semconv::HTTP_ROUTE,
-                recent::name(info.service),
+                StringValue::from(names.service.clone()),
             ));
         }
         system => {
             attributes.push(KeyValue::new(semconv::RPC_SYSTEM, system.as_str()));
             attributes.push(KeyValue::new(
                 semconv::RPC_SERVICE,
-                recent::name(info.service),
+                StringValue::from(names.service.clone()),
             ));
             attributes.push(KeyValue::new(
                 semconv::RPC_METHOD,
-                recent::name(info.method),
+                StringValue::from(names.method.clone()),
             ));
         }
     }

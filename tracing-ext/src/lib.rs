@@ -23,9 +23,11 @@
 #![forbid(unsafe_code)]
 
 mod call;
+mod intern;
 mod processor;
 mod propagation;
 mod recent;
+mod scope;
 pub mod semconv;
 mod w3c;
 
@@ -48,4 +50,5 @@ pub use propagation::{
     propagator_from_env, HeaderExtractor, HeaderInjector, W3cPropagator, MAX_BAGGAGE_LEN,
     MAX_OTHER_LEN, MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
 };
+pub use scope::{CallScope, InCall};
 pub use semconv::{Outcome, RpcSystem};

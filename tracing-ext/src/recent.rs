@@ -1,5 +1,5 @@
-//! Per-thread caches of the values a server's calls repeat: its service
-//! and method names and the addresses it is reached at.
+//! Per-thread caches of the values a server's calls repeat: its span names,
+//! service and method names, and the addresses it is reached at.
 //!
 //! A sampled span copies these into owned attribute strings on every call;
 //! serving the same few methods, a thread finds them here instead and
@@ -7,19 +7,21 @@
 //! Each cache is a handful of entries replaced in turn, so memory is fixed
 //! whatever the traffic.
 
-use std::{cell::RefCell, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, cell::RefCell, net::IpAddr, sync::Arc};
 
 use opentelemetry::StringValue;
 
+use crate::{intern, RpcSystem};
+
 const ENTRIES: usize = 8;
 
-/// A few recent values of one kind, with the text each maps to.
-struct Recent<K> {
-    entries: [Option<(K, Arc<str>)>; ENTRIES],
+/// A few recent values of one kind.
+struct Recent<T> {
+    entries: [Option<T>; ENTRIES],
     next: usize,
 }
 
-impl<K> Recent<K> {
+impl<T: Clone> Recent<T> {
     const fn new() -> Self {
         Self {
             entries: [None, None, None, None, None, None, None, None],
@@ -27,42 +29,64 @@ impl<K> Recent<K> {
         }
     }
 
-    fn get_or_insert(
-        &mut self,
-        matches: impl Fn(&K) -> bool,
-        make: impl FnOnce() -> (K, Arc<str>),
-    ) -> Arc<str> {
-        for (key, text) in self.entries.iter().flatten() {
-            if matches(key) {
-                return text.clone();
-            }
+    fn get_or_insert(&mut self, matches: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> T {
+        if let Some(found) = self.entries.iter().flatten().find(|entry| matches(entry)) {
+            return found.clone();
         }
-        let (key, text) = make();
-        self.entries[self.next] = Some((key, text.clone()));
+        let made = make();
+        self.entries[self.next] = Some(made.clone());
         self.next = (self.next + 1) % ENTRIES;
-        text
+        made
     }
 }
 
-thread_local! {
-    static NAMES: RefCell<Recent<Arc<str>>> = const { RefCell::new(Recent::new()) };
-    static IPS: RefCell<Recent<IpAddr>> = const { RefCell::new(Recent::new()) };
+/// What a call's span repeats from call to call.
+#[derive(Clone)]
+pub(crate) struct CallNames {
+    system: RpcSystem,
+    /// The default span name, interned; empty when not asked for.
+    pub(crate) span_name: Cow<'static, str>,
+    /// `rpc.service` (for HTTP, the route).
+    pub(crate) service: Arc<str>,
+    /// `rpc.method` (for HTTP, the request method).
+    pub(crate) method: Arc<str>,
 }
 
-/// `text` as a shared string, from this thread's recent names if there.
-pub(crate) fn name(text: &str) -> StringValue {
-    let shared = NAMES
-        .try_with(|names| {
-            names.borrow_mut().get_or_insert(
-                |key| **key == *text,
-                || {
-                    let shared: Arc<str> = text.into();
-                    (shared.clone(), shared)
+thread_local! {
+    static CALLS: RefCell<Recent<CallNames>> = const { RefCell::new(Recent::new()) };
+    static IPS: RefCell<Recent<(IpAddr, Arc<str>)>> = const { RefCell::new(Recent::new()) };
+}
+
+/// The names of a call to `service`/`method`, from this thread's recent
+/// calls if there; `span_name` makes the default span name (`None`: the
+/// layer names spans itself).
+pub(crate) fn call_names(
+    system: RpcSystem,
+    service: &str,
+    method: &str,
+    span_name: Option<fn(RpcSystem, &str, &str) -> String>,
+) -> CallNames {
+    let make = || CallNames {
+        system,
+        span_name: span_name.map_or(Cow::Borrowed(""), |name| {
+            intern::span_name(name(system, service, method))
+        }),
+        service: service.into(),
+        method: method.into(),
+    };
+    CALLS
+        .try_with(|calls| {
+            calls.borrow_mut().get_or_insert(
+                |seen| {
+                    seen.system == system
+                        && *seen.method == *method
+                        && *seen.service == *service
+                        && seen.span_name.is_empty() == span_name.is_none()
                 },
+                make,
             )
         })
-        .unwrap_or_else(|_| text.into());
-    shared.into()
+        .unwrap_or_else(|_| make())
 }
 
 /// `ip` as text, from this thread's recent addresses if there.
@@ -70,7 +94,8 @@ pub(crate) fn ip(ip: IpAddr) -> StringValue {
     let shared = IPS
         .try_with(|ips| {
             ips.borrow_mut()
-                .get_or_insert(|key| *key == ip, || (ip, ip_text(ip).into()))
+                .get_or_insert(|(key, _)| *key == ip, || (ip, ip_text(ip).into()))
+                .1
         })
         .unwrap_or_else(|_| ip_text(ip).into());
     shared.into()
@@ -108,14 +133,21 @@ mod tests {
 
     #[test]
     fn repeats_share_one_string_and_the_cache_stays_small() {
-        let a = name("echo.Echo");
-        let b = name("echo.Echo");
-        assert_eq!(a.as_str(), "echo.Echo");
-        assert_eq!(b.as_str(), "echo.Echo");
+        let join = |_: RpcSystem, service: &str, method: &str| format!("{service}/{method}");
+        let a = call_names(RpcSystem::Grpc, "echo.Echo", "Say", Some(join));
+        let b = call_names(RpcSystem::Grpc, "echo.Echo", "Say", Some(join));
+        assert!(Arc::ptr_eq(&a.service, &b.service));
+        assert_eq!((&*b.service, &*b.method), ("echo.Echo", "Say"));
+        assert_eq!(b.span_name, "echo.Echo/Say");
+        let unnamed = call_names(RpcSystem::Grpc, "echo.Echo", "Say", None);
+        assert_eq!(unnamed.span_name, "");
+        let thrift = call_names(RpcSystem::Thrift, "echo.Echo", "Say", None);
+        assert_eq!(thrift.system, RpcSystem::Thrift);
         for n in 0..100 {
-            assert_eq!(name(&format!("svc{n}")).as_str(), format!("svc{n}"));
+            let names = call_names(RpcSystem::Grpc, &format!("svc{n}"), "M", None);
+            assert_eq!(&*names.service, format!("svc{n}"));
         }
-        NAMES.with(|names| assert_eq!(names.borrow().entries.iter().flatten().count(), ENTRIES));
+        CALLS.with(|calls| assert_eq!(calls.borrow().entries.iter().flatten().count(), ENTRIES));
         let local: IpAddr = "10.0.0.7".parse().unwrap();
         let first = ip(local);
         assert_eq!(first.as_str(), "10.0.0.7");

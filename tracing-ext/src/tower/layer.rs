@@ -9,7 +9,8 @@ use http_observe::{
 
 use super::RouteTemplate;
 use crate::{
-    ActiveCall, CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing,
+    ActiveCall, CallInfo, CallScope, HeaderExtractor, HeaderInjector, Outcome, RpcSystem,
+    RpcTracing,
 };
 
 /// Label for routes and methods this layer cannot name safely.
@@ -83,13 +84,10 @@ impl std::fmt::Debug for TracingObserver {
 }
 
 impl CallObserver for TracingObserver {
-    type Scope<'a> = (opentelemetry::ContextGuard, tracing::span::Entered<'a>);
+    type Scope<'a> = CallScope<'a>;
 
     fn scope(&self) -> Self::Scope<'_> {
-        (
-            self.call.context().clone().attach(),
-            self.call.tracing_span().enter(),
-        )
+        self.call.enter()
     }
 
     fn end(self, end: CallEnd, response_bytes: u64) {

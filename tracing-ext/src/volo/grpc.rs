@@ -3,8 +3,6 @@
 //! SDKs use), so Volo and tonic services join one trace.
 
 use motore::{layer::Layer, service::Service};
-use opentelemetry::trace::FutureExt as _;
-use tracing::Instrument as _;
 use volo::context::Context;
 
 use super::ip;
@@ -110,12 +108,7 @@ where
                 )
             }
         };
-        let result = self
-            .inner
-            .call(cx, request)
-            .with_context(call.context().clone())
-            .instrument(call.tracing_span().clone())
-            .await;
+        let result = call.run(self.inner.call(cx, request)).await;
         let code = match &result {
             Ok(_) => 0,
             Err(status) => status.code() as i32,

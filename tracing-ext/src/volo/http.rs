@@ -5,8 +5,6 @@
 //! written into the request headers.
 
 use motore::{layer::Layer, service::Service};
-use opentelemetry::trace::FutureExt as _;
-use tracing::Instrument as _;
 use volo::context::Context as _;
 use volo_http::{
     context::{ClientContext, ServerContext},
@@ -93,12 +91,7 @@ where
                 .tracing
                 .start_server(&info, &HeaderExtractor(request.headers()))
         };
-        let result = self
-            .inner
-            .call(cx, request)
-            .with_context(call.context().clone())
-            .instrument(call.tracing_span().clone())
-            .await;
+        let result = call.run(self.inner.call(cx, request)).await;
         let response = match result {
             Ok(response) => response.into_response(),
             Err(error) => error.into_response(),
@@ -155,12 +148,7 @@ where
                 .start_client(&info, &mut HeaderInjector(&mut headers))
         };
         *request.headers_mut() = headers;
-        let result = self
-            .inner
-            .call(cx, request)
-            .with_context(call.context().clone())
-            .instrument(call.tracing_span().clone())
-            .await;
+        let result = call.run(self.inner.call(cx, request)).await;
         let outcome = match &result {
             Ok(response) => Outcome {
                 http_status: Some(response.status().as_u16()),

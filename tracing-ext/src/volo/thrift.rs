@@ -5,11 +5,7 @@
 
 use metainfo::{Forward, MetaInfo, METAINFO};
 use motore::{layer::Layer, service::Service};
-use opentelemetry::{
-    propagation::{Extractor, Injector},
-    trace::FutureExt as _,
-};
-use tracing::Instrument as _;
+use opentelemetry::propagation::{Extractor, Injector};
 use volo::context::Context;
 
 use super::ip;
@@ -196,12 +192,7 @@ where
             };
             self.layer.start(&info)
         };
-        let result = self
-            .inner
-            .call(cx, request)
-            .with_context(call.context().clone())
-            .instrument(call.tracing_span().clone())
-            .await;
+        let result = call.run(self.inner.call(cx, request)).await;
         let outcome = match &result {
             Ok(_) => Outcome::default(),
             Err(error) => Outcome {
