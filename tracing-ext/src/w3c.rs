@@ -145,7 +145,65 @@ fn traceparent(span: &SpanContext) -> String {
 /// lower-case ids that parse as hex and are not all zero, and only the
 /// sampled flag kept.
 fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
-    let value = extractor.get(TRACEPARENT)?.trim();
+    let value = extractor.get(TRACEPARENT)?;
+    let (trace_id, span_id, flags) = match common_form(value.as_bytes()) {
+        Some(ids) => ids,
+        None => general_form(value.trim())?,
+    };
+    let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
+    let trace_state = match extractor.get(TRACESTATE) {
+        Some(state) => TraceState::from_str(state).unwrap_or_default(),
+        None => TraceState::default(),
+    };
+    let span = SpanContext::new(
+        TraceId::from(trace_id),
+        SpanId::from(span_id),
+        flags,
+        true,
+        trace_state,
+    );
+    span.is_valid().then_some(span)
+}
+
+/// What senders write: `00-<32 hex>-<16 hex>-<2 hex>`, lower case, nothing
+/// around it. Read in one pass with no branch per digit; `None` sends
+/// anything else, well-formed or not, the general way.
+fn common_form(value: &[u8]) -> Option<(u128, u64, u8)> {
+    let [b'0', b'0', b'-', trace_id @ .., b'-', flags_hi, flags_lo] = value else {
+        return None;
+    };
+    let (trace_id, rest) = trace_id.split_first_chunk::<32>()?;
+    let [b'-', span_id @ ..] = rest else {
+        return None;
+    };
+    let span_id: &[u8; 16] = span_id.try_into().ok()?;
+    let (high, high_bad) = lower_hex(&trace_id[..16]);
+    let (low, low_bad) = lower_hex(&trace_id[16..]);
+    let (span, span_bad) = lower_hex(span_id);
+    let (flags, flags_bad) = lower_hex(&[*flags_hi, *flags_lo]);
+    // Digits are 0..=15: any higher bit comes from a `NOT_HEX`.
+    if (high_bad | low_bad | span_bad | flags_bad) & !0x0f != 0 {
+        return None;
+    }
+    let flags = u8::try_from(flags).ok()?;
+    Some(((u128::from(high) << 64) | u128::from(low), span, flags))
+}
+
+/// Up to 16 lower-case hex digits, and the OR of their table entries (bits
+/// above the low four mean some byte was not a digit).
+fn lower_hex(digits: &[u8]) -> (u64, u8) {
+    let mut value = 0u64;
+    let mut seen = 0u8;
+    for &byte in digits {
+        let digit = LOWER_HEX_DIGITS[usize::from(byte)];
+        seen |= digit;
+        value = (value << 4) | u64::from(digit & 0xf);
+    }
+    (value, seen)
+}
+
+/// Every form the SDK accepts, by its rules.
+fn general_form(value: &str) -> Option<(u128, u64, u8)> {
     // `split_terminator('-')` by hand: the first four parts and whether
     // there are more (a trailing `-` does not start a part).
     let mut parts = [""; 4];
@@ -174,16 +232,10 @@ fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
     if !lower(trace_id) || !lower(span_id) || !lower(flags) {
         return None;
     }
-    let trace_id = TraceId::from(parse_hex(trace_id, 128)?);
-    let span_id = SpanId::from(u64::try_from(parse_hex(span_id, 64)?).ok()?);
+    let trace_id = parse_hex(trace_id, 128)?;
+    let span_id = u64::try_from(parse_hex(span_id, 64)?).ok()?;
     let flags = u8::try_from(parse_hex(flags, 8)?).ok()?;
-    let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
-    let trace_state = match extractor.get(TRACESTATE) {
-        Some(state) => TraceState::from_str(state).unwrap_or_default(),
-        None => TraceState::default(),
-    };
-    let span = SpanContext::new(trace_id, span_id, flags, true, trace_state);
-    span.is_valid().then_some(span)
+    Some((trace_id, span_id, flags))
 }
 
 /// `uN::from_str_radix(text, 16)` for N = `bits`, as the SDK parses each
@@ -222,20 +274,24 @@ fn hex_u64(digits: &[u8]) -> Option<u64> {
 const NOT_HEX: u8 = 0xff;
 
 /// The value of each byte as a hex digit, or `NOT_HEX`.
-static HEX_DIGITS: [u8; 256] = {
+static HEX_DIGITS: [u8; 256] = hex_table(true);
+/// The same for lower-case digits only.
+static LOWER_HEX_DIGITS: [u8; 256] = hex_table(false);
+
+const fn hex_table(upper_too: bool) -> [u8; 256] {
     let mut table = [NOT_HEX; 256];
     let mut byte = 0;
     while byte < 256 {
         table[byte] = match byte as u8 {
             b @ b'0'..=b'9' => b - b'0',
             b @ b'a'..=b'f' => b - b'a' + 10,
-            b @ b'A'..=b'F' => b - b'A' + 10,
+            b @ b'A'..=b'F' if upper_too => b - b'A' + 10,
             _ => NOT_HEX,
         };
         byte += 1;
     }
     table
-};
+}
 
 #[cfg(test)]
 mod tests {
@@ -271,6 +327,28 @@ mod tests {
             assert_eq!(ours.get(TRACEPARENT), sdk.get(TRACEPARENT));
             assert_eq!(ours.get(TRACESTATE), sdk.get(TRACESTATE));
         }
+    }
+
+    #[test]
+    fn the_common_form_reads_as_the_general_form() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(common_form(good.as_bytes()), general_form(good));
+        assert!(common_form(good.as_bytes()).is_some());
+        // Each byte replaced by others: the common form either agrees with
+        // the general one or leaves the value to it.
+        for at in 0..good.len() {
+            for byte in [b'0', b'9', b'a', b'f', b'g', b'A', b'F', b'-', b' ', b'+', 0x80] {
+                let mut value = good.as_bytes().to_vec();
+                value[at] = byte;
+                if let Some(read) = common_form(&value) {
+                    let text = std::str::from_utf8(&value).unwrap();
+                    assert_eq!(Some(read), general_form(text.trim()), "{text:?}");
+                }
+            }
+        }
+        assert_eq!(common_form(&good.as_bytes()[1..]), None);
+        assert_eq!(common_form(format!("{good}-").as_bytes()), None);
+        assert_eq!(common_form(good.to_uppercase().as_bytes()), None);
     }
 
     #[test]
