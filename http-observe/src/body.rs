@@ -79,7 +79,7 @@ impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = {
-            let _scope = this.observer.as_ref().map(CallObserver::scope);
+            let _scope = this.observer.as_ref().map(CallObserver::body_scope);
             std::task::ready!(this.inner.as_mut().poll_frame(cx))
         };
         let ended = match &frame {

@@ -87,7 +87,7 @@ pub fn parse_grpc_status(value: &HeaderValue) -> i32 {
 /// (trailers-only responses), or the code the gRPC HTTP mapping gives a
 /// non-200 status. `None` when the status will come in the trailers.
 pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
-    if let Some(code) = response.headers().get(&GRPC_STATUS) {
+    if let Some(code) = grpc_status(response.headers()) {
         return Some(parse_grpc_status(code));
     }
     Some(match response.status().as_u16() {
@@ -102,7 +102,20 @@ pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
 }
 
 pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<i32> {
-    trailers.get(&GRPC_STATUS).map(parse_grpc_status)
+    grpc_status(trailers).map(parse_grpc_status)
+}
+
+/// The `grpc-status` entry. gRPC response headers and trailers hold a few
+/// entries: comparing their names costs less than the lookup, which hashes
+/// a custom name byte by byte.
+fn grpc_status(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if headers.len() <= 4 {
+        headers
+            .iter()
+            .find_map(|(name, value)| (*name == GRPC_STATUS).then_some(value))
+    } else {
+        headers.get(&GRPC_STATUS)
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +132,22 @@ mod tests {
         assert_eq!(grpc_service_method("//Say"), None);
         assert_eq!(grpc_service_method("/a/b/c"), None);
         assert_eq!(grpc_service_method("no-slash"), None);
+    }
+
+    #[test]
+    fn grpc_status_is_found_in_small_and_large_maps() {
+        for extra in [0, 3, 10] {
+            let mut headers = HeaderMap::new();
+            for n in 0..extra {
+                headers.insert(
+                    http::HeaderName::from_bytes(format!("x-{n}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(grpc_status_from_trailers(&headers), None);
+            headers.insert("grpc-status", HeaderValue::from_static("7"));
+            assert_eq!(grpc_status_from_trailers(&headers), Some(7), "{extra}");
+        }
     }
 
     #[test]

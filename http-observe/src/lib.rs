@@ -63,8 +63,14 @@ pub trait CallObserver {
     where
         Self: 'a;
 
-    /// Entered around every poll of the wrapped future and body.
+    /// Entered around every poll of the wrapped future.
     fn scope(&self) -> Self::Scope<'_>;
+
+    /// Entered around every poll of the response body; the same as
+    /// [`scope`](Self::scope) unless the observer says otherwise.
+    fn body_scope(&self) -> Self::Scope<'_> {
+        self.scope()
+    }
 
     /// The call ended; `response_bytes` counts the body's data frames.
     fn end(self, end: CallEnd, response_bytes: u64);

@@ -72,9 +72,13 @@ pub struct TracingService<S> {
 }
 
 /// Ends the span when [`http_observe`] reports the call's end, and keeps
-/// the span's context current while the call's future and body are polled.
+/// the span's context current while the call's future is polled, and on
+/// the server side while the response body is (a streaming handler's code
+/// runs there). A client's response body is read in the caller's context:
+/// nothing below it runs on the caller's behalf.
 pub struct TracingObserver {
     call: ActiveCall,
+    server: bool,
 }
 
 impl std::fmt::Debug for TracingObserver {
@@ -84,10 +88,14 @@ impl std::fmt::Debug for TracingObserver {
 }
 
 impl CallObserver for TracingObserver {
-    type Scope<'a> = CallScope<'a>;
+    type Scope<'a> = Option<CallScope<'a>>;
 
     fn scope(&self) -> Self::Scope<'_> {
-        self.call.enter()
+        Some(self.call.enter())
+    }
+
+    fn body_scope(&self) -> Self::Scope<'_> {
+        self.server.then(|| self.call.enter())
     }
 
     fn end(self, end: CallEnd, response_bytes: u64) {
@@ -144,7 +152,10 @@ where
             }
         };
         *request.headers_mut() = headers;
-        let observer = TracingObserver { call };
+        let observer = TracingObserver {
+            call,
+            server: self.layer.server,
+        };
         // The inner `call` may already do work: run it in the span too.
         let future = {
             let _scope = observer.scope();
