@@ -632,28 +632,47 @@ fn report(cases: &[Case], requests: u64, concurrency: usize, rounds: usize) {
         fmt_thousands(requests as f64)
     );
     println!(
-        "| stack | case | QPS | QPS vs bare | QPS min–max | CPU / request | p50 | p99 | p99 vs bare |"
+        "| stack | case | QPS | QPS vs bare | paired QPS vs bare (IQR) | QPS min–max | CPU / request | p50 | p99 | p99 vs bare |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in cases {
         let summary = summarize(case);
         let bare = cases
             .iter()
             .find(|c| c.stack == case.stack && c.layers == Layers::Bare);
-        let (qps_ratio, p99_ratio) = match bare {
+        let (qps_ratio, paired, p99_ratio) = match bare {
             Some(bare) if case.layers != Layers::Bare => {
+                // Within a round the cases run back to back, so each round's
+                // ratio compares runs that shared the machine's state; the
+                // median of those ratios shrugs off rounds slowed by
+                // other tenants, which the ratio of medians does not.
+                let mut ratios: Vec<f64> = case
+                    .runs
+                    .iter()
+                    .zip(&bare.runs)
+                    .map(|(run, bare)| run.qps() / bare.qps())
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                let quartile = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+                let paired = format!(
+                    "{:.3}x ({:.3}–{:.3})",
+                    median(ratios.clone()),
+                    quartile(0.25),
+                    quartile(0.75)
+                );
                 let bare = summarize(bare);
                 (
                     format!("{:.3}x", summary.qps / bare.qps),
+                    paired,
                     format!("{:.2}x", summary.p99 / bare.p99),
                 )
             }
-            _ => ("—".into(), "—".into()),
+            _ => ("—".into(), "—".into(), "—".into()),
         };
         let min = case.runs.iter().map(Run::qps).fold(f64::INFINITY, f64::min);
         let max = case.runs.iter().map(Run::qps).fold(0.0, f64::max);
         println!(
-            "| {} | {} | {} | {qps_ratio} | {}–{} | {:.0} µs | {} | {} | {p99_ratio} |",
+            "| {} | {} | {} | {qps_ratio} | {paired} | {}–{} | {:.0} µs | {} | {} | {p99_ratio} |",
             case.stack,
             case.layers.label(),
             fmt_thousands(summary.qps),

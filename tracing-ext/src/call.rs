@@ -309,9 +309,16 @@ impl RpcTracing {
 /// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
 /// the span, so the attributes go into the builder, where the SDK takes the
 /// `Vec` as it is. Otherwise they are built only if the sampler kept the
-/// span: an unsampled call then costs no string copies. Samplers always see
-/// name, kind and parent; they see the attributes only under a sampled
-/// parent, so a sampler that decides on attributes should not be used here.
+/// span: an unsampled call then costs no string copies, only an empty
+/// `Vec` sized for them (a kept span then takes its attributes without
+/// growing it). Samplers always see name, kind and parent; they see the
+/// attributes only under a sampled parent, so a sampler that decides on
+/// attributes should not be used here.
+/// Room for a span's attributes: the call's (at most 8), the size ones and
+/// those added at the end (status, error type), so the `Vec` never grows
+/// unless extra attributes are configured.
+const ATTRIBUTE_CAPACITY: usize = 12;
+
 fn start_span<T>(
     tracer: &T,
     builder: SpanBuilder,
@@ -328,7 +335,9 @@ where
             .start_with_context(tracer, parent);
         return parent.with_span(span);
     }
-    let mut span = builder.start_with_context(tracer, parent);
+    let mut span = builder
+        .with_attributes(Vec::with_capacity(ATTRIBUTE_CAPACITY))
+        .start_with_context(tracer, parent);
     if span.is_recording() {
         span.set_attributes(attributes());
     }
@@ -353,7 +362,7 @@ fn default_span_name(system: RpcSystem, service: &str, method: &str) -> String {
 }
 
 fn attributes_of(info: &CallInfo<'_>, names: &CallNames) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(8);
+    let mut attributes = Vec::with_capacity(ATTRIBUTE_CAPACITY);
     match info.system {
         RpcSystem::Http => {
             attributes.push(KeyValue::new(
