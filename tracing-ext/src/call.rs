@@ -60,7 +60,7 @@ pub struct RpcTracing {
 }
 
 pub(crate) struct Inner {
-    tracer: BoxedTracer,
+    tracer: CallTracer,
     propagator: Box<dyn TextMapPropagator + Send + Sync>,
     name: Option<SpanNameFormatter>,
     extra: Option<ExtraAttributes>,
@@ -81,7 +81,7 @@ impl std::fmt::Debug for RpcTracing {
 /// Builds [`RpcTracing`].
 #[must_use]
 pub struct RpcTracingBuilder {
-    tracer: Option<BoxedTracer>,
+    tracer: Option<CallTracer>,
     propagator: Option<Box<dyn TextMapPropagator + Send + Sync>>,
     name: Option<SpanNameFormatter>,
     extra: Option<ExtraAttributes>,
@@ -120,9 +120,7 @@ impl RpcTracingBuilder {
         let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        self.tracer = Some(BoxedTracer::new(Box::new(
-            provider.tracer_with_scope(scope),
-        )));
+        self.tracer = Some(CallTracer::new(provider.tracer_with_scope(scope)));
         self
     }
 
@@ -185,7 +183,7 @@ impl RpcTracingBuilder {
                     let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
                         .with_version(env!("CARGO_PKG_VERSION"))
                         .build();
-                    opentelemetry::global::tracer_with_scope(scope)
+                    CallTracer::Boxed(opentelemetry::global::tracer_with_scope(scope))
                 }),
                 propagator: self.propagator.unwrap_or_else(crate::propagator_from_env),
                 name: self.name,
@@ -262,9 +260,11 @@ impl RpcTracing {
             None => std::mem::take(&mut names.span_name),
         };
         let builder = SpanBuilder::from_name(name).with_kind(kind);
-        let cx = start_span(&inner.tracer, builder, &parent, || {
-            self.attributes(info, &names)
-        });
+        let attributes = || self.attributes(info, &names);
+        let cx = match &inner.tracer {
+            CallTracer::Sdk(tracer) => start_span(tracer, builder, &parent, attributes),
+            CallTracer::Boxed(tracer) => start_span(tracer, builder, &parent, attributes),
+        };
         let tracing_span = if inner.tracing_span {
             let context = cx.span().span_context().clone();
             tracing::info_span!(
@@ -314,6 +314,29 @@ impl RpcTracing {
 /// growing it). Samplers always see name, kind and parent; they see the
 /// attributes only under a sampled parent, so a sampler that decides on
 /// attributes should not be used here.
+/// The tracer spans start from.
+enum CallTracer {
+    /// The SDK's, called directly: its spans are boxed once (by the
+    /// context), not twice.
+    Sdk(opentelemetry_sdk::trace::SdkTracer),
+    /// Any other, and the global one.
+    Boxed(BoxedTracer),
+}
+
+impl CallTracer {
+    fn new<T>(tracer: T) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        let any: &dyn std::any::Any = &tracer;
+        match any.downcast_ref::<opentelemetry_sdk::trace::SdkTracer>() {
+            Some(sdk) => Self::Sdk(sdk.clone()),
+            None => Self::Boxed(BoxedTracer::new(Box::new(tracer))),
+        }
+    }
+}
+
 /// Room for a span's attributes: the call's (at most 8), the size ones and
 /// those added at the end (status, error type), so the `Vec` never grows
 /// unless extra attributes are configured.
