@@ -75,6 +75,12 @@ const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status
 /// A `grpc-status` value as a code; junk reads as UNKNOWN (2).
 #[must_use]
 pub fn parse_grpc_status(value: &HeaderValue) -> i32 {
+    // What servers send: one or two digits, read without the string checks.
+    match *value.as_bytes() {
+        [digit @ b'0'..=b'9'] => return i32::from(digit - b'0'),
+        [b'1', digit @ b'0'..=b'6'] => return 10 + i32::from(digit - b'0'),
+        _ => {}
+    }
     value
         .to_str()
         .ok()
@@ -155,6 +161,11 @@ mod tests {
         for junk in ["", "abc", "-1", "17", "99999999999"] {
             assert_eq!(parse_grpc_status(&HeaderValue::from_str(junk).unwrap()), 2);
         }
-        assert_eq!(parse_grpc_status(&HeaderValue::from_static("14")), 14);
+        for code in 0..=16 {
+            let text = code.to_string();
+            assert_eq!(parse_grpc_status(&HeaderValue::from_str(&text).unwrap()), code);
+            let padded = format!(" 0{text} ");
+            assert_eq!(parse_grpc_status(&HeaderValue::from_str(&padded).unwrap()), code);
+        }
     }
 }

@@ -4,11 +4,12 @@
 //! status seen for the first time) publishes a new snapshot.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     hash::BuildHasher,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock, PoisonError,
     },
 };
 
@@ -27,12 +28,18 @@ pub(crate) struct MethodHandles {
     request_size: Histogram,
     response_size: Histogram,
     families: Families,
-    /// Per status: few per method, so a scan beats a map.
+    /// The first statuses seen, read without loading a snapshot: nearly
+    /// every call ends with one of them (OK and an error or two). Filled in
+    /// order, under `status_writer`.
+    first_statuses: [OnceLock<StatusHandles>; FIRST_STATUSES],
+    /// The others: few per method, so a scan beats a map.
     statuses: ArcSwap<Vec<StatusHandles>>,
     status_writer: Mutex<()>,
     #[cfg(feature = "otel")]
     otel: Option<crate::otel::OtelMethod>,
 }
+
+const FIRST_STATUSES: usize = 4;
 
 #[derive(Clone)]
 struct StatusHandles {
@@ -90,6 +97,7 @@ impl MethodHandles {
             request_size: families.request_size.with_label_values(&labels),
             response_size: families.response_size.with_label_values(&labels),
             families: families.clone(),
+            first_statuses: Default::default(),
             statuses: ArcSwap::from_pointee(Vec::new()),
             status_writer: Mutex::new(()),
             #[cfg(feature = "otel")]
@@ -140,16 +148,13 @@ impl MethodHandles {
 
     /// Records one finished call.
     pub(crate) fn record(&self, status: &'static str, seconds: f64) {
+        if let Some(handles) = self.first_status(status) {
+            return self.observe(handles, seconds);
+        }
         {
             let statuses = self.statuses.load();
             if let Some(handles) = statuses.iter().find(|h| h.status == status) {
-                handles.duration.observe(seconds);
-                handles.calls.inc();
-                #[cfg(feature = "otel")]
-                if let (Some(otel), Some(attributes)) = (&self.otel, &handles.otel_attributes) {
-                    otel.record(attributes, seconds);
-                }
-                return;
+                return self.observe(handles, seconds);
             }
         }
         let writer = self
@@ -157,11 +162,10 @@ impl MethodHandles {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.statuses.load_full();
-        if !current.iter().any(|h| h.status == status) {
+        if self.first_status(status).is_none() && !current.iter().any(|h| h.status == status) {
             let mut labels = self.key.labels();
             labels.push(status);
-            let mut statuses = Vec::clone(&current);
-            statuses.push(StatusHandles {
+            let handles = StatusHandles {
                 status,
                 duration: self.families.duration.with_label_values(&labels),
                 calls: self.families.calls.with_label_values(&labels),
@@ -170,16 +174,49 @@ impl MethodHandles {
                     .otel
                     .as_ref()
                     .map(|otel| otel.status_attributes(status)),
-            });
-            self.statuses.store(Arc::new(statuses));
+            };
+            // Only this writer sets slots, so a free one stays free for it.
+            match self.first_statuses.iter().find(|slot| slot.get().is_none()) {
+                Some(slot) => {
+                    let _ = slot.set(handles);
+                }
+                None => {
+                    let mut statuses = Vec::clone(&current);
+                    statuses.push(handles);
+                    self.statuses.store(Arc::new(statuses));
+                }
+            }
         }
         drop(writer);
         self.record(status, seconds);
+    }
+
+    fn first_status(&self, status: &str) -> Option<&StatusHandles> {
+        for slot in &self.first_statuses {
+            match slot.get() {
+                Some(handles) if handles.status == status => return Some(handles),
+                Some(_) => {}
+                // Filled in order: nothing further on.
+                None => return None,
+            }
+        }
+        None
+    }
+
+    fn observe(&self, handles: &StatusHandles, seconds: f64) {
+        handles.duration.observe(seconds);
+        handles.calls.inc();
+        #[cfg(feature = "otel")]
+        if let (Some(otel), Some(attributes)) = (&self.otel, &handles.otel_attributes) {
+            otel.record(attributes, seconds);
+        }
     }
 }
 
 /// Every method seen so far, up to a cap.
 pub(crate) struct MethodCache {
+    /// Tells this cache's entries apart in the per-thread `RECENT` cache.
+    id: u64,
     methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>, Seeded>>,
     writer: Mutex<()>,
     count: AtomicUsize,
@@ -194,7 +231,9 @@ type Seeded = foldhash::fast::RandomState;
 
 impl MethodCache {
     pub(crate) fn new(max: usize) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             methods: ArcSwap::from_pointee(HashMap::default()),
             writer: Mutex::new(()),
             count: AtomicUsize::new(0),
@@ -220,13 +259,21 @@ impl MethodCache {
         method: &str,
         peer: &str,
     ) -> Option<Arc<MethodHandles>> {
+        let matches = |m: &MethodHandles| m.key.matches(side, system, service, method, peer);
+        let recent = RECENT.try_with(|recent| recent.borrow().find(self.id, matches));
+        if let Ok(Some(found)) = recent {
+            return Some(found);
+        }
         let hash = self.hash(side, system, service, method, peer);
-        self.methods
+        let found = self
+            .methods
             .load()
             .get(&hash)?
             .iter()
-            .find(|m| m.key.matches(side, system, service, method, peer))
-            .cloned()
+            .find(|m| matches(m))
+            .cloned()?;
+        let _ = RECENT.try_with(|recent| recent.borrow_mut().insert(self.id, found.clone()));
+        Some(found)
     }
 
     pub(crate) fn get(
@@ -279,5 +326,44 @@ impl MethodCache {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         handles
+    }
+}
+
+/// The methods this thread recorded last, across caches: a hit costs a few
+/// comparisons, where the shared map costs a snapshot load and a hash.
+/// Entries are never stale: a cache only ever adds methods. A few `Arc`s
+/// per thread may outlive their cache, until replaced.
+struct RecentMethods {
+    entries: [Option<(u64, Arc<MethodHandles>)>; RECENT_METHODS],
+    next: usize,
+}
+
+const RECENT_METHODS: usize = 4;
+
+thread_local! {
+    static RECENT: RefCell<RecentMethods> = const {
+        RefCell::new(RecentMethods {
+            entries: [None, None, None, None],
+            next: 0,
+        })
+    };
+}
+
+impl RecentMethods {
+    fn find(
+        &self,
+        cache: u64,
+        matches: impl Fn(&MethodHandles) -> bool,
+    ) -> Option<Arc<MethodHandles>> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(id, handles)| *id == cache && matches(handles))
+            .map(|(_, handles)| handles.clone())
+    }
+
+    fn insert(&mut self, cache: u64, handles: Arc<MethodHandles>) {
+        self.entries[self.next] = Some((cache, handles));
+        self.next = (self.next + 1) % RECENT_METHODS;
     }
 }
