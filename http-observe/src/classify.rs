@@ -163,9 +163,15 @@ mod tests {
         }
         for code in 0..=16 {
             let text = code.to_string();
-            assert_eq!(parse_grpc_status(&HeaderValue::from_str(&text).unwrap()), code);
+            assert_eq!(
+                parse_grpc_status(&HeaderValue::from_str(&text).unwrap()),
+                code
+            );
             let padded = format!(" 0{text} ");
-            assert_eq!(parse_grpc_status(&HeaderValue::from_str(&padded).unwrap()), code);
+            assert_eq!(
+                parse_grpc_status(&HeaderValue::from_str(&padded).unwrap()),
+                code
+            );
         }
     }
 }

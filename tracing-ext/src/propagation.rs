@@ -37,16 +37,61 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let value = match w3c_name(key) {
-            Some(name) => self.0.get(name),
+            Some(name) => find(self.0, name),
             None => self.0.get(key),
-        }?
-        .to_str()
-        .ok()?;
-        (value.len() <= limit(key)).then_some(value)
+        };
+        checked(key, value?)
     }
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// `value` as text if it is visible ASCII and not too long for `key`.
+fn checked<'a>(key: &str, value: &'a HeaderValue) -> Option<&'a str> {
+    let value = value.to_str().ok()?;
+    (value.len() <= limit(key)).then_some(value)
+}
+
+/// A server's [`HeaderExtractor`]: the three W3C fields are looked for on
+/// every call (two of them mostly absent), so they are found in one pass
+/// over a small map, as it is built, instead of a search each.
+pub(crate) struct RequestHeaders<'a> {
+    headers: HeaderExtractor<'a>,
+    /// `traceparent`, `tracestate`, `baggage`; `None`: not scanned (a large
+    /// map), looked up as [`HeaderExtractor`] does.
+    w3c: Option<[Option<&'a HeaderValue>; 3]>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    pub(crate) fn new(headers: &'a HeaderMap) -> Self {
+        let w3c = (headers.len() <= SCANNED_HEADERS).then(|| {
+            let mut found = [None; 3];
+            for (name, value) in headers {
+                if let Some(index) = w3c_index(name.as_str()) {
+                    found[index].get_or_insert(value);
+                }
+            }
+            found
+        });
+        Self {
+            headers: HeaderExtractor(headers),
+            w3c,
+        }
+    }
+}
+
+impl Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match (&self.w3c, w3c_index(key)) {
+            (Some(found), Some(index)) => checked(key, found[index]?),
+            _ => self.headers.get(key),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.headers.keys()
     }
 }
 
@@ -58,13 +103,33 @@ const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// than the lookup itself, on every request.
 fn w3c_name(key: &str) -> Option<&'static HeaderName> {
     static NAMES: [HeaderName; 3] = [TRACEPARENT, TRACESTATE, BAGGAGE];
+    w3c_index(key).map(|index| &NAMES[index])
+}
+
+fn w3c_index(key: &str) -> Option<usize> {
     match key {
-        "traceparent" => Some(&NAMES[0]),
-        "tracestate" => Some(&NAMES[1]),
-        "baggage" => Some(&NAMES[2]),
+        "traceparent" => Some(0),
+        "tracestate" => Some(1),
+        "baggage" => Some(2),
         _ => None,
     }
 }
+
+/// The first value of `name`. A request carries a handful of headers:
+/// comparing their names costs less than a lookup, which hashes a custom
+/// name byte by byte, and the W3C fields are looked for on every call.
+fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.len() <= SCANNED_HEADERS {
+        headers
+            .iter()
+            .find_map(|(seen, value)| (seen == name).then_some(value))
+    } else {
+        headers.get(name)
+    }
+}
+
+/// Up to this many headers, [`find`] compares names instead of hashing.
+const SCANNED_HEADERS: usize = 12;
 
 /// Writes propagation fields into HTTP headers; a field that is not a valid
 /// header is skipped.
@@ -83,15 +148,17 @@ impl Injector for HeaderInjector<'_> {
         // An empty `tracestate` is valid but useless: the spec asks senders
         // to leave it out. Removing it also drops one copied from elsewhere.
         if name == TRACESTATE && value.is_empty() {
-            self.0.remove(&name);
+            if find(self.0, &name).is_some() {
+                self.0.remove(&name);
+            }
             return;
         }
         // Visible ASCII only, as `HeaderValue::from_str` requires; then the
         // value is moved in, not copied. A fold, not `all`: without an early
         // exit the check runs several bytes at a time.
-        let visible = value
-            .bytes()
-            .fold(true, |ok, b| ok & ((b == b'\t') | (0x20..0x7f).contains(&b)));
+        let visible = value.bytes().fold(true, |ok, b| {
+            ok & ((b == b'\t') | (0x20..0x7f).contains(&b))
+        });
         if !visible {
             return;
         }
@@ -242,6 +309,38 @@ mod tests {
             cx.span().span_context().trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    #[test]
+    fn fields_are_found_in_small_and_large_maps_first_value_first() {
+        for others in [0, 5, SCANNED_HEADERS + 5] {
+            let mut map = HeaderMap::new();
+            for n in 0..others {
+                map.insert(
+                    HeaderName::from_bytes(format!("x-{n}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            map.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            assert_eq!(HeaderExtractor(&map).get("tracestate"), None);
+            assert_eq!(RequestHeaders::new(&map).get("tracestate"), None);
+            map.append("tracestate", HeaderValue::from_static("a=1"));
+            map.append("tracestate", HeaderValue::from_static("b=2"));
+            map.insert("baggage", HeaderValue::from_static("k=v"));
+            map.insert("other", HeaderValue::from_static("o"));
+            let plain = HeaderExtractor(&map);
+            assert_eq!(plain.get("tracestate"), Some("a=1"), "{others}");
+            let scanned = RequestHeaders::new(&map);
+            assert_eq!(scanned.get("tracestate"), Some("a=1"), "{others}");
+            assert_eq!(scanned.get("baggage"), Some("k=v"), "{others}");
+            assert_eq!(scanned.get("traceparent"), None, "{others}");
+            assert_eq!(scanned.get("other"), Some("o"), "{others}");
+            HeaderInjector(&mut map).set("tracestate", String::new());
+            assert_eq!(HeaderExtractor(&map).get("tracestate"), None, "{others}");
+        }
     }
 
     #[test]

@@ -337,7 +337,9 @@ mod tests {
         // Each byte replaced by others: the common form either agrees with
         // the general one or leaves the value to it.
         for at in 0..good.len() {
-            for byte in [b'0', b'9', b'a', b'f', b'g', b'A', b'F', b'-', b' ', b'+', 0x80] {
+            for byte in [
+                b'0', b'9', b'a', b'f', b'g', b'A', b'F', b'-', b' ', b'+', 0x80,
+            ] {
                 let mut value = good.as_bytes().to_vec();
                 value[at] = byte;
                 if let Some(read) = common_form(&value) {

@@ -9,8 +9,8 @@ use http_observe::{
 
 use super::RouteTemplate;
 use crate::{
-    ActiveCall, CallInfo, CallScope, HeaderExtractor, HeaderInjector, Outcome, RpcSystem,
-    RpcTracing,
+    propagation::RequestHeaders, ActiveCall, CallInfo, CallScope, HeaderInjector, Outcome,
+    RpcSystem, RpcTracing,
 };
 
 /// Label for routes and methods this layer cannot name safely.
@@ -144,7 +144,7 @@ where
             if self.layer.server {
                 self.layer
                     .tracing
-                    .start_server(&info, &HeaderExtractor(&headers))
+                    .start_server(&info, &RequestHeaders::new(&headers))
             } else {
                 self.layer
                     .tracing

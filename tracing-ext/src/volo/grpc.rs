@@ -7,7 +7,9 @@ use volo::context::Context;
 
 use super::ip;
 
-use crate::{CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing};
+use crate::{
+    propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
+};
 
 /// Traces every call through a Volo gRPC service.
 ///
@@ -100,7 +102,7 @@ where
             if self.layer.server {
                 self.layer
                     .tracing
-                    .start_server(&info, &HeaderExtractor(request.metadata().headers()))
+                    .start_server(&info, &RequestHeaders::new(request.metadata().headers()))
             } else {
                 self.layer.tracing.start_client(
                     &info,

@@ -15,7 +15,9 @@ use volo_http::{
 };
 
 use super::ip;
-use crate::{CallInfo, HeaderExtractor, HeaderInjector, Outcome, RpcSystem, RpcTracing};
+use crate::{
+    propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
+};
 
 /// Label for requests no route matched.
 const UNMATCHED: &str = "_other";
@@ -89,7 +91,7 @@ where
             };
             self.layer
                 .tracing
-                .start_server(&info, &HeaderExtractor(request.headers()))
+                .start_server(&info, &RequestHeaders::new(request.headers()))
         };
         let result = call.run(self.inner.call(cx, request)).await;
         let response = match result {
