@@ -164,6 +164,12 @@ impl Injector for HeaderInjector<'_> {
         }
         // (A sensitive value also prints as `Sensitive` in `Debug` output.)
         if let Ok(mut value) = HeaderValue::try_from(value) {
+            if self.0.is_empty() {
+                // Metadata that starts empty (Volo's) becomes a request's
+                // headers: sized for ours alone, the map would grow again,
+                // rehashing, when the client adds its own.
+                self.0.reserve(EXPECTED_HEADERS);
+            }
             // A `traceparent` is new on every request: HTTP/2 should send it
             // as a never-indexed literal, not look it up in and add it to
             // the HPACK table, where it would only evict headers that repeat.
@@ -172,6 +178,10 @@ impl Injector for HeaderInjector<'_> {
         }
     }
 }
+
+/// Headers a request usually ends up with (gRPC: `content-type`, `te`,
+/// `user-agent`, `grpc-*`, trace context...).
+const EXPECTED_HEADERS: usize = 12;
 
 /// Environment variable naming the propagators.
 pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";

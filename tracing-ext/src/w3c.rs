@@ -118,26 +118,36 @@ static FIELDS_WITH_BAGGAGE: std::sync::LazyLock<[String; 3]> = std::sync::LazyLo
 });
 
 /// `00-<trace id>-<span id>-<flags>`, as the SDK writes it (only the
-/// sampled flag), hex by table instead of through `format!`.
+/// sampled flag), two hex digits per byte by table instead of through
+/// `format!`.
 fn traceparent(span: &SpanContext) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 55];
-    text[..3].copy_from_slice(b"00-");
-    let trace_id = u128::from_be_bytes(span.trace_id().to_bytes());
-    for i in 0..32 {
-        text[3 + i] = HEX[((trace_id >> (4 * (31 - i))) & 0xf) as usize];
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    write_hex(&mut text[3..35], &span.trace_id().to_bytes());
+    write_hex(&mut text[36..52], &span.span_id().to_bytes());
+    if span.is_sampled() {
+        text[54] = b'1';
     }
-    text[35] = b'-';
-    let span_id = u64::from_be_bytes(span.span_id().to_bytes());
-    for i in 0..16 {
-        text[36 + i] = HEX[((span_id >> (4 * (15 - i))) & 0xf) as usize];
-    }
-    text[52] = b'-';
-    text[53] = b'0';
-    text[54] = if span.is_sampled() { b'1' } else { b'0' };
     // Every byte above is ASCII.
     std::str::from_utf8(&text).unwrap_or_default().to_owned()
 }
+
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+}
+
+/// Each byte's two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    table
+};
 
 /// The remote parent in `traceparent` (and `tracestate`), by the SDK's
 /// rules: the trimmed value split at `-` (a trailing `-` ends the last
