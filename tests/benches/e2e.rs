@@ -40,7 +40,8 @@
 //! Environment: `E2E_REQUESTS` (per case and round, default 30,000),
 //! `E2E_CONCURRENCY` (in-flight requests, default 32), `E2E_ROUNDS` (default
 //! 7), `E2E_WARMUP` (requests per case before measuring, default 5,000),
-//! `E2E_STACKS` (`volo,tonic` by default), `E2E_CASES` (`bare,metrics,
+//! `E2E_STACKS` (`volo,tonic` by default), `E2E_WORKERS` (tokio worker
+//! threads, default one per core), `E2E_CASES` (`bare,metrics,
 //! tracing,both` by default; `tracing-discard` adds a diagnostic case:
 //! tracing sampled, but ended spans are dropped by a processor that does
 //! nothing, which isolates the cost of handing every span to the export
@@ -264,7 +265,7 @@ fn traced(discard: bool) -> (Traced, RpcTracing) {
     let (provider, stats) = if discard {
         (builder.with_span_processor(DiscardProcessor).build(), None)
     } else {
-        let processor = BoundedBatchProcessor::new(NoopExporter, BatchLimits::default());
+        let processor = BoundedBatchProcessor::new(NoopExporter, BatchLimits::from_env());
         let stats = processor.stats();
         (builder.with_span_processor(processor).build(), Some(stats))
     };
@@ -687,8 +688,14 @@ fn report(cases: &[Case], requests: u64, concurrency: usize, rounds: usize) {
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is read from the command line.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // `E2E_WORKERS`: tokio worker threads (default: one per core).
+    if let Some(workers) = std::env::var("E2E_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(run())
 }
