@@ -7,11 +7,24 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 /// True for gRPC requests (`content-type: application/grpc...`).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
     // Bytes, not `to_str`: validating the whole value first is wasted work.
-    request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
+    first_value(request.headers(), &http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
+
+/// The first value of `name`. Requests and responses carry a handful of
+/// headers: comparing names costs less than a lookup, which hashes.
+fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
+    if headers.len() <= SCANNED_HEADERS {
+        headers
+            .iter()
+            .find_map(|(seen, value)| (seen == name).then_some(value))
+    } else {
+        headers.get(name)
+    }
+}
+
+/// Up to this many entries, [`first_value`] compares names.
+const SCANNED_HEADERS: usize = 12;
 
 /// `/package.Service/Method` → (`package.Service`, `Method`); `None` for
 /// anything else.
@@ -111,17 +124,8 @@ pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<i32> {
     grpc_status(trailers).map(parse_grpc_status)
 }
 
-/// The `grpc-status` entry. gRPC response headers and trailers hold a few
-/// entries: comparing their names costs less than the lookup, which hashes
-/// a custom name byte by byte.
 fn grpc_status(headers: &HeaderMap) -> Option<&HeaderValue> {
-    if headers.len() <= 4 {
-        headers
-            .iter()
-            .find_map(|(name, value)| (*name == GRPC_STATUS).then_some(value))
-    } else {
-        headers.get(&GRPC_STATUS)
-    }
+    first_value(headers, &GRPC_STATUS)
 }
 
 #[cfg(test)]

@@ -43,7 +43,29 @@ impl ActiveCall {
     }
 
     /// Runs `future` inside this call: [`enter`](Self::enter) around each
-    /// of its polls.
+    /// of its polls. What a layer does with the service it wraps:
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tracing_ext::{CallInfo, Outcome, RpcSystem, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().build();
+    /// let info = CallInfo {
+    ///     system: RpcSystem::Grpc,
+    ///     service: "echo.Echo",
+    ///     method: "Say",
+    ///     server_addr: None,
+    ///     peer_addr: None,
+    ///     request_size: None,
+    /// };
+    /// let call = tracing.start_server(&info, &HashMap::<String, String>::new());
+    /// let reply = futures_executor::block_on(call.run(async {
+    ///     // The handler: the call's span is the current context here.
+    ///     "hello"
+    /// }));
+    /// call.finish(&Outcome::default());
+    /// # assert_eq!(reply, "hello");
+    /// ```
     pub fn run<F: Future>(&self, future: F) -> InCall<'_, F> {
         InCall {
             call: self,
