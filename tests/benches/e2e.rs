@@ -45,7 +45,9 @@
 //! tracing,both` by default; `tracing-discard` adds a diagnostic case:
 //! tracing sampled, but ended spans are dropped by a processor that does
 //! nothing, which isolates the cost of handing every span to the export
-//! thread).
+//! thread). The tracing cases' batch processor takes its limits from
+//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
+//! `OTEL_BSP_SCHEDULE_DELAY`, as an application's would.
 
 use std::{
     future::Future,
