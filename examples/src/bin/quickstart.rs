@@ -49,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_pipeline.install_with_exporter(opentelemetry_stdout::SpanExporter::default())
     };
-    let tracing = tracing_ext::RpcTracing::builder().build();
+    let tracing = tracing_ext::RpcTracing::builder()
+        .tracer_provider(tracing_guard.provider())
+        .build();
 
     // One metrics set and one /metrics endpoint for the whole process.
     let metrics = RpcMetrics::builder().build()?;
