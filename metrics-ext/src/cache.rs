@@ -272,7 +272,9 @@ impl MethodCache {
             .iter()
             .find(|m| matches(m))
             .cloned()?;
-        let _ = RECENT.try_with(|recent| recent.borrow_mut().insert(self.id, found.clone()));
+        // The entry it replaces is dropped after the borrow ends.
+        let _replaced =
+            RECENT.try_with(|recent| recent.borrow_mut().insert(self.id, found.clone()));
         Some(found)
     }
 
@@ -332,7 +334,8 @@ impl MethodCache {
 /// The methods this thread recorded last, across caches: a hit costs a few
 /// comparisons, where the shared map costs a snapshot load and a hash.
 /// Entries are never stale: a cache only ever adds methods. A few `Arc`s
-/// per thread may outlive their cache, until replaced.
+/// per thread may outlive their cache (keeping its metric handles in
+/// memory, not registered anywhere), until replaced.
 struct RecentMethods {
     entries: [Option<(u64, Arc<MethodHandles>)>; RECENT_METHODS],
     next: usize,
@@ -362,8 +365,14 @@ impl RecentMethods {
             .map(|(_, handles)| handles.clone())
     }
 
-    fn insert(&mut self, cache: u64, handles: Arc<MethodHandles>) {
-        self.entries[self.next] = Some((cache, handles));
+    /// Keeps `handles`, returning the entry it replaces.
+    fn insert(
+        &mut self,
+        cache: u64,
+        handles: Arc<MethodHandles>,
+    ) -> Option<(u64, Arc<MethodHandles>)> {
+        let replaced = self.entries[self.next].replace((cache, handles));
         self.next = (self.next + 1) % RECENT_METHODS;
+        replaced
     }
 }

@@ -656,7 +656,13 @@ fn report(cases: &[Case], requests: u64, concurrency: usize, rounds: usize) {
                     .map(|(run, bare)| run.qps() / bare.qps())
                     .collect();
                 ratios.sort_by(f64::total_cmp);
-                let quartile = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+                let quartile = |q: f64| {
+                    let last = ratios.len().saturating_sub(1);
+                    ratios
+                        .get((last as f64 * q).round() as usize)
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                };
                 let paired = format!(
                     "{:.3}x ({:.3}–{:.3})",
                     median(ratios.clone()),

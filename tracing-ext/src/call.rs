@@ -304,16 +304,6 @@ impl RpcTracing {
     }
 }
 
-/// Starts a span under `parent` and returns the context holding it.
-///
-/// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
-/// the span, so the attributes go into the builder, where the SDK takes the
-/// `Vec` as it is. Otherwise they are built only if the sampler kept the
-/// span: an unsampled call then costs no string copies, only an empty
-/// `Vec` sized for them (a kept span then takes its attributes without
-/// growing it). Samplers always see name, kind and parent; they see the
-/// attributes only under a sampled parent, so a sampler that decides on
-/// attributes should not be used here.
 /// The tracer spans start from.
 enum CallTracer {
     /// The SDK's, called directly: its spans are boxed once (by the
@@ -342,6 +332,18 @@ impl CallTracer {
 /// unless extra attributes are configured.
 const ATTRIBUTE_CAPACITY: usize = 12;
 
+/// Starts a span under `parent` and returns the context holding it.
+///
+/// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
+/// the span, so the attributes go into the builder, where the SDK takes the
+/// `Vec` as it is. Otherwise they are built only if the sampler kept the
+/// span: an unsampled call then costs no string copies. A root span (no
+/// parent at all) gets an empty `Vec` sized for them, so that a kept root
+/// takes its attributes without growing it; under an unsampled parent the
+/// span is usually dropped, and nothing is allocated for it. Samplers
+/// always see name, kind and parent; they see the attributes only under a
+/// sampled parent, so a sampler that decides on attributes should not be
+/// used here.
 fn start_span<T>(
     tracer: &T,
     builder: SpanBuilder,
@@ -352,15 +354,20 @@ where
     T: Tracer,
     T::Span: Send + Sync + 'static,
 {
-    if parent.span().span_context().is_sampled() {
+    let parent_span = parent.span();
+    let parent_span = parent_span.span_context();
+    if parent_span.is_sampled() {
         let span = builder
             .with_attributes(attributes())
             .start_with_context(tracer, parent);
         return parent.with_span(span);
     }
-    let mut span = builder
-        .with_attributes(Vec::with_capacity(ATTRIBUTE_CAPACITY))
-        .start_with_context(tracer, parent);
+    let builder = if parent_span.is_valid() {
+        builder
+    } else {
+        builder.with_attributes(Vec::with_capacity(ATTRIBUTE_CAPACITY))
+    };
+    let mut span = builder.start_with_context(tracer, parent);
     if span.is_recording() {
         span.set_attributes(attributes());
     }

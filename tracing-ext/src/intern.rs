@@ -5,12 +5,16 @@
 //! few names. Interned names are never freed, so the set is bounded: at
 //! most [`MAX_NAMES`] names of at most [`MAX_NAME_LEN`] bytes (256 KiB
 //! whatever the traffic, junk paths included); past that, names are owned
-//! per span as before.
+//! per span as before. Names can come from the network (a gRPC path before
+//! the router saw it), so a client sending a thousand made-up paths fills
+//! the set for good: spans of names not kept by then cost their allocation
+//! again, nothing worse. Lookups take a read lock only, so threads do not
+//! wait on each other once the set is settled.
 
 use std::{
     borrow::Cow,
     collections::HashSet,
-    sync::{LazyLock, Mutex, PoisonError},
+    sync::{LazyLock, PoisonError, RwLock},
 };
 
 /// Most names kept.
@@ -18,7 +22,7 @@ pub(crate) const MAX_NAMES: usize = 1024;
 /// Longest name kept.
 pub(crate) const MAX_NAME_LEN: usize = 256;
 
-static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
+static NAMES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
 
 /// `name` as a shared `'static` name if it is, or can be, kept.
 pub(crate) fn span_name(name: String) -> Cow<'static, str> {
@@ -26,7 +30,17 @@ pub(crate) fn span_name(name: String) -> Cow<'static, str> {
         return Cow::Owned(name);
     }
     // Nothing in here panics; a poisoned set is still a valid set.
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    {
+        let names = NAMES.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&kept) = names.get(name.as_str()) {
+            return Cow::Borrowed(kept);
+        }
+        if names.len() >= MAX_NAMES {
+            return Cow::Owned(name);
+        }
+    }
+    let mut names = NAMES.write().unwrap_or_else(PoisonError::into_inner);
+    // Another thread may have kept it, or filled the set, meanwhile.
     if let Some(&kept) = names.get(name.as_str()) {
         return Cow::Borrowed(kept);
     }
@@ -57,7 +71,7 @@ mod tests {
         for n in 0..MAX_NAMES + 10 {
             assert_eq!(span_name(format!("junk{n}/M")), format!("junk{n}/M"));
         }
-        assert_eq!(NAMES.lock().unwrap().len(), MAX_NAMES);
+        assert_eq!(NAMES.read().unwrap().len(), MAX_NAMES);
         assert!(matches!(span_name("late/Name".to_owned()), Cow::Owned(_)));
         // Names kept before the set filled up are still shared.
         assert!(matches!(

@@ -16,8 +16,8 @@ use crate::ActiveCall;
 /// call's context is current and its `tracing` span entered until dropped.
 #[must_use = "the call's context is current only while the scope is held"]
 pub struct CallScope<'a> {
-    // Declared first so it drops first: the `tracing` span is left before
-    // the context it was entered under is detached.
+    // Entered after the context is attached and declared first so that it
+    // drops first: guards are released in the reverse order of taking.
     _span: Option<tracing::span::Entered<'a>>,
     _context: ContextGuard,
 }
@@ -33,12 +33,13 @@ impl ActiveCall {
     /// the returned scope is dropped: what a layer wraps around every poll
     /// of the call's future and body.
     pub fn enter(&self) -> CallScope<'_> {
+        let context = self.context().clone().attach();
         let span = self.tracing_span();
         CallScope {
             // A disabled span (no subscriber wants it) would do nothing on
             // enter and exit but the bookkeeping, on every poll.
             _span: (!span.is_disabled()).then(|| span.enter()),
-            _context: self.context().clone().attach(),
+            _context: context,
         }
     }
 
@@ -69,18 +70,29 @@ impl ActiveCall {
     pub fn run<F: Future>(&self, future: F) -> InCall<'_, F> {
         InCall {
             call: self,
-            inner: future,
+            inner: Some(future),
         }
     }
 }
 
 pin_project! {
-    /// The future of [`ActiveCall::run`].
+    /// The future of [`ActiveCall::run`]. Dropped before it finished (the
+    /// call was cancelled), it drops the inner future inside the call too,
+    /// so the handler's clean-up still logs under the call's span.
     #[must_use = "futures do nothing unless polled"]
     pub struct InCall<'a, F> {
         call: &'a ActiveCall,
+        // `None` only while being dropped.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for InCall<'_, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let _scope = this.call.enter();
+            this.inner.set(None);
+        }
     }
 }
 
@@ -90,7 +102,11 @@ impl<F: Future> Future for InCall<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _scope = this.call.enter();
-        this.inner.poll(cx)
+        match this.inner.as_pin_mut() {
+            Some(inner) => inner.poll(cx),
+            // Not reachable: `inner` is only taken while dropping.
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -125,5 +141,30 @@ mod tests {
             .await;
         assert_eq!(seen, expected);
         assert!(!opentelemetry::Context::current().has_active_span());
+
+        // Cancelled: the inner future is dropped inside the call.
+        struct SeesSpanOnDrop(std::sync::Arc<std::sync::Mutex<Option<bool>>>);
+        impl Drop for SeesSpanOnDrop {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = Some(opentelemetry::Context::current().has_active_span());
+            }
+        }
+        let seen_on_drop = std::sync::Arc::default();
+        let guard = SeesSpanOnDrop(std::sync::Arc::clone(&seen_on_drop));
+        let pending = call.run(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        let mut pending = Box::pin(pending);
+        assert!(futures_poll_once(pending.as_mut()).is_pending());
+        drop(pending);
+        assert_eq!(*seen_on_drop.lock().unwrap(), Some(true));
+    }
+
+    fn futures_poll_once<F: std::future::Future>(
+        future: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        future.poll(&mut std::task::Context::from_waker(waker))
     }
 }
