@@ -11,9 +11,18 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The first value of `name`. Requests and responses carry a handful of
-/// headers: comparing names costs less than a lookup, which hashes.
-fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
+/// The first value of `name`, as `HeaderMap::get` gives it. Requests and
+/// responses carry a handful of headers: comparing names costs less than a
+/// lookup, which hashes (a custom name byte by byte).
+///
+/// ```
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("grpc-status", http::HeaderValue::from_static("0"));
+/// let name = http::HeaderName::from_static("grpc-status");
+/// assert_eq!(http_observe::first_value(&headers, &name), headers.get(&name));
+/// ```
+#[must_use]
+pub fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
     if headers.len() <= SCANNED_HEADERS {
         headers
             .iter()
@@ -23,8 +32,9 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'
     }
 }
 
-/// Up to this many entries, [`first_value`] compares names.
-const SCANNED_HEADERS: usize = 12;
+/// Up to this many entries, [`first_value`] compares names instead of
+/// looking the name up.
+pub const SCANNED_HEADERS: usize = 12;
 
 /// `/package.Service/Method` → (`package.Service`, `Method`); `None` for
 /// anything else.

@@ -14,8 +14,8 @@ mod future;
 
 pub use body::ObservedBody;
 pub use classify::{
-    content_length, grpc_service_method, grpc_status_from_headers, is_grpc, parse_grpc_status,
-    server_addr,
+    content_length, first_value, grpc_service_method, grpc_status_from_headers, is_grpc,
+    parse_grpc_status, server_addr, SCANNED_HEADERS,
 };
 pub use future::ObservedFuture;
 

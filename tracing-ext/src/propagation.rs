@@ -2,6 +2,7 @@
 //! with limits so that junk or oversize headers are ignored, never an error.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use http_observe::{first_value, SCANNED_HEADERS};
 use opentelemetry::propagation::{
     text_map_propagator::FieldIter, Extractor, Injector, TextMapCompositePropagator,
     TextMapPropagator,
@@ -37,7 +38,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let value = match w3c_name(key) {
-            Some(name) => find(self.0, name),
+            Some(name) => first_value(self.0, name),
             None => self.0.get(key),
         };
         checked(key, value?)
@@ -115,22 +116,6 @@ fn w3c_index(key: &str) -> Option<usize> {
     }
 }
 
-/// The first value of `name`. A request carries a handful of headers:
-/// comparing their names costs less than a lookup, which hashes a custom
-/// name byte by byte, and the W3C fields are looked for on every call.
-fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    if headers.len() <= SCANNED_HEADERS {
-        headers
-            .iter()
-            .find_map(|(seen, value)| (seen == name).then_some(value))
-    } else {
-        headers.get(name)
-    }
-}
-
-/// Up to this many headers, [`find`] compares names instead of hashing.
-const SCANNED_HEADERS: usize = 12;
-
 /// Writes propagation fields into HTTP headers; a field that is not a valid
 /// header is skipped.
 #[derive(Debug)]
@@ -148,7 +133,7 @@ impl Injector for HeaderInjector<'_> {
         // An empty `tracestate` is valid but useless: the spec asks senders
         // to leave it out. Removing it also drops one copied from elsewhere.
         if name == TRACESTATE && value.is_empty() {
-            if find(self.0, &name).is_some() {
+            if first_value(self.0, &name).is_some() {
                 self.0.remove(&name);
             }
             return;
