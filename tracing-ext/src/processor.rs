@@ -5,6 +5,12 @@
 //! show up somewhere), so this processor keeps the same design — a bounded
 //! queue filled without blocking, a worker thread exporting batches — and
 //! publishes its counters in [`ExportStats`].
+//!
+//! The worker thread runs its exports inside a small Tokio runtime of its
+//! own (one I/O thread). Exporters built on Tokio (tonic, async reqwest) then
+//! work whatever runtime the application has, or none, and a flush never
+//! waits on the application's runtime: a current-thread runtime blocked in
+//! `shutdown` cannot starve the export it is waiting for.
 
 use std::{
     sync::{
@@ -81,6 +87,9 @@ pub struct BatchLimits {
     pub max_export_batch_size: usize,
     /// Longest wait before a partial batch is exported (default 5 s).
     pub scheduled_delay: Duration,
+    /// Longest one export may take, and the deadline of a
+    /// [`force_flush`](SpanProcessor::force_flush) (default 30 s).
+    pub export_timeout: Duration,
 }
 
 impl Default for BatchLimits {
@@ -89,16 +98,28 @@ impl Default for BatchLimits {
             max_queue_size: 2048,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_secs(5),
+            export_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl BatchLimits {
     /// The defaults, overridden by `OTEL_BSP_MAX_QUEUE_SIZE`,
-    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BSP_SCHEDULE_DELAY` (ms).
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms) and
+    /// `OTEL_BSP_EXPORT_TIMEOUT` (ms). Values that are not numbers are
+    /// ignored with a warning.
     #[must_use]
     pub fn from_env() -> Self {
-        let read = |name: &str| std::env::var(name).ok()?.trim().parse::<u64>().ok();
+        let read = |name: &str| {
+            let value = std::env::var(name).ok()?;
+            match value.trim().parse::<u64>() {
+                Ok(number) => Some(number),
+                Err(_) => {
+                    tracing::warn!(%value, "{name} is not a number; using the default");
+                    None
+                }
+            }
+        };
         let mut limits = Self::default();
         if let Some(size) = read("OTEL_BSP_MAX_QUEUE_SIZE") {
             limits.max_queue_size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -108,6 +129,9 @@ impl BatchLimits {
         }
         if let Some(ms) = read("OTEL_BSP_SCHEDULE_DELAY") {
             limits.scheduled_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = read("OTEL_BSP_EXPORT_TIMEOUT") {
+            limits.export_timeout = Duration::from_millis(ms);
         }
         limits.max_export_batch_size = limits
             .max_export_batch_size
@@ -120,8 +144,10 @@ enum Control {
     /// A full batch is queued (sent once until the worker takes it).
     BatchReady,
     Resource(Resource),
-    Flush(Sender<OTelSdkResult>),
-    Shutdown(Sender<OTelSdkResult>),
+    /// Export everything queued, giving up at the deadline.
+    Flush(Sender<OTelSdkResult>, Instant),
+    /// Flush until the deadline, drop what is left, shut the exporter down.
+    Shutdown(Sender<OTelSdkResult>, Instant),
 }
 
 /// Queues ended spans without blocking (dropping and counting them when the
@@ -136,6 +162,7 @@ pub struct BoundedBatchProcessor {
     /// Queue length that wakes the worker: a batch, but never later than
     /// half the queue, so spans keep arriving safely while it wakes up.
     wake_at: usize,
+    export_timeout: Duration,
     worker: Mutex<Option<thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -143,6 +170,21 @@ pub struct BoundedBatchProcessor {
 impl BoundedBatchProcessor {
     /// Starts the worker thread exporting with `exporter`.
     pub fn new<E: SpanExporter + 'static>(exporter: E, limits: BatchLimits) -> Self {
+        match Self::start(move || Ok::<_, std::convert::Infallible>(exporter), limits) {
+            Ok(processor) => processor,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Starts the worker thread and builds the exporter on it, inside the
+    /// worker's Tokio runtime, so that the tasks an exporter spawns (tonic's
+    /// channel) live on that runtime and not on the caller's.
+    pub(crate) fn start<E, F, Err>(make_exporter: F, limits: BatchLimits) -> Result<Self, Err>
+    where
+        E: SpanExporter + 'static,
+        F: FnOnce() -> Result<E, Err> + Send + 'static,
+        Err: Send + 'static,
+    {
         let capacity = limits.max_queue_size.max(1);
         let (spans, span_rx) = bounded(capacity);
         let (control, control_rx) = bounded(16);
@@ -153,27 +195,60 @@ impl BoundedBatchProcessor {
             max_export_batch_size,
             ..limits
         };
-        let worker = Worker {
-            exporter,
-            spans: span_rx,
-            control: control_rx,
-            stats: stats.clone(),
-            batch_signaled: batch_signaled.clone(),
-            limits,
-        };
+        let export_timeout = limits.export_timeout;
+        let (ready, built) = bounded(1);
+        let worker_stats = stats.clone();
+        let worker_signal = batch_signaled.clone();
         let handle = thread::Builder::new()
             .name("tracing-ext-export".into())
-            .spawn(move || worker.run())
-            .ok();
-        Self {
+            .spawn(move || {
+                let runtime = export_runtime();
+                let _entered = runtime.as_ref().map(tokio::runtime::Runtime::enter);
+                let exporter = match make_exporter() {
+                    Ok(exporter) => {
+                        let _ = ready.send(Ok(()));
+                        exporter
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                        return;
+                    }
+                };
+                Worker {
+                    exporter,
+                    spans: span_rx,
+                    control: control_rx,
+                    stats: worker_stats,
+                    batch_signaled: worker_signal,
+                    limits,
+                    runtime: runtime.as_ref(),
+                }
+                .run();
+            });
+        let handle = match handle {
+            Ok(handle) => {
+                // The thread reports once the exporter is built (or not).
+                if let Ok(Err(error)) = built.recv() {
+                    let _ = handle.join();
+                    return Err(error);
+                }
+                Some(handle)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the span export thread; spans will be dropped");
+                None
+            }
+        };
+        Ok(Self {
             spans,
             control,
             stats,
             batch_signaled,
             wake_at: max_export_batch_size.min(capacity.div_ceil(2)).max(1),
+            export_timeout,
             worker: Mutex::new(handle),
             shut_down: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The processor's counters.
@@ -182,19 +257,41 @@ impl BoundedBatchProcessor {
         self.stats.clone()
     }
 
+    /// Sends a request to the worker and waits for its answer until
+    /// `timeout` from now (the worker itself stops at the same deadline).
     fn ask(
         &self,
-        make: impl FnOnce(Sender<OTelSdkResult>) -> Control,
+        make: impl FnOnce(Sender<OTelSdkResult>, Instant) -> Control,
         timeout: Duration,
     ) -> OTelSdkResult {
+        let started = Instant::now();
+        let deadline = started + timeout;
         let (reply, answer) = bounded(1);
         self.control
-            .send_timeout(make(reply), timeout)
+            .send_deadline(make(reply, deadline), deadline)
             .map_err(|_| OTelSdkError::InternalFailure("export worker is gone".into()))?;
+        // A little past the deadline: the worker answers at it, not before
+        // its last export has given up.
         answer
-            .recv_timeout(timeout)
+            .recv_deadline(deadline + ANSWER_GRACE)
             .map_err(|_| OTelSdkError::Timeout(timeout))?
     }
+}
+
+/// How long past a deadline a caller waits for the worker's answer.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
+
+/// The worker's runtime: one I/O thread driving the exporter's connections
+/// and timers, also between exports. Without it, exports still run (with
+/// `futures_executor`), but exporters that need Tokio fail.
+fn export_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tracing-ext-export-io")
+        .enable_all()
+        .build()
+        .map_err(|error| tracing::error!(%error, "cannot start the span export runtime"))
+        .ok()
 }
 
 impl SpanProcessor for BoundedBatchProcessor {
@@ -232,7 +329,7 @@ impl SpanProcessor for BoundedBatchProcessor {
         if self.shut_down.load(Ordering::Relaxed) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        self.ask(Control::Flush, Duration::from_secs(30))
+        self.ask(Control::Flush, self.export_timeout)
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -266,16 +363,17 @@ impl SpanProcessor for BoundedBatchProcessor {
     }
 }
 
-struct Worker<E> {
+struct Worker<'rt, E> {
     exporter: E,
     spans: Receiver<SpanData>,
     control: Receiver<Control>,
     stats: Arc<ExportStats>,
     batch_signaled: Arc<AtomicBool>,
     limits: BatchLimits,
+    runtime: Option<&'rt tokio::runtime::Runtime>,
 }
 
-impl<E: SpanExporter> Worker<E> {
+impl<E: SpanExporter> Worker<'_, E> {
     fn run(mut self) {
         let mut batch = Vec::with_capacity(self.limits.max_export_batch_size);
         let mut next_export = Instant::now() + self.limits.scheduled_delay;
@@ -289,12 +387,17 @@ impl<E: SpanExporter> Worker<E> {
                     next_export = Instant::now() + self.limits.scheduled_delay;
                 }
                 Ok(Control::Resource(resource)) => self.exporter.set_resource(&resource),
-                Ok(Control::Flush(reply)) => {
-                    let result = self.drain(&mut batch);
+                Ok(Control::Flush(reply, deadline)) => {
+                    let result = self.drain(&mut batch, deadline);
                     let _ = reply.send(result);
                 }
-                Ok(Control::Shutdown(reply)) => {
-                    let result = self.drain(&mut batch);
+                Ok(Control::Shutdown(reply, deadline)) => {
+                    let result = self.drain(&mut batch, deadline);
+                    // What the deadline left behind is lost: count it.
+                    let left = self.spans.len() + batch.len();
+                    self.spans.try_iter().for_each(drop);
+                    batch.clear();
+                    self.stats.dropped.fetch_add(left as u64, Ordering::Relaxed);
                     let shutdown = self.exporter.shutdown();
                     let _ = reply.send(result.and(shutdown));
                     return;
@@ -304,7 +407,7 @@ impl<E: SpanExporter> Worker<E> {
                     // Only what is queued now: under a steady stream a full
                     // drain would never end, and flushes would wait on it.
                     let queued = self.spans.len();
-                    let _ = self.export_queued(&mut batch, queued);
+                    let _ = self.export_queued(&mut batch, queued, None);
                     next_export = Instant::now() + self.limits.scheduled_delay;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -313,8 +416,13 @@ impl<E: SpanExporter> Worker<E> {
     }
 
     /// Exports queued spans in batches: at most `limit` of them
-    /// (`usize::MAX`: until the queue is empty).
-    fn export_queued(&mut self, batch: &mut Vec<SpanData>, limit: usize) -> OTelSdkResult {
+    /// (`usize::MAX`: until the queue is empty), stopping at `deadline`.
+    fn export_queued(
+        &mut self,
+        batch: &mut Vec<SpanData>,
+        limit: usize,
+        deadline: Option<Instant>,
+    ) -> OTelSdkResult {
         let mut result = Ok(());
         let mut left = limit;
         loop {
@@ -328,8 +436,11 @@ impl<E: SpanExporter> Worker<E> {
             if batch.is_empty() {
                 return result;
             }
-            if let Err(error) = self.export(batch) {
+            if let Err(error) = self.export(batch, deadline) {
                 result = Err(error);
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return result.and(Err(OTelSdkError::Timeout(Duration::ZERO)));
             }
         }
     }
@@ -344,21 +455,32 @@ impl<E: SpanExporter> Worker<E> {
         } else {
             queued
         };
-        self.export_queued(batch, count)
+        self.export_queued(batch, count, None)
     }
 
-    /// Exports everything queued so far.
-    fn drain(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
-        self.export_queued(batch, usize::MAX)
+    /// Exports everything queued so far, until `deadline`.
+    fn drain(&mut self, batch: &mut Vec<SpanData>, deadline: Instant) -> OTelSdkResult {
+        self.export_queued(batch, usize::MAX, Some(deadline))
     }
 
-    fn export(&mut self, batch: &mut Vec<SpanData>) -> OTelSdkResult {
+    /// One export, bounded by the export timeout and the deadline.
+    fn export(&mut self, batch: &mut Vec<SpanData>, deadline: Option<Instant>) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
         let count = batch.len() as u64;
         let spans = std::mem::replace(batch, Vec::with_capacity(self.limits.max_export_batch_size));
-        let result = futures_executor::block_on(self.exporter.export(spans));
+        let mut timeout = self.limits.export_timeout;
+        if let Some(deadline) = deadline {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let export = self.exporter.export(spans);
+        let result = match self.runtime {
+            Some(runtime) => runtime
+                .block_on(tokio::time::timeout(timeout, export))
+                .unwrap_or(Err(OTelSdkError::Timeout(timeout))),
+            None => futures_executor::block_on(export),
+        };
         match &result {
             Ok(()) => self.stats.exported.fetch_add(count, Ordering::Relaxed),
             Err(error) => {
@@ -411,6 +533,7 @@ mod tests {
                 max_queue_size: 100,
                 max_export_batch_size: 10,
                 scheduled_delay: Duration::from_millis(10),
+                ..BatchLimits::default()
             },
         );
         let stats = processor.stats();
@@ -448,6 +571,7 @@ mod tests {
                 max_queue_size: 100,
                 max_export_batch_size: 10,
                 scheduled_delay: Duration::from_secs(2),
+                ..BatchLimits::default()
             },
         );
         let stats = processor.stats();

@@ -57,7 +57,9 @@ fn checked<'a>(key: &str, value: &'a HeaderValue) -> Option<&'a str> {
 
 /// A server's [`HeaderExtractor`]: the three W3C fields are looked for on
 /// every call (two of them mostly absent), so they are found in one pass
-/// over a small map, as it is built, instead of a search each.
+/// over a small map, as it is built, instead of a search each. Only the
+/// framework layers (features `tower`, `volo`) read request headers.
+#[cfg_attr(not(any(feature = "tower", feature = "volo")), allow(dead_code))]
 pub(crate) struct RequestHeaders<'a> {
     headers: HeaderExtractor<'a>,
     /// `traceparent`, `tracestate`, `baggage`; `None`: not scanned (a large
@@ -65,6 +67,7 @@ pub(crate) struct RequestHeaders<'a> {
     w3c: Option<[Option<&'a HeaderValue>; 3]>,
 }
 
+#[cfg_attr(not(any(feature = "tower", feature = "volo")), allow(dead_code))]
 impl<'a> RequestHeaders<'a> {
     pub(crate) fn new(headers: &'a HeaderMap) -> Self {
         let w3c = (headers.len() <= SCANNED_HEADERS).then(|| {
@@ -197,12 +200,13 @@ pub fn propagator_from_env() -> Box<dyn TextMapPropagator + Send + Sync> {
 // propagator itself is still the maintained implementation of B3.
 #[cfg_attr(feature = "b3", allow(deprecated))]
 pub(crate) fn propagator_from_names(names: &str) -> Box<dyn TextMapPropagator + Send + Sync> {
-    let mut listed: Vec<&str> = names
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
-    listed.dedup();
+    // Each name once, in first-seen order, as the specification says.
+    let mut listed: Vec<&str> = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !listed.contains(&name) {
+            listed.push(name);
+        }
+    }
     match listed.as_slice() {
         ["tracecontext", "baggage"] | ["baggage", "tracecontext"] => {
             return Box::new(W3cPropagator::new())
@@ -226,9 +230,16 @@ pub(crate) fn propagator_from_names(names: &str) -> Box<dyn TextMapPropagator + 
                 )))
             }
             "none" => return Box::new(NoPropagation),
+            #[cfg(not(feature = "b3"))]
+            "b3" | "b3multi" => tracing::warn!(
+                propagator = name,
+                "{OTEL_PROPAGATORS} names B3, but tracing-ext was built without its `b3` \
+                 feature; skipped, the other propagators listed are used"
+            ),
             other => tracing::warn!(
                 propagator = other,
-                "unsupported propagator in {OTEL_PROPAGATORS}; skipped"
+                "unsupported propagator in {OTEL_PROPAGATORS} (supported: tracecontext, \
+                 baggage, b3, b3multi, none); skipped, the other propagators listed are used"
             ),
         }
     }
@@ -270,6 +281,25 @@ mod tests {
             );
         }
         propagator_from_names("tracecontext,baggage").extract(&HeaderExtractor(&map))
+    }
+
+    #[test]
+    fn each_listed_propagator_is_used_once() {
+        let fields = |names: &str| -> Vec<String> {
+            propagator_from_names(names)
+                .fields()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(
+            fields("tracecontext,baggage,tracecontext"),
+            fields("tracecontext,baggage")
+        );
+        let mut unique = fields("tracecontext,baggage,tracecontext,baggage");
+        let len = unique.len();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), len, "a field is listed twice");
     }
 
     #[test]

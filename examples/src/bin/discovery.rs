@@ -1,28 +1,40 @@
-//! Servers that register themselves in etcd and clients that find them there,
-//! for Volo and for tonic.
+//! Servers that register themselves in a registry and clients that find
+//! them there, for Volo and for tonic, with etcd, Consul or Kubernetes.
+//!
+//! Each backend is a feature of this package (etcd's client needs `protoc`
+//! at build time; Consul and Kubernetes do not):
 //!
 //! ```text
 //! etcd &                                   # or: docker compose up -d etcd
-//! cargo run -p examples --bin etcd_echo -- volo-server 127.0.0.1:50051
-//! cargo run -p examples --bin etcd_echo -- volo-client
-//! cargo run -p examples --bin etcd_echo -- tonic-server 127.0.0.1:50061
-//! cargo run -p examples --bin etcd_echo -- tonic-client
+//! cargo run -p examples --features etcd --bin discovery -- etcd volo-server 127.0.0.1:50051
+//! cargo run -p examples --features etcd --bin discovery -- etcd volo-client
+//! cargo run -p examples --features etcd --bin discovery -- etcd tonic-server 127.0.0.1:50061
+//! cargo run -p examples --features etcd --bin discovery -- etcd tonic-client
 //! ```
 //!
 //! `ETCD_ENDPOINTS` (comma-separated, default `http://127.0.0.1:2379`) points
-//! at etcd. Servers deregister on Ctrl-C or SIGTERM before they stop serving.
+//! at etcd; Consul is found through `CONSUL_HTTP_ADDR`, Kubernetes through
+//! the in-cluster service account or `KUBECONFIG` (`K8S_NAMESPACE`, default
+//! `default`). Servers deregister on Ctrl-C or SIGTERM before they stop
+//! serving, then flush their spans.
+
+// Built without any backend, only the usage and feature messages remain.
+#![cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
+    allow(dead_code, unused_imports)
+)]
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
 use echo::{servers, tonic_gen, volo_gen};
-use registry_ext::{
-    consul::{ConsulRegistry, ConsulResolver},
-    etcd::{EtcdRegistry, EtcdResolver},
-    k8s::{K8sRegistry, K8sResolver},
-    volo::VoloDiscover,
-    Instance, Registry, Resolver,
-};
+#[cfg(feature = "consul")]
+use registry_ext::consul::{ConsulRegistry, ConsulResolver};
+#[cfg(feature = "etcd")]
+use registry_ext::etcd::{EtcdRegistry, EtcdResolver};
+#[cfg(feature = "k8s")]
+use registry_ext::k8s::{K8sRegistry, K8sResolver};
+use registry_ext::{volo::VoloDiscover, Instance, Registry, Resolver};
 use tokio::net::TcpListener;
 
 const VOLO_SERVICE: &str = "echo-volo";
@@ -35,11 +47,6 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let endpoints: Vec<String> = std::env::var("ETCD_ENDPOINTS")
-        .unwrap_or_else(|_| "http://127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_owned)
-        .collect();
     let mut args = std::env::args().skip(1);
     let backend = args.next().unwrap_or_default();
     let command = args.next().unwrap_or_default();
@@ -48,42 +55,78 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:0".into())
         .parse()
         .context("the listen address must look like 127.0.0.1:50051")?;
-    let namespace = std::env::var("K8S_NAMESPACE").unwrap_or_else(|_| "default".into());
     const USAGE: &str = "usage: discovery etcd|consul|k8s \
         volo-server|tonic-server [listen-addr] | volo-client | tonic-client";
     match (backend.as_str(), command.as_str()) {
+        #[cfg(feature = "etcd")]
         ("etcd", "volo-server" | "tonic-server") => {
-            let registry = EtcdRegistry::builder(&endpoints).build().await?;
+            let registry = EtcdRegistry::builder(etcd_endpoints()).build().await?;
             serve(registry, listen, command == "volo-server").await
         }
+        #[cfg(feature = "consul")]
         ("consul", "volo-server" | "tonic-server") => {
             let registry = ConsulRegistry::builder().build()?;
             serve(registry, listen, command == "volo-server").await
         }
+        #[cfg(feature = "etcd")]
         ("etcd", "volo-client") => {
-            volo_client(EtcdResolver::builder(&endpoints).build().await?).await
+            volo_client(EtcdResolver::builder(etcd_endpoints()).build().await?).await
         }
+        #[cfg(feature = "etcd")]
         ("etcd", "tonic-client") => {
-            tonic_client(EtcdResolver::builder(&endpoints).build().await?).await
+            tonic_client(EtcdResolver::builder(etcd_endpoints()).build().await?).await
         }
+        #[cfg(feature = "consul")]
         ("consul", "volo-client") => volo_client(ConsulResolver::builder().build()?).await,
+        #[cfg(feature = "consul")]
         ("consul", "tonic-client") => tonic_client(ConsulResolver::builder().build()?).await,
+        #[cfg(feature = "k8s")]
         ("k8s", "volo-server" | "tonic-server") => {
             let registry = K8sRegistry::try_default()
                 .await?
-                .namespace(&namespace)
+                .namespace(k8s_namespace())
                 .port_name("grpc");
             serve(registry, listen, command == "volo-server").await
         }
+        #[cfg(feature = "k8s")]
         ("k8s", "volo-client") => {
-            let target = format!("k8s://{VOLO_SERVICE}.{namespace}:grpc");
+            let target = format!("k8s://{VOLO_SERVICE}.{}:grpc", k8s_namespace());
             volo_client_of(K8sResolver::try_default().await?, &target).await
         }
+        #[cfg(feature = "k8s")]
         ("k8s", "tonic-client") => {
-            let target = format!("k8s://{TONIC_SERVICE}.{namespace}:grpc");
+            let target = format!("k8s://{TONIC_SERVICE}.{}:grpc", k8s_namespace());
             tonic_client_of(K8sResolver::try_default().await?, &target).await
         }
+        (backend @ ("etcd" | "consul" | "k8s"), _) if !compiled_in(backend) => bail!(
+            "this binary was built without the `{backend}` backend: \
+             cargo run -p examples --features {backend} --bin discovery -- {backend} ..."
+        ),
         _ => bail!(USAGE),
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_endpoints() -> Vec<String> {
+    std::env::var("ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(feature = "k8s")]
+fn k8s_namespace() -> String {
+    std::env::var("K8S_NAMESPACE").unwrap_or_else(|_| "default".into())
+}
+
+/// Whether the backend's feature was on when this binary was built.
+fn compiled_in(backend: &str) -> bool {
+    match backend {
+        "etcd" => cfg!(feature = "etcd"),
+        "consul" => cfg!(feature = "consul"),
+        "k8s" => cfg!(feature = "k8s"),
+        _ => false,
     }
 }
 
