@@ -7,7 +7,8 @@
 //! Every call, server and client side, is recorded by `metrics-ext` and
 //! exposed on `/metrics`, and traced by `tracing-ext`: spans are printed to
 //! stdout, or exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-//! (with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for port 4317).
+//! (OTLP/HTTP, port 4318, by default; `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for
+//! port 4317; every other `OTEL_*` variable of the SDK applies).
 //!
 //! ```text
 //! cargo run -p examples --bin quickstart                  # call, print, exit
@@ -58,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_endpoint = serve_metrics(&metrics).await?;
 
     // The registry every server registers into and every client resolves from.
-    // In production this is `registry_ext::etcd::EtcdRegistry` (see etcd_echo).
+    // In production this is `registry_ext::etcd::EtcdRegistry` (see the discovery example).
     let registry = MemoryRegistry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -179,14 +180,15 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     metrics_endpoint.shutdown().await;
-    let stats = tracing_guard.stats();
+    // Export what is queued (within the guard's 5 s deadline), then count.
+    let stats = tracing_guard.stats().clone();
+    tracing_guard.shutdown()?;
     println!(
         "\nspans: {} ended, {} exported, {} dropped",
         stats.ended(),
         stats.exported(),
         stats.dropped()
     );
-    tracing_guard.shutdown()?;
     println!("\nderegistered both servers and shut down cleanly");
     Ok(())
 }
