@@ -125,6 +125,12 @@ impl TlsFiles {
     }
 }
 
+/// The collector endpoint of `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`.
+#[cfg(not(feature = "tls"))]
+pub(super) fn endpoint() -> Option<String> {
+    otlp_var("ENDPOINT").map(|(_, value)| value)
+}
+
 /// Reads a PEM file named by a variable, with the path in the error.
 #[cfg(feature = "tls")]
 pub(super) fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, Error> {
@@ -133,7 +139,6 @@ pub(super) fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, Error> {
 
 /// `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` in milliseconds (default 10 s), for
 /// the HTTP client this module builds itself.
-#[cfg(feature = "tls")]
 pub(super) fn export_timeout() -> std::time::Duration {
     otlp_var("TIMEOUT")
         .and_then(|(_, value)| value.parse().ok())

@@ -270,12 +270,15 @@ impl OtlpTracing {
         };
         let tls = env::TlsFiles::from_env()?;
         #[cfg(not(feature = "tls"))]
-        if !tls.is_empty() {
-            return Err(Error::Tls(
-                "OTEL_EXPORTER_OTLP_CERTIFICATE or _CLIENT_CERTIFICATE is set, but tracing-ext \
-                 was built without its `tls` feature"
-                    .into(),
-            ));
+        {
+            let endpoint = self.endpoint.clone().or_else(env::endpoint);
+            if !tls.is_empty() || endpoint.is_some_and(|e| e.starts_with("https:")) {
+                return Err(Error::Tls(
+                    "an https endpoint or OTEL_EXPORTER_OTLP_CERTIFICATE needs tracing-ext's \
+                     `tls` feature"
+                        .into(),
+                ));
+            }
         }
         Ok(ExporterSettings {
             transport,
@@ -328,12 +331,15 @@ impl ExporterSettings {
                 if let Some(timeout) = self.timeout {
                     builder = builder.with_timeout(timeout);
                 }
+                use opentelemetry_otlp::WithHttpConfig;
+                let timeout = self.timeout.unwrap_or_else(env::export_timeout);
+                let client = reqwest::Client::builder().timeout(timeout);
                 #[cfg(feature = "tls")]
-                if !self.tls.is_empty() {
-                    use opentelemetry_otlp::WithHttpConfig;
-                    let timeout = self.timeout.unwrap_or_else(env::export_timeout);
-                    builder = builder.with_http_client(tls::http_client(&self.tls, timeout)?);
-                }
+                let client = tls::http_client(client, &self.tls)?;
+                let client = client
+                    .build()
+                    .map_err(|error| Error::Tls(format!("building the HTTP client: {error}")))?;
+                builder = builder.with_http_client(client);
                 builder.build()?
             }
         };

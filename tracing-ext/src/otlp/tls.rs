@@ -5,8 +5,6 @@
 //! As the specification says, `CERTIFICATE` is *the* trust anchor for the
 //! collector: when it is set, the system roots are not consulted.
 
-use std::time::Duration;
-
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::{
@@ -27,10 +25,12 @@ pub(super) fn grpc_config(files: &TlsFiles) -> Result<ClientTlsConfig, Error> {
     Ok(config)
 }
 
-/// The HTTP client for OTLP/HTTP, with the export timeout.
-pub(super) fn http_client(files: &TlsFiles, timeout: Duration) -> Result<reqwest::Client, Error> {
+/// Adds the trust anchor and client identity to the OTLP/HTTP client.
+pub(super) fn http_client(
+    mut builder: reqwest::ClientBuilder,
+    files: &TlsFiles,
+) -> Result<reqwest::ClientBuilder, Error> {
     let tls = |error: reqwest::Error| Error::Tls(error.to_string());
-    let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(path) = &files.certificate {
         let roots = reqwest::Certificate::from_pem_bundle(&read_pem(path)?).map_err(tls)?;
         builder = builder.tls_certs_only(roots);
@@ -41,5 +41,5 @@ pub(super) fn http_client(files: &TlsFiles, timeout: Duration) -> Result<reqwest
         pem.extend(read_pem(key)?);
         builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(tls)?);
     }
-    builder.build().map_err(tls)
+    Ok(builder)
 }
