@@ -140,15 +140,21 @@ impl ServiceFollower {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut stream = match with_retry(self.request_timeout, || {
-            let mut client = self.client.clone();
-            let (prefix, options) = (self.prefix.clone(), options.clone());
-            async move { client.watch(prefix, Some(options)).await }
-        })
-        .await
-        {
-            Ok(stream) => stream,
-            Err(error) => return error,
+        // One attempt, not `with_retry`: like a watch that breaks later, a
+        // failure goes back to `run`, which reports it and tries again (on
+        // any member) after a backoff. Retrying here would hide a real
+        // outage from subscribers for a whole request timeout.
+        let mut client = self.client.clone();
+        let watch = client.watch(self.prefix.clone(), Some(options));
+        let mut stream = match tokio::time::timeout(self.request_timeout, watch).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return super::etcd_error(error),
+            Err(_) => {
+                return Error::Timeout {
+                    backend: super::BACKEND,
+                    timeout: self.request_timeout,
+                }
+            }
         };
         loop {
             let response = match stream.message().await {

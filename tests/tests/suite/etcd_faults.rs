@@ -84,10 +84,21 @@ async fn three_member_cluster_keeps_working_with_one_member_down() -> anyhow::Re
     wait_for_ports(&mut watch, &[8101], WATCH_DEADLINE).await?;
 
     for victim in 0..3 {
+        // A service nobody has resolved yet: resolving it after the kill
+        // must list it from etcd instead of answering from a watch.
+        let probe = format!("probe-{victim}");
+        let _probe = registry.register(instance(&probe, 8201)).await?;
+
         cluster.members[victim].kill();
-        // Keep-alives and watches move to the surviving members.
+        // Requests sent at once may reach the dead member's connection
+        // first; they must be retried on a surviving member, not fail.
         let port = 8102 + victim as u16;
-        let _b = registry.register(instance("echo", port)).await?;
+        let (_b, probed) = tokio::try_join!(
+            registry.register(instance("echo", port)),
+            resolver.resolve(&probe),
+        )?;
+        assert_eq!(probed.len(), 1, "{probe} right after killing m{victim}");
+        // Keep-alives and watches move to the surviving members.
         wait_for_ports(&mut watch, &[8101, port], RECOVERY_DEADLINE).await?;
         tokio::time::sleep(Duration::from_secs(3)).await; // > TTL: leases must be renewed
         assert_eq!(resolver.resolve("echo").await?.len(), 2);
