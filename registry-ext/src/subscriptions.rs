@@ -62,6 +62,7 @@ pub(crate) fn publish_error(tx: &watch::Sender<ServiceSnapshot>, error: Error) {
 
 /// Clears a published failure once the backend answers again, even if no
 /// instance changed meanwhile.
+#[cfg(feature = "etcd")]
 pub(crate) fn publish_recovered(tx: &watch::Sender<ServiceSnapshot>) {
     tx.send_if_modified(|snapshot| snapshot.last_error.take().is_some());
 }

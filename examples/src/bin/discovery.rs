@@ -21,7 +21,7 @@
 // Built without any backend, only the usage and feature messages remain.
 #![cfg_attr(
     not(any(feature = "etcd", feature = "consul", feature = "k8s")),
-    allow(dead_code, unused_imports)
+    allow(dead_code, unused_imports, unused_variables)
 )]
 
 use std::{net::SocketAddr, time::Duration};
@@ -70,16 +70,22 @@ async fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "etcd")]
         ("etcd", "volo-client") => {
-            volo_client(EtcdResolver::builder(etcd_endpoints()).build().await?).await
+            let resolver = EtcdResolver::builder(etcd_endpoints()).build().await?;
+            volo_client_of(resolver, VOLO_SERVICE).await
         }
         #[cfg(feature = "etcd")]
         ("etcd", "tonic-client") => {
-            tonic_client(EtcdResolver::builder(etcd_endpoints()).build().await?).await
+            let resolver = EtcdResolver::builder(etcd_endpoints()).build().await?;
+            tonic_client_of(resolver, TONIC_SERVICE).await
         }
         #[cfg(feature = "consul")]
-        ("consul", "volo-client") => volo_client(ConsulResolver::builder().build()?).await,
+        ("consul", "volo-client") => {
+            volo_client_of(ConsulResolver::builder().build()?, VOLO_SERVICE).await
+        }
         #[cfg(feature = "consul")]
-        ("consul", "tonic-client") => tonic_client(ConsulResolver::builder().build()?).await,
+        ("consul", "tonic-client") => {
+            tonic_client_of(ConsulResolver::builder().build()?, TONIC_SERVICE).await
+        }
         #[cfg(feature = "k8s")]
         ("k8s", "volo-server" | "tonic-server") => {
             let registry = K8sRegistry::try_default()
@@ -122,12 +128,9 @@ fn k8s_namespace() -> String {
 
 /// Whether the backend's feature was on when this binary was built.
 fn compiled_in(backend: &str) -> bool {
-    match backend {
-        "etcd" => cfg!(feature = "etcd"),
-        "consul" => cfg!(feature = "consul"),
-        "k8s" => cfg!(feature = "k8s"),
-        _ => false,
-    }
+    (backend == "etcd" && cfg!(feature = "etcd"))
+        || (backend == "consul" && cfg!(feature = "consul"))
+        || (backend == "k8s" && cfg!(feature = "k8s"))
 }
 
 async fn serve(registry: impl Registry, listen: SocketAddr, volo: bool) -> anyhow::Result<()> {
@@ -188,10 +191,6 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn volo_client(resolver: impl Resolver) -> anyhow::Result<()> {
-    volo_client_of(resolver, VOLO_SERVICE).await
-}
-
 async fn volo_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {
     let client = volo_gen::echo::EchoClientBuilder::new(service)
         .discover(VoloDiscover::new(resolver))
@@ -207,10 +206,6 @@ async fn volo_client_of(resolver: impl Resolver, service: &str) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
-}
-
-async fn tonic_client(resolver: impl Resolver) -> anyhow::Result<()> {
-    tonic_client_of(resolver, TONIC_SERVICE).await
 }
 
 async fn tonic_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {

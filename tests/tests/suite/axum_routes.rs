@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::{routing::get, Router};
-use harness::otlp::{OtlpReceiver, SPAN_KIND_SERVER};
+use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use metrics_ext::RpcMetrics;
 use tokio::net::TcpListener;
 
@@ -12,7 +12,7 @@ use crate::support::pipeline;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     let receiver = OtlpReceiver::start().await?;
-    let (guard, tracing) = pipeline("axum", &receiver)?;
+    let (guard, tracing) = pipeline("axum", &receiver, Protocol::HttpProtobuf)?;
     let metrics = RpcMetrics::builder().build()?;
     // `Router::layer` wraps each route, after matching: `MatchedPath` is set.
     let app = Router::new()

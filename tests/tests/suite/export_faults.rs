@@ -6,25 +6,29 @@
 use std::time::Duration;
 
 use echo::tonic_gen;
-use harness::otlp::{OtlpReceiver, TraceFault};
+use harness::otlp::{OtlpReceiver, Protocol, TraceFault};
 use tokio::{sync::watch, time::Instant};
 use tracing_ext::{
-    otlp::{OtlpTracing, TracingGuard, Transport},
+    otlp::{OtlpTracing, TracingGuard},
     prometheus::ExportStatsCollector,
     RpcTracing,
 };
 
-use crate::support::{traced_tonic_echo, TonicEchoClient};
+use crate::support::{traced_tonic_echo, transport, TonicEchoClient};
 
 const QUEUE: usize = 256;
 /// The processor's default batch; one batch may be out for export.
 const BATCH: u64 = 512;
 const CALLS_PER_SIDE: usize = 1_500;
 
-fn pipeline(endpoint: String, timeout: Duration) -> anyhow::Result<(TracingGuard, RpcTracing)> {
+fn pipeline(
+    protocol: Protocol,
+    endpoint: String,
+    timeout: Duration,
+) -> anyhow::Result<(TracingGuard, RpcTracing)> {
     let guard = OtlpTracing::new()
         .service_name("echo")
-        .transport(Transport::Grpc)
+        .transport(transport(protocol))
         .endpoint(endpoint)
         .timeout(timeout)
         .max_queue_size(QUEUE)
@@ -64,6 +68,7 @@ fn sample(text: &str, series: &str) -> Option<u64> {
 /// Runs calls alternately against a server exporting to a healthy collector
 /// and one exporting to `sick`, so machine noise hits both alike.
 async fn compare_with_healthy(
+    protocol: Protocol,
     sick: &str,
     sick_endpoint: String,
     export_timeout: Duration,
@@ -71,9 +76,12 @@ async fn compare_with_healthy(
 ) -> anyhow::Result<std::sync::Arc<tracing_ext::ExportStats>> {
     harness::init_test_logging();
     let healthy_receiver = OtlpReceiver::start().await?;
-    let (healthy_guard, healthy_tracing) =
-        pipeline(healthy_receiver.endpoint(), Duration::from_secs(5))?;
-    let (sick_guard, sick_tracing) = pipeline(sick_endpoint, export_timeout)?;
+    let (healthy_guard, healthy_tracing) = pipeline(
+        protocol,
+        healthy_receiver.endpoint_for(protocol),
+        Duration::from_secs(5),
+    )?;
+    let (sick_guard, sick_tracing) = pipeline(protocol, sick_endpoint, export_timeout)?;
     if let Some((receiver, fault)) = fault {
         receiver.set_trace_fault(fault);
     }
@@ -120,7 +128,7 @@ async fn compare_with_healthy(
         &format!(r#"otel_sdk_exporter_span_exported_total{{error_type="",{labels}}}"#),
     );
     eprintln!(
-        "collector {sick}: p50 {sick_p50:?} vs healthy {healthy_p50:?} ({:.2}x), p99 {sick_p99:?} vs {healthy_p99:?} ({:.2}x); \
+        "collector {sick} over {protocol}: p50 {sick_p50:?} vs healthy {healthy_p50:?} ({:.2}x), p99 {sick_p99:?} vs {healthy_p99:?} ({:.2}x); \
          spans ended {}, dropped {}, failed {}, exported {}, most pending {most_pending} (bound {})",
         sick_p50.as_secs_f64() / healthy_p50.as_secs_f64(),
         sick_p99.as_secs_f64() / healthy_p99.as_secs_f64(),
@@ -164,34 +172,40 @@ async fn compare_with_healthy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down() -> anyhow::Result<()> {
-    let nobody = harness::free_port()?;
-    let stats = compare_with_healthy(
-        "down",
-        format!("http://127.0.0.1:{nobody}"),
-        Duration::from_millis(300),
-        None,
-    )
-    .await?;
-    assert_eq!(stats.exported(), 0);
+    for protocol in Protocol::ALL {
+        let nobody = harness::free_port()?;
+        let stats = compare_with_healthy(
+            protocol,
+            "down",
+            format!("http://127.0.0.1:{nobody}"),
+            Duration::from_millis(300),
+            None,
+        )
+        .await?;
+        assert_eq!(stats.exported(), 0);
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_answering_unavailable() -> anyhow::Result<()> {
-    let receiver = OtlpReceiver::start().await?;
-    let stats = compare_with_healthy(
-        "unavailable",
-        receiver.endpoint(),
-        Duration::from_millis(300),
-        Some((&receiver, TraceFault::Unavailable)),
-    )
-    .await?;
-    assert!(
-        receiver.export_requests() > 0,
-        "the exporter never reached the collector"
-    );
-    assert!(receiver.spans().is_empty());
-    assert_eq!(stats.exported(), 0);
+    for protocol in Protocol::ALL {
+        let receiver = OtlpReceiver::start().await?;
+        let stats = compare_with_healthy(
+            protocol,
+            "unavailable",
+            receiver.endpoint_for(protocol),
+            Duration::from_millis(300),
+            Some((&receiver, TraceFault::Unavailable)),
+        )
+        .await?;
+        assert!(
+            receiver.export_requests_over(protocol) > 0,
+            "the exporter never reached the collector over {protocol}"
+        );
+        assert!(receiver.spans().is_empty());
+        assert_eq!(stats.exported(), 0);
+    }
     Ok(())
 }
 
@@ -199,14 +213,17 @@ async fn collector_answering_unavailable() -> anyhow::Result<()> {
 /// while a batch is out, and the overflow is dropped, not waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_answering_slowly() -> anyhow::Result<()> {
-    let receiver = OtlpReceiver::start().await?;
-    let stats = compare_with_healthy(
-        "slow (2 s per export)",
-        receiver.endpoint(),
-        Duration::from_secs(5),
-        Some((&receiver, TraceFault::Slow(Duration::from_secs(2)))),
-    )
-    .await?;
-    assert!(stats.dropped() > 0, "{stats:?}");
+    for protocol in Protocol::ALL {
+        let receiver = OtlpReceiver::start().await?;
+        let stats = compare_with_healthy(
+            protocol,
+            "slow (2 s per export)",
+            receiver.endpoint_for(protocol),
+            Duration::from_secs(5),
+            Some((&receiver, TraceFault::Slow(Duration::from_secs(2)))),
+        )
+        .await?;
+        assert!(stats.dropped() > 0, "over {protocol}: {stats:?}");
+    }
     Ok(())
 }

@@ -4,33 +4,45 @@
 //! Needs the `discovery` binary next to the test binary's directory
 //! (`scripts/test.sh` builds the example binaries first).
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use etcd_client::GetOptions;
-use harness::{eventually, EtcdServer};
+use harness::{
+    eventually,
+    otlp::{OtlpReceiver, Protocol},
+    EtcdServer,
+};
 
-fn example_binary(name: &str) -> Option<PathBuf> {
-    // target/<profile>/deps/suite-<hash> → target/<profile>/<name>
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.parent()?.join(name);
-    candidate.is_file().then_some(candidate)
+use crate::support::example_binary;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_and_flushes_over_otlp_http_the_default() -> anyhow::Result<()> {
+    sigterm_deregisters_and_exits_zero(None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_deregisters_and_exits_zero() -> anyhow::Result<()> {
-    let Some(binary) = example_binary("discovery") else {
-        anyhow::bail!("the `discovery` example is not built: run `cargo build --workspace --all-features --bins` (scripts/test.sh does)");
-    };
+async fn sigterm_deregisters_and_flushes_over_otlp_grpc() -> anyhow::Result<()> {
+    sigterm_deregisters_and_exits_zero(Some(Protocol::Grpc)).await
+}
+
+/// `protocol`: `None` leaves `OTEL_EXPORTER_OTLP_PROTOCOL` unset.
+async fn sigterm_deregisters_and_exits_zero(protocol: Option<Protocol>) -> anyhow::Result<()> {
+    let binary = example_binary("discovery")?;
     let etcd = EtcdServer::start().await?;
-    let receiver = harness::otlp::OtlpReceiver::start().await?;
+    let receiver = OtlpReceiver::start().await?;
+    let wire = protocol.unwrap_or(Protocol::HttpProtobuf);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()?));
-    let mut server = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["etcd", "volo-server", &addr.to_string()])
         .env("ETCD_ENDPOINTS", etcd.endpoint())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint_for(wire))
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env("RUST_LOG", "warn");
+    if let Some(protocol) = protocol {
+        command.env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value());
+    }
+    let mut server = command.spawn()?;
     let raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
     let count = || {
         let mut raw = raw.clone();
@@ -87,6 +99,10 @@ async fn sigterm_deregisters_and_exits_zero() -> anyhow::Result<()> {
             .iter()
             .any(|s| s.service == "echo-volo" && s.name == "echo.Echo/Say"),
         "the span was not flushed before exit: {spans:#?}"
+    );
+    assert!(
+        receiver.export_requests_over(wire) > 0,
+        "nothing came over {wire:?}"
     );
     Ok(())
 }

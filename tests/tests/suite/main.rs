@@ -11,6 +11,7 @@ mod graceful_shutdown;
 mod harness_selftest;
 mod k8s_backend;
 mod metrics_prometheus;
+mod otlp_export;
 mod support;
 mod thrift_e2e;
 mod tracing_otlp;

@@ -328,17 +328,36 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
 }
 
 /// The same instruments, mirrored into OpenTelemetry and exported over
-/// OTLP/gRPC to a real receiver.
+/// OTLP/HTTP and OTLP/gRPC to a real receiver, with the exporters as
+/// opentelemetry-otlp builds them by default (an application with
+/// tracing-ext in it, whose own HTTP client must not change that default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Result<()> {
+    for protocol in harness::otlp::Protocol::ALL {
+        exported_as_opentelemetry_metrics_over(protocol).await?;
+    }
+    Ok(())
+}
+
+async fn exported_as_opentelemetry_metrics_over(
+    protocol: harness::otlp::Protocol,
+) -> anyhow::Result<()> {
+    use harness::otlp::Protocol;
     use opentelemetry::metrics::MeterProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
 
     let receiver = harness::otlp::OtlpReceiver::start().await?;
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(receiver.endpoint())
-        .build()?;
+    let builder = opentelemetry_otlp::MetricExporter::builder();
+    let exporter = match protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(receiver.endpoint_for(protocol))
+            .build()?,
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(format!("{}/v1/metrics", receiver.endpoint_for(protocol)))
+            .build()?,
+    };
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
         .with_periodic_exporter(exporter)
         .build();

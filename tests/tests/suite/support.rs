@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use harness::otlp::OtlpReceiver;
+use harness::otlp::{OtlpReceiver, Protocol};
 use registry_ext::{Instance, ServiceWatch};
 use tracing_ext::{
     otlp::{OtlpTracing, TracingGuard, Transport},
@@ -10,6 +10,24 @@ use tracing_ext::{
 };
 
 use echo::tonic_gen;
+
+/// An example binary built next to the test binary (`scripts/test.sh`
+/// builds them first: `cargo build --workspace --all-features --bins`).
+pub fn example_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    // target/<profile>/deps/suite-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join(name));
+    match candidate {
+        Some(path) if path.is_file() => Ok(path),
+        _ => anyhow::bail!(
+            "the `{name}` example is not built: run `cargo build --workspace --all-features \
+             --bins` (scripts/test.sh does)"
+        ),
+    }
+}
 
 /// How long a change may take to reach a watcher in these tests; the
 /// measured figures are in BENCHMARKS.md.
@@ -58,15 +76,16 @@ pub async fn wait_for_addresses(
 }
 
 /// A pipeline for one "service": its own provider and resource, exporting
-/// over OTLP/gRPC to the receiver, not installed globally.
+/// over `protocol` to the receiver, not installed globally.
 pub fn pipeline(
     service: &str,
     receiver: &OtlpReceiver,
+    protocol: Protocol,
 ) -> anyhow::Result<(TracingGuard, RpcTracing)> {
     let guard = OtlpTracing::new()
         .service_name(service)
-        .transport(Transport::Grpc)
-        .endpoint(receiver.endpoint())
+        .transport(transport(protocol))
+        .endpoint(receiver.endpoint_for(protocol))
         .scheduled_delay(Duration::from_millis(100))
         .install_global(false)
         .install()?;
@@ -80,6 +99,14 @@ pub fn pipeline(
         ))
         .build();
     Ok((guard, tracing))
+}
+
+/// The exporter setting for the harness's protocol.
+pub fn transport(protocol: Protocol) -> Transport {
+    match protocol {
+        Protocol::Grpc => Transport::Grpc,
+        Protocol::HttpProtobuf => Transport::HttpProtobuf,
+    }
 }
 
 pub type TracedTonicClient = tonic_gen::echo_client::EchoClient<

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use echo::{servers::TonicEcho, thrift::volo_thrift_gen::echo as thrift, tonic_gen};
-use harness::otlp::{OtlpReceiver, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
+use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
 use metrics_ext::RpcMetrics;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use tokio::net::TcpListener;
@@ -54,9 +54,9 @@ impl thrift::ThriftEcho for ThriftRelay {
 async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> anyhow::Result<()> {
     harness::init_test_logging();
     let receiver = OtlpReceiver::start().await?;
-    let (caller_guard, caller_tracing) = pipeline("caller", &receiver)?;
-    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let (caller_guard, caller_tracing) = pipeline("caller", &receiver, Protocol::HttpProtobuf)?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
     let metrics = RpcMetrics::builder().build()?;
 
     let backend_listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -4,14 +4,13 @@
 use std::{net::SocketAddr, time::Duration};
 
 use echo::{servers::TonicEcho, tonic_gen, volo_gen};
-use harness::otlp::{OtlpReceiver, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
+use harness::otlp::{
+    OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
+};
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
-use tracing_ext::{
-    otlp::{OtlpTracing, Transport},
-    RpcTracing,
-};
+use tracing_ext::{otlp::OtlpTracing, RpcTracing};
 
 use crate::support::{pipeline, TracedTonicClient};
 
@@ -129,9 +128,9 @@ fn one<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedS
 async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> anyhow::Result<()> {
     harness::init_test_logging();
     let receiver = OtlpReceiver::start().await?;
-    let (client_guard, client_tracing) = pipeline("caller", &receiver)?;
-    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let (client_guard, client_tracing) = pipeline("caller", &receiver, Protocol::HttpProtobuf)?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
     let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
 
     // The caller: a Volo client with the client layer, inside a root span.
@@ -166,6 +165,12 @@ async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> a
         spans.iter().all(|s| s.trace_id == root_trace),
         "one trace id: {spans:#?}"
     );
+    for protocol in Protocol::ALL {
+        assert!(
+            receiver.export_requests_over(protocol) > 0,
+            "none over {protocol}"
+        );
+    }
     let root = spans
         .iter()
         .find(|s| s.name == "checkout")
@@ -203,8 +208,8 @@ async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
     let receiver = OtlpReceiver::start().await?;
-    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
     let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
     let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
         .address(topology.frontend)
@@ -275,8 +280,8 @@ async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_trace_headers_start_a_new_trace_and_the_call_succeeds() -> anyhow::Result<()> {
     let receiver = OtlpReceiver::start().await?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
-    let (_frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
+    let (_frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
     let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", topology.backend))?
         .connect()
@@ -343,8 +348,8 @@ async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
     let _default = tracing::subscriber::set_default(subscriber);
 
     let receiver = OtlpReceiver::start().await?;
-    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver)?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver)?;
+    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
+    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
     let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
     let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
         .address(topology.frontend)
@@ -391,6 +396,13 @@ async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
 /// counting is tested with a gated exporter in tracing-ext's unit tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Result<()> {
+    for protocol in Protocol::ALL {
+        a_hung_collector_over(protocol).await?;
+    }
+    Ok(())
+}
+
+async fn a_hung_collector_over(protocol: Protocol) -> anyhow::Result<()> {
     let hung = TcpListener::bind("127.0.0.1:0").await?;
     let hung_addr = hung.local_addr()?;
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -402,7 +414,7 @@ async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Resu
     });
     let guard = OtlpTracing::new()
         .service_name("backend")
-        .transport(Transport::Grpc)
+        .transport(crate::support::transport(protocol))
         .endpoint(format!("http://{hung_addr}"))
         .timeout(Duration::from_millis(300))
         .max_queue_size(256)
@@ -423,7 +435,7 @@ async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Resu
             .await?;
     }
     let stats = guard.stats();
-    assert_eq!(stats.ended(), CALLS);
+    assert_eq!(stats.ended(), CALLS, "{protocol}");
     assert_eq!(stats.exported(), 0);
     // Whatever the timing, the processor holds at most the queue (256) and
     // one batch being exported (512): every other span was dropped or lost

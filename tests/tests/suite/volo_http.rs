@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use harness::otlp::{OtlpReceiver, SPAN_KIND_SERVER, STATUS_ERROR};
+use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
 use metrics_ext::RpcMetrics;
 use tokio::net::TcpListener;
 use volo_http::server::{
@@ -24,7 +24,7 @@ async fn boom() -> http::StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     let receiver = OtlpReceiver::start().await?;
-    let (guard, tracing) = pipeline("web", &receiver)?;
+    let (guard, tracing) = pipeline("web", &receiver, Protocol::HttpProtobuf)?;
     let metrics = RpcMetrics::builder().build()?;
     let router: Router = Router::new()
         .route("/users/{id}", get(user))
@@ -108,8 +108,8 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
     use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 
     let receiver = OtlpReceiver::start().await?;
-    let (server_guard, server_tracing) = pipeline("web", &receiver)?;
-    let (client_guard, client_tracing) = pipeline("caller", &receiver)?;
+    let (server_guard, server_tracing) = pipeline("web", &receiver, Protocol::HttpProtobuf)?;
+    let (client_guard, client_tracing) = pipeline("caller", &receiver, Protocol::Grpc)?;
     let metrics = RpcMetrics::builder().build()?;
     let router: Router = Router::new().route("/users/{id}", get(user));
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -135,7 +135,9 @@ impl OtlpTracing {
         self
     }
 
-    /// The collector endpoint (else `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// The collector endpoint (else `OTEL_EXPORTER_OTLP_ENDPOINT`). Like
+    /// that variable, a base URL: for OTLP/HTTP, `/v1/traces` is appended
+    /// when the URL has no path of its own.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self
@@ -326,7 +328,7 @@ impl ExporterSettings {
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
                 if let Some(endpoint) = self.endpoint {
-                    builder = builder.with_endpoint(endpoint);
+                    builder = builder.with_endpoint(traces_url(endpoint));
                 }
                 if let Some(timeout) = self.timeout {
                     builder = builder.with_timeout(timeout);
@@ -344,6 +346,19 @@ impl ExporterSettings {
             }
         };
         Ok(exporter)
+    }
+}
+
+/// A base URL as `OTEL_EXPORTER_OTLP_ENDPOINT` gives it gets the traces
+/// path, as the specification does for that variable; a URL with a path is
+/// taken as it is (as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` would be).
+fn traces_url(endpoint: String) -> String {
+    let after_scheme = endpoint
+        .split_once("://")
+        .map_or(&*endpoint, |(_, rest)| rest);
+    match after_scheme.find('/') {
+        Some(slash) if after_scheme[slash..] != *"/" => endpoint,
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
     }
 }
 
@@ -375,5 +390,22 @@ impl opentelemetry::propagation::TextMapPropagator for PropagatorFromEnv {
 
     fn fields(&self) -> opentelemetry::propagation::text_map_propagator::FieldIter<'_> {
         self.0.fields()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traces_url;
+
+    #[test]
+    fn a_base_url_gets_the_traces_path_and_a_full_one_is_kept() {
+        for (given, used) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("https://c/v1/traces", "https://c/v1/traces"),
+            ("http://c:4318/custom/path", "http://c:4318/custom/path"),
+        ] {
+            assert_eq!(traces_url(given.into()), used, "{given}");
+        }
     }
 }
