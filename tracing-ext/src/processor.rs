@@ -228,9 +228,16 @@ impl BoundedBatchProcessor {
         let handle = match handle {
             Ok(handle) => {
                 // The thread reports once the exporter is built (or not).
-                if let Ok(Err(error)) = built.recv() {
-                    let _ = handle.join();
-                    return Err(error);
+                match built.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        let _ = handle.join();
+                        return Err(error);
+                    }
+                    Err(_) => tracing::error!(
+                        "the span export thread ended while building its exporter; \
+                         spans will be dropped"
+                    ),
                 }
                 Some(handle)
             }
