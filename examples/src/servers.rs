@@ -60,12 +60,12 @@ impl tonic_gen::echo_server::Echo for TonicEcho {
 /// resolves.
 pub async fn serve_volo(
     listener: tokio::net::TcpListener,
-    tracing: &tracing_ext::RpcTracing,
+    tracing: &rpc_ext_tracing::RpcTracing,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     volo_grpc::server::Server::new()
-        .layer_front(tracing_ext::volo::TracingLayer::server(tracing))
+        .layer_front(rpc_ext_tracing::volo::TracingLayer::server(tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by,
@@ -87,12 +87,12 @@ pub async fn serve_volo(
 /// resolves.
 pub async fn serve_tonic(
     listener: tokio::net::TcpListener,
-    tracing: &tracing_ext::RpcTracing,
+    tracing: &rpc_ext_tracing::RpcTracing,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     tonic::transport::Server::builder()
-        .layer(tracing_ext::tower::TracingLayer::server(tracing))
+        .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
         .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
             served_by,
         }))

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use registry_ext::{
+use rpc_ext_registry::{
     consul::{decode_health, decode_index},
     Error,
 };

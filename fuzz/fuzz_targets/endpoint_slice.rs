@@ -8,7 +8,7 @@
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use libfuzzer_sys::fuzz_target;
-use registry_ext::k8s::{ready_instances, PortSpec, Target};
+use rpc_ext_registry::k8s::{ready_instances, PortSpec, Target};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{decode_instance, encode_instance},
     Error,
 };

@@ -25,7 +25,7 @@ use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::SdkTracerProvider,
 };
-use tracing_ext::{
+use rpc_ext_tracing::{
     propagator_from_env, volo::MetaInfoExtractor, CallInfo, HeaderExtractor, HeaderInjector,
     Outcome, RpcSystem, RpcTracing, W3cPropagator,
 };

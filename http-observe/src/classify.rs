@@ -19,7 +19,7 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("grpc-status", http::HeaderValue::from_static("0"));
 /// let name = http::HeaderName::from_static("grpc-status");
-/// assert_eq!(http_observe::first_value(&headers, &name), headers.get(&name));
+/// assert_eq!(rpc_ext_core::first_value(&headers, &name), headers.get(&name));
 /// ```
 #[must_use]
 pub fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
@@ -40,8 +40,8 @@ pub const SCANNED_HEADERS: usize = 12;
 /// anything else.
 ///
 /// ```
-/// assert_eq!(http_observe::grpc_service_method("/echo.Echo/Say"), Some(("echo.Echo", "Say")));
-/// assert_eq!(http_observe::grpc_service_method("/a/b/c"), None);
+/// assert_eq!(rpc_ext_core::grpc_service_method("/echo.Echo/Say"), Some(("echo.Echo", "Say")));
+/// assert_eq!(rpc_ext_core::grpc_service_method("/a/b/c"), None);
 /// ```
 #[must_use]
 pub fn grpc_service_method(path: &str) -> Option<(&str, &str)> {

@@ -1,4 +1,4 @@
-//! Shared plumbing of the layers of `metrics-ext` and `tracing-ext`: what
+//! Shared plumbing of the layers of `rpc-ext-metrics` and `rpc-ext-tracing`: what
 //! kind of call a request is ([`RpcSystem`]), and how it ended.
 //!
 //! A gRPC call's status arrives in the response headers (trailers-only
@@ -20,7 +20,7 @@ pub use classify::{
 pub use future::ObservedFuture;
 
 /// The RPC system of a call: the `rpc_system` metric label and the
-/// `rpc.system` span attribute, shared by `metrics-ext` and `tracing-ext`.
+/// `rpc.system` span attribute, shared by `rpc-ext-metrics` and `rpc-ext-tracing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RpcSystem {
     /// gRPC (Volo gRPC, tonic).

@@ -18,7 +18,7 @@ use crate::Error;
 ///
 /// ```
 /// let registry = prometheus::Registry::new();
-/// let text = metrics_ext::encode_text(&registry).unwrap();
+/// let text = rpc_ext_metrics::encode_text(&registry).unwrap();
 /// assert!(text.is_empty());
 /// ```
 pub fn encode_text(registry: &Registry) -> Result<String, Error> {
@@ -32,11 +32,11 @@ pub fn encode_text(registry: &Registry) -> Result<String, Error> {
 /// `_total` suffix and the exposition ends with `# EOF`.
 ///
 /// ```
-/// let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+/// let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
 /// metrics
-///     .start_call(metrics_ext::Side::Server, metrics_ext::RpcSystem::Grpc, "s", "m", "")
+///     .start_call(rpc_ext_metrics::Side::Server, rpc_ext_metrics::RpcSystem::Grpc, "s", "m", "")
 ///     .finish("0", None);
-/// let text = metrics_ext::encode_openmetrics(metrics.registry()).unwrap();
+/// let text = rpc_ext_metrics::encode_openmetrics(metrics.registry()).unwrap();
 /// assert!(text.contains("# TYPE rpc_server_requests counter\n"));
 /// assert!(text.ends_with("# EOF\n"));
 /// ```
@@ -84,9 +84,9 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// else in the Prometheus text format 0.0.4. Stops when dropped.
 ///
 /// ```
-/// use metrics_ext::{MetricsEndpoint, RpcMetrics};
+/// use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), metrics_ext::Error> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), rpc_ext_metrics::Error> {
 /// let metrics = RpcMetrics::builder().build()?;
 /// let endpoint = MetricsEndpoint::serve("127.0.0.1:0".parse().unwrap(), metrics.registry().clone()).await?;
 /// println!("scrape http://{}/metrics", endpoint.local_addr());

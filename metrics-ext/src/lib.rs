@@ -17,12 +17,12 @@
 //! under [`OVERFLOW_LABEL`], so clients cannot grow the series count.
 //!
 //! ```
-//! use metrics_ext::{MetricsEndpoint, RpcMetrics};
+//! use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), metrics_ext::Error> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), rpc_ext_metrics::Error> {
 //! let metrics = RpcMetrics::builder().build()?;
-//! // tower: ServiceBuilder::new().layer(metrics_ext::tower::MetricsLayer::server(&metrics))
-//! // Volo:  Server::new().layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
+//! // tower: ServiceBuilder::new().layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
+//! // Volo:  Server::new().layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics))
 //! let endpoint = MetricsEndpoint::serve("127.0.0.1:0".parse().unwrap(), metrics.registry().clone()).await?;
 //! # drop(endpoint); Ok(()) }
 //! ```

@@ -39,7 +39,7 @@ pub enum Side {
     Client,
 }
 
-pub use http_observe::RpcSystem;
+pub use rpc_ext_core::RpcSystem;
 
 /// The metric families of one side.
 #[derive(Clone)]
@@ -135,13 +135,13 @@ impl Families {
 /// and expose its [`registry`](Self::registry) on one endpoint.
 ///
 /// ```
-/// use metrics_ext::{RpcMetrics, RpcSystem, Side};
+/// use rpc_ext_metrics::{RpcMetrics, RpcSystem, Side};
 ///
 /// let metrics = RpcMetrics::builder().build().unwrap();
 /// let call = metrics.start_call(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say", "");
 /// call.finish("0", Some(42));
 ///
-/// let text = metrics_ext::encode_text(metrics.registry()).unwrap();
+/// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
 /// assert!(text.contains(r#"rpc_server_requests_total{rpc_method="Say",rpc_service="echo.Echo",rpc_system="grpc",status_code="0"} 1"#));
 /// ```
 #[derive(Clone)]

@@ -13,7 +13,7 @@ pub const ADVERTISE_IP_ENV: &str = "REGISTRY_EXT_ADVERTISE_IP";
 /// first). The port is always kept.
 ///
 /// ```
-/// use registry_ext::advertise_address;
+/// use rpc_ext_registry::advertise_address;
 ///
 /// let listen = "0.0.0.0:8080".parse().unwrap();
 /// let addr = advertise_address(listen, Some("10.1.2.3".parse().unwrap())).unwrap();

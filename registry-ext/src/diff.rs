@@ -20,7 +20,7 @@ impl Diff {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use registry_ext::{Diff, Instance};
+    /// use rpc_ext_registry::{Diff, Instance};
     ///
     /// let a = Arc::new(Instance::new("echo", "10.0.0.1:80".parse().unwrap()));
     /// let b = Arc::new(Instance::new("echo", "10.0.0.2:80".parse().unwrap()));

@@ -10,7 +10,7 @@ pub const DEFAULT_WEIGHT: u32 = 10;
 /// One network endpoint of a service, as registered and as resolved.
 ///
 /// ```
-/// use registry_ext::Instance;
+/// use rpc_ext_registry::Instance;
 ///
 /// let instance = Instance::new("echo", "127.0.0.1:8080".parse().unwrap())
 ///     .with_weight(20)
@@ -71,7 +71,7 @@ impl Instance {
         }
         if self.address.ip().is_unspecified() || self.address.port() == 0 {
             return Err(crate::Error::InvalidInstance(format!(
-                "address {} is not routable: resolve it with registry_ext::advertise_address first",
+                "address {} is not routable: resolve it with rpc_ext_registry::advertise_address first",
                 self.address
             )));
         }

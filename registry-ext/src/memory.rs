@@ -20,9 +20,9 @@ use crate::{
 /// client resolve from another.
 ///
 /// ```
-/// use registry_ext::{Instance, MemoryRegistry, Registry, Resolver};
+/// use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = MemoryRegistry::new();
 /// let _server = registry
 ///     .register(Instance::new("echo", "127.0.0.1:50051".parse().unwrap()))

@@ -85,9 +85,9 @@ impl ServiceWatch {
 /// pushes every change.
 ///
 /// ```
-/// use registry_ext::{Instance, MemoryRegistry, Registry, Resolver};
+/// use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = MemoryRegistry::new();
 /// let mut watch = registry.subscribe("echo").await?;
 /// assert!(watch.current().instances.is_empty());

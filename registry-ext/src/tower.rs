@@ -19,10 +19,10 @@ const CHANGE_BUFFER: usize = 1024;
 ///
 /// ```
 /// use futures::StreamExt;
-/// use registry_ext::{tower::discover_changes, Instance, MemoryRegistry, Registry, Resolver};
+/// use rpc_ext_registry::{tower::discover_changes, Instance, MemoryRegistry, Registry, Resolver};
 /// use tower::discover::Change;
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = MemoryRegistry::new();
 /// let _registration = registry
 ///     .register(Instance::new("echo", "127.0.0.1:50051".parse().unwrap()))
@@ -91,9 +91,9 @@ fn changes_between(
 /// [`balanced_channel_with`] to set TLS, timeouts or other endpoint options.
 ///
 /// ```no_run
-/// use registry_ext::{etcd::EtcdResolver, tower::balanced_channel};
+/// use rpc_ext_registry::{etcd::EtcdResolver, tower::balanced_channel};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"]).build().await?;
 /// let channel = balanced_channel(&resolver, "echo").await?;
 /// // let mut client = EchoClient::new(channel);

@@ -29,9 +29,9 @@ const CHANGE_BUFFER: usize = 64;
 /// Instances with weight 0 are left out, as they are out of rotation.
 ///
 /// ```no_run
-/// use registry_ext::{etcd::EtcdResolver, volo::VoloDiscover};
+/// use rpc_ext_registry::{etcd::EtcdResolver, volo::VoloDiscover};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"]).build().await?;
 /// let discover = VoloDiscover::new(resolver);
 /// // volo_gen::...::ClientBuilder::new("echo").discover(discover).build();

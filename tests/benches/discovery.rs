@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use harness::EtcdServer;
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
     Instance, Registry, Resolver,

@@ -13,8 +13,8 @@
 //! client (one HTTP/2 connection, cloned into every load task):
 //!
 //! - `bare`: no layer;
-//! - `metrics`: `metrics-ext` on the server and on the client;
-//! - `tracing`: `tracing-ext` on the server and on the client, 100% sampled
+//! - `metrics`: `rpc-ext-metrics` on the server and on the client;
+//! - `tracing`: `rpc-ext-tracing` on the server and on the client, 100% sampled
 //!   (the client's span is the parent of the server's, carried in
 //!   `traceparent`), exported through `BoundedBatchProcessor` (default
 //!   limits) to an exporter that drops the batch: no network sink;
@@ -64,14 +64,14 @@ use echo::{
     tonic_gen, volo_gen,
 };
 use futures::future::BoxFuture;
-use metrics_ext::RpcMetrics;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor},
 };
+use rpc_ext_metrics::RpcMetrics;
+use rpc_ext_tracing::{BatchLimits, BoundedBatchProcessor, ExportStats, RpcTracing};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
-use tracing_ext::{BatchLimits, BoundedBatchProcessor, ExportStats, RpcTracing};
 
 /// Exports nowhere, instantly: measures the pipeline, not a network.
 #[derive(Debug)]
@@ -119,10 +119,10 @@ impl Layers {
     fn label(self) -> &'static str {
         match self {
             Self::Bare => "bare (no layer)",
-            Self::Metrics => "metrics-ext server + client",
-            Self::Tracing => "tracing-ext server + client, 100% sampled",
-            Self::Both => "metrics-ext + tracing-ext (sampled)",
-            Self::TracingDiscard => "tracing-ext sampled, spans discarded at end (diagnostic)",
+            Self::Metrics => "rpc-ext-metrics server + client",
+            Self::Tracing => "rpc-ext-tracing server + client, 100% sampled",
+            Self::Both => "rpc-ext-metrics + rpc-ext-tracing (sampled)",
+            Self::TracingDiscard => "rpc-ext-tracing sampled, spans discarded at end (diagnostic)",
         }
     }
 }
@@ -422,48 +422,48 @@ async fn build_cases(
                 ("volo", Layers::Bare) => volo_case!(stopped(), [], []),
                 ("volo", Layers::Metrics) => volo_case!(
                     stopped(),
-                    [metrics_ext::volo::MetricsLayer::server(&metrics)],
-                    [metrics_ext::volo::MetricsLayer::client(&metrics)]
+                    [rpc_ext_metrics::volo::MetricsLayer::server(&metrics)],
+                    [rpc_ext_metrics::volo::MetricsLayer::client(&metrics)]
                 ),
                 ("volo", Layers::Tracing | Layers::TracingDiscard) => volo_case!(
                     stopped(),
-                    [tracing_ext::volo::TracingLayer::server(&tracing)],
-                    [tracing_ext::volo::TracingLayer::client(&tracing)]
+                    [rpc_ext_tracing::volo::TracingLayer::server(&tracing)],
+                    [rpc_ext_tracing::volo::TracingLayer::client(&tracing)]
                 ),
                 ("volo", Layers::Both) => volo_case!(
                     stopped(),
                     [
-                        metrics_ext::volo::MetricsLayer::server(&metrics),
-                        tracing_ext::volo::TracingLayer::server(&tracing)
+                        rpc_ext_metrics::volo::MetricsLayer::server(&metrics),
+                        rpc_ext_tracing::volo::TracingLayer::server(&tracing)
                     ],
                     [
-                        metrics_ext::volo::MetricsLayer::client(&metrics),
-                        tracing_ext::volo::TracingLayer::client(&tracing)
+                        rpc_ext_metrics::volo::MetricsLayer::client(&metrics),
+                        rpc_ext_tracing::volo::TracingLayer::client(&tracing)
                     ]
                 ),
                 ("tonic", Layers::Bare) => tonic_case!(stopped(), [], []),
                 ("tonic", Layers::Metrics) => tonic_case!(
                     stopped(),
-                    [metrics_ext::tower::MetricsLayer::server(&metrics)],
-                    [metrics_ext::tower::MetricsLayer::client(
+                    [rpc_ext_metrics::tower::MetricsLayer::server(&metrics)],
+                    [rpc_ext_metrics::tower::MetricsLayer::client(
                         &metrics,
                         "echo-tonic"
                     )]
                 ),
                 ("tonic", Layers::Tracing | Layers::TracingDiscard) => tonic_case!(
                     stopped(),
-                    [tracing_ext::tower::TracingLayer::server(&tracing)],
-                    [tracing_ext::tower::TracingLayer::client(&tracing)]
+                    [rpc_ext_tracing::tower::TracingLayer::server(&tracing)],
+                    [rpc_ext_tracing::tower::TracingLayer::client(&tracing)]
                 ),
                 ("tonic", Layers::Both) => tonic_case!(
                     stopped(),
                     [
-                        tracing_ext::tower::TracingLayer::server(&tracing),
-                        metrics_ext::tower::MetricsLayer::server(&metrics)
+                        rpc_ext_tracing::tower::TracingLayer::server(&tracing),
+                        rpc_ext_metrics::tower::MetricsLayer::server(&metrics)
                     ],
                     [
-                        tracing_ext::tower::TracingLayer::client(&tracing),
-                        metrics_ext::tower::MetricsLayer::client(&metrics, "echo-tonic")
+                        rpc_ext_tracing::tower::TracingLayer::client(&tracing),
+                        rpc_ext_metrics::tower::MetricsLayer::client(&metrics, "echo-tonic")
                     ]
                 ),
                 (other, _) => anyhow::bail!("unknown stack {other:?} (volo or tonic)"),

@@ -6,12 +6,12 @@
 //! ```
 //!
 //! tower (http::Request -> http::Response, body drained like a server
-//! does): bare; metrics-ext; tracing-ext with the sampler off; tracing-ext
+//! does): bare; rpc-ext-metrics; rpc-ext-tracing with the sampler off; rpc-ext-tracing
 //! 100% sampled into the bounded batch processor with a no-op exporter;
 //! both; and the peers: tower-http `TraceLayer` with `tracing-opentelemetry`
 //! exporting to the same no-op sink, and axum-prometheus's metrics layer
 //! (the `metrics` facade into `metrics-exporter-prometheus`). Volo (motore
-//! service, gRPC context): bare; metrics-ext; tracing-ext sampled.
+//! service, gRPC context): bare; rpc-ext-metrics; rpc-ext-tracing sampled.
 
 // The counting allocator below is the only unsafe code: it forwards to the
 // system allocator.
@@ -33,8 +33,8 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
 };
+use rpc_ext_tracing::{BatchLimits, BoundedBatchProcessor, RpcTracing};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tracing_ext::{BatchLimits, BoundedBatchProcessor, RpcTracing};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Counts allocations made by this process.
@@ -177,7 +177,7 @@ fn peer_metrics_layer(
 }
 
 fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
-    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
     let off = provider(false);
     let on = provider(true);
     let tracing_off = RpcTracing::builder()
@@ -214,9 +214,9 @@ fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &
     }
     case!("bare", tower::service_fn(noop));
     case!(
-        "metrics-ext",
+        "rpc-ext-metrics",
         ServiceBuilder::new()
-            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
             .service_fn(noop)
     );
     let (peer_metrics, _peer_metrics_handle) = peer_metrics_layer(runtime);
@@ -225,22 +225,22 @@ fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &
         ServiceBuilder::new().layer(peer_metrics).service_fn(noop)
     );
     case!(
-        "tracing-ext (sampler off)",
+        "rpc-ext-tracing (sampler off)",
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::server(&tracing_off))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing_off))
             .service_fn(noop)
     );
     case!(
-        "tracing-ext (100% sampled, batch export)",
+        "rpc-ext-tracing (100% sampled, batch export)",
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing_on))
             .service_fn(noop)
     );
     case!(
-        "metrics-ext + tracing-ext (sampled)",
+        "rpc-ext-metrics + rpc-ext-tracing (sampled)",
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
-            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing_on))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
             .service_fn(noop)
     );
     // Peer: tower-http's TraceLayer with tracing-opentelemetry, same sink.
@@ -286,7 +286,7 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
         let _ = black_box(service.call(&mut cx, volo_grpc::Request::new(())).await);
     }
 
-    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
     let on = provider(true);
     let tracing_on = RpcTracing::builder()
         .tracer_provider(&on)
@@ -318,12 +318,12 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
     }
     case!("bare", Noop);
     case!(
-        "metrics-ext",
-        metrics_ext::volo::MetricsLayer::server(&metrics).layer(Noop)
+        "rpc-ext-metrics",
+        rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(Noop)
     );
     case!(
-        "tracing-ext (100% sampled, batch export)",
-        tracing_ext::volo::TracingLayer::server(&tracing_on).layer(Noop)
+        "rpc-ext-tracing (100% sampled, batch export)",
+        rpc_ext_tracing::volo::TracingLayer::server(&tracing_on).layer(Noop)
     );
     group.finish();
 }
@@ -332,7 +332,7 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
 /// counting under `valgrind --tool=callgrind` (deterministic, unlike time
 /// on a shared machine).
 fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
-    let metrics = metrics_ext::RpcMetrics::builder().build().unwrap();
+    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
     let on = provider(true);
     let tracing_on = RpcTracing::builder()
         .tracer_provider(&on)
@@ -357,10 +357,10 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
     match case {
         "bare" => run!(tower::service_fn(noop)),
         "metrics" => run!(ServiceBuilder::new()
-            .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
             .service_fn(noop)),
         "tracing" => run!(ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::server(&tracing_on))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing_on))
             .service_fn(noop)),
         "peer" => run!(ServiceBuilder::new()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())

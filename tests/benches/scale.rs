@@ -7,7 +7,7 @@
 //! SCALE_PART=resolver cargo bench -p suite-tests --bench scale  # part 2 only
 //! ```
 //!
-//! **scrape**: records calls into one [`metrics_ext::RpcMetrics`] over
+//! **scrape**: records calls into one [`rpc_ext_metrics::RpcMetrics`] over
 //! 25 services x 4 methods x 4 status codes (11,100 series: every
 //! non-comment line of the text output, histogram buckets included), then
 //! times `encode_text`, `encode_openmetrics` and the registry's `gather`
@@ -19,7 +19,7 @@
 //! **resolver**: starts a real etcd (harness), writes 100 instance keys for
 //! each of 1,000 services in the registry's layout
 //! (`/registry-ext/<service>/<ip:port>`, value from
-//! [`registry_ext::etcd::encode_instance`]) in one txn per service, then
+//! [`rpc_ext_registry::etcd::encode_instance`]) in one txn per service, then
 //! builds an [`EtcdResolver`] and subscribes to the 1,000 services at once.
 //! Reports the wall time until every snapshot has its 100 instances and
 //! etcd counts 1,000 watchers, RSS and live heap before/after, CPU time
@@ -49,8 +49,10 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use harness::EtcdServer;
-use metrics_ext::{RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS};
-use registry_ext::{
+use rpc_ext_metrics::{
+    RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS,
+};
+use rpc_ext_registry::{
     etcd::{encode_instance, EtcdResolver},
     Instance, Resolver, ServiceWatch,
 };
@@ -195,7 +197,7 @@ fn scrape_part() -> anyhow::Result<()> {
             }
         }
     }
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let ours_series = series_count(&text);
     anyhow::ensure!(ours_series >= 10_000, "only {ours_series} series");
 
@@ -263,9 +265,13 @@ fn scrape_part() -> anyhow::Result<()> {
     let peer_series = series_count(&peer_text);
 
     let mut scrapes: Vec<Scrape<'_>> = vec![
-        Box::new(|| metrics_ext::encode_text(metrics.registry()).unwrap().len()),
         Box::new(|| {
-            metrics_ext::encode_openmetrics(metrics.registry())
+            rpc_ext_metrics::encode_text(metrics.registry())
+                .unwrap()
+                .len()
+        }),
+        Box::new(|| {
+            rpc_ext_metrics::encode_openmetrics(metrics.registry())
                 .unwrap()
                 .len()
         }),
@@ -293,18 +299,18 @@ fn scrape_part() -> anyhow::Result<()> {
     let [text_timing, open_timing, gather_timing, peer_timing] = &timings[..] else {
         unreachable!("four scrapes")
     };
-    println!("series: metrics-ext {ours_series}, peer {peer_series}");
+    println!("series: rpc-ext-metrics {ours_series}, peer {peer_series}");
     println!(
         "{:<52} {:>10} {:>10} {:>10} {:>12}",
         "scrape", "median", "p99", "bytes", "allocations"
     );
     for (name, t) in [
         (
-            "metrics-ext encode_text (Prometheus text 0.0.4)",
+            "rpc-ext-metrics encode_text (Prometheus text 0.0.4)",
             &text_timing,
         ),
         (
-            "metrics-ext encode_openmetrics (OpenMetrics 1.0)",
+            "rpc-ext-metrics encode_openmetrics (OpenMetrics 1.0)",
             &open_timing,
         ),
         (
@@ -320,7 +326,7 @@ fn scrape_part() -> anyhow::Result<()> {
     }
     let ratio = |a: &Timing, b: &Timing| a.median.as_secs_f64() / b.median.as_secs_f64();
     println!(
-        "median ratio metrics-ext / peer: text {:.2}x, openmetrics {:.2}x",
+        "median ratio rpc-ext-metrics / peer: text {:.2}x, openmetrics {:.2}x",
         ratio(text_timing, peer_timing),
         ratio(open_timing, peer_timing)
     );
@@ -576,7 +582,7 @@ async fn wait_watchers(http: &reqwest::Client, endpoint: &str, count: f64) -> f6
 }
 
 async fn resolver_part() -> anyhow::Result<()> {
-    const PREFIX: &str = registry_ext::etcd::DEFAULT_PREFIX;
+    const PREFIX: &str = rpc_ext_registry::etcd::DEFAULT_PREFIX;
     let shape = Shape::from_env();
     let total = shape.services * shape.per_service;
     println!(

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use etcd_client::GetOptions;
 use harness::{EtcdServer, FaultProxy};
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{encode_instance, EtcdRegistry, EtcdResolver},
     Instance, Registry, Resolver, ServiceWatch,
 };

@@ -43,7 +43,7 @@ pub type CallFilter = Arc<dyn Fn(&CallInfo<'_>) -> bool + Send + Sync>;
 /// propagator and the options. Cheap to clone.
 ///
 /// ```
-/// use tracing_ext::RpcTracing;
+/// use rpc_ext_tracing::RpcTracing;
 ///
 /// // Global tracer provider and propagators (OTEL_PROPAGATORS or W3C):
 /// let tracing = RpcTracing::builder().build();
@@ -91,7 +91,7 @@ pub struct RpcTracingBuilder {
 }
 
 /// The instrumentation scope name of the spans.
-pub const INSTRUMENTATION_NAME: &str = "tracing-ext";
+pub const INSTRUMENTATION_NAME: &str = "rpc-ext-tracing";
 
 impl RpcTracing {
     /// Starts a builder: global tracer provider, propagators from
@@ -268,7 +268,7 @@ impl RpcTracing {
         let tracing_span = if inner.tracing_span {
             let context = cx.span().span_context().clone();
             tracing::info_span!(
-                target: "tracing_ext::rpc",
+                target: "rpc_ext_tracing::rpc",
                 "rpc.call",
                 rpc.service = info.service,
                 rpc.method = info.method,

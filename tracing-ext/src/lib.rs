@@ -12,11 +12,11 @@
 //! - [`otlp::OtlpTracing`] (feature `otlp`) sets up OTLP export in one call.
 //!
 //! ```
-//! use tracing_ext::RpcTracing;
+//! use rpc_ext_tracing::RpcTracing;
 //!
 //! let tracing = RpcTracing::builder().build();
-//! // tower: tonic::transport::Server::builder().layer(tracing_ext::tower::TracingLayer::server(&tracing))
-//! // Volo:  volo_grpc::server::Server::new().layer_front(tracing_ext::volo::TracingLayer::server(&tracing))
+//! // tower: tonic::transport::Server::builder().layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing))
+//! // Volo:  volo_grpc::server::Server::new().layer_front(rpc_ext_tracing::volo::TracingLayer::server(&tracing))
 //! # let _ = tracing;
 //! ```
 

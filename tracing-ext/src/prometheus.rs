@@ -33,12 +33,12 @@ const COMPONENT_TYPE: &str = "batching_span_processor";
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tracing_ext::{prometheus::ExportStatsCollector, ExportStats};
+/// use rpc_ext_tracing::{prometheus::ExportStatsCollector, ExportStats};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// // From `TracingGuard::stats()` or `BoundedBatchProcessor::stats()`:
 /// let stats = Arc::new(ExportStats::default());
-/// let registry = prometheus::Registry::new(); // or metrics_ext's RpcMetrics::registry()
+/// let registry = prometheus::Registry::new(); // or rpc_ext_metrics's RpcMetrics::registry()
 /// registry.register(Box::new(ExportStatsCollector::new(stats)))?;
 /// let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
 /// assert!(text.contains(r#"otel_sdk_processor_span_processed_total{error_type="queue_full""#));

@@ -2,12 +2,12 @@
 //! with limits so that junk or oversize headers are ignored, never an error.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_observe::{first_value, SCANNED_HEADERS};
 use opentelemetry::propagation::{
     text_map_propagator::FieldIter, Extractor, Injector, TextMapCompositePropagator,
     TextMapPropagator,
 };
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use rpc_ext_core::{first_value, SCANNED_HEADERS};
 
 pub use crate::w3c::W3cPropagator;
 
@@ -182,7 +182,7 @@ pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";
 /// ```
 /// use opentelemetry::propagation::TextMapPropagator;
 ///
-/// let propagator = tracing_ext::propagator_from_env();
+/// let propagator = rpc_ext_tracing::propagator_from_env();
 /// let fields: Vec<_> = propagator.fields().collect();
 /// assert!(fields.contains(&"traceparent"));
 /// ```
@@ -233,7 +233,7 @@ pub(crate) fn propagator_from_names(names: &str) -> Box<dyn TextMapPropagator + 
             #[cfg(not(feature = "b3"))]
             "b3" | "b3multi" => tracing::warn!(
                 propagator = name,
-                "{OTEL_PROPAGATORS} names B3, but tracing-ext was built without its `b3` \
+                "{OTEL_PROPAGATORS} names B3, but rpc-ext-tracing was built without its `b3` \
                  feature; skipped, the other propagators listed are used"
             ),
             other => tracing::warn!(

@@ -48,7 +48,7 @@ impl ActiveCall {
     ///
     /// ```
     /// use std::collections::HashMap;
-    /// use tracing_ext::{CallInfo, Outcome, RpcSystem, RpcTracing};
+    /// use rpc_ext_tracing::{CallInfo, Outcome, RpcSystem, RpcTracing};
     ///
     /// let tracing = RpcTracing::builder().build();
     /// let info = CallInfo {

@@ -30,7 +30,7 @@ pub const RPC_REQUEST_SIZE: &str = "rpc.request.size";
 /// Response size (this crate's `record_sizes` option)
 pub const RPC_RESPONSE_SIZE: &str = "rpc.response.size";
 
-pub use http_observe::RpcSystem;
+pub use rpc_ext_core::RpcSystem;
 
 /// How a call ended.
 #[derive(Debug, Clone, Default)]

@@ -30,7 +30,7 @@ const MAX_VERSION: u8 = 254;
 /// ```
 /// use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt};
 /// use std::collections::HashMap;
-/// use tracing_ext::W3cPropagator;
+/// use rpc_ext_tracing::W3cPropagator;
 ///
 /// let carrier = HashMap::from([(
 ///     "traceparent".to_string(),

@@ -29,12 +29,12 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{bail, Context};
 use echo::{servers, tonic_gen, volo_gen};
 #[cfg(feature = "consul")]
-use registry_ext::consul::{ConsulRegistry, ConsulResolver};
+use rpc_ext_registry::consul::{ConsulRegistry, ConsulResolver};
 #[cfg(feature = "etcd")]
-use registry_ext::etcd::{EtcdRegistry, EtcdResolver};
+use rpc_ext_registry::etcd::{EtcdRegistry, EtcdResolver};
 #[cfg(feature = "k8s")]
-use registry_ext::k8s::{K8sRegistry, K8sResolver};
-use registry_ext::{volo::VoloDiscover, Instance, Registry, Resolver};
+use rpc_ext_registry::k8s::{K8sRegistry, K8sResolver};
+use rpc_ext_registry::{volo::VoloDiscover, Instance, Registry, Resolver};
 use tokio::net::TcpListener;
 
 const VOLO_SERVICE: &str = "echo-volo";
@@ -143,13 +143,13 @@ async fn serve(registry: impl Registry, listen: SocketAddr, volo: bool) -> anyho
     };
     let tracing_guard = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Some(_) => Some(
-            tracing_ext::otlp::OtlpTracing::new()
+            rpc_ext_tracing::otlp::OtlpTracing::new()
                 .service_name(service)
                 .install()?,
         ),
         None => None,
     };
-    let tracing = tracing_ext::RpcTracing::builder().build();
+    let tracing = rpc_ext_tracing::RpcTracing::builder().build();
     let server = if volo {
         tokio::spawn(async move { servers::serve_volo(listener, &tracing, shutdown).await })
     } else {
@@ -209,7 +209,7 @@ async fn volo_client_of(resolver: impl Resolver, service: &str) -> anyhow::Resul
 }
 
 async fn tonic_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {
-    let channel = registry_ext::tower::balanced_channel(&resolver, service).await?;
+    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, service).await?;
     let mut client = tonic_gen::echo_client::EchoClient::new(channel);
     for i in 1..=5 {
         let reply = client

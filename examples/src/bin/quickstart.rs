@@ -3,9 +3,9 @@
 //! Starts a Volo gRPC Echo server and a tonic Echo server on loopback,
 //! registers both in an in-process registry, and calls each through a client
 //! that discovers it by service name: Volo's client through
-//! `registry_ext::volo::VoloDiscover`, tonic's through a balanced channel.
-//! Every call, server and client side, is recorded by `metrics-ext` and
-//! exposed on `/metrics`, and traced by `tracing-ext`: spans are printed to
+//! `rpc_ext_registry::volo::VoloDiscover`, tonic's through a balanced channel.
+//! Every call, server and client side, is recorded by `rpc-ext-metrics` and
+//! exposed on `/metrics`, and traced by `rpc-ext-tracing`: spans are printed to
 //! stdout, or exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
 //! (OTLP/HTTP, port 4318, by default; `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for
 //! port 4317; every other `OTEL_*` variable of the SDK applies).
@@ -24,8 +24,8 @@ use echo::{
     servers::{TonicEcho, VoloEcho},
     tonic_gen, volo_gen,
 };
-use metrics_ext::{MetricsEndpoint, RpcMetrics};
-use registry_ext::{volo::VoloDiscover, Instance, MemoryRegistry, Registry};
+use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
+use rpc_ext_registry::{volo::VoloDiscover, Instance, MemoryRegistry, Registry};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let keep_running = std::env::args().any(|a| a == "--keep-running");
 
     // Tracing: stdout by default, OTLP when a collector is configured.
-    let tracing_pipeline = tracing_ext::otlp::OtlpTracing::new().service_name("quickstart");
+    let tracing_pipeline = rpc_ext_tracing::otlp::OtlpTracing::new().service_name("quickstart");
     let tracing_guard = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         println!(
             "exporting spans over OTLP to {:?}",
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_pipeline.install_with_exporter(opentelemetry_stdout::SpanExporter::default())
     };
-    let tracing = tracing_ext::RpcTracing::builder()
+    let tracing = rpc_ext_tracing::RpcTracing::builder()
         .tracer_provider(tracing_guard.provider())
         .build();
 
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_endpoint = serve_metrics(&metrics).await?;
 
     // The registry every server registers into and every client resolves from.
-    // In production this is `registry_ext::etcd::EtcdRegistry` (see the discovery example).
+    // In production this is `rpc_ext_registry::etcd::EtcdRegistry` (see the discovery example).
     let registry = MemoryRegistry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -70,8 +70,8 @@ async fn main() -> anyhow::Result<()> {
     let volo_listener = TcpListener::bind("127.0.0.1:0").await?;
     let volo_addr = volo_listener.local_addr()?;
     let volo_server = volo_grpc::server::Server::new()
-        .layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
-        .layer_front(tracing_ext::volo::TracingLayer::server(&tracing))
+        .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics))
+        .layer_front(rpc_ext_tracing::volo::TracingLayer::server(&tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by: volo_addr,
@@ -94,8 +94,8 @@ async fn main() -> anyhow::Result<()> {
     let tonic_listener = TcpListener::bind("127.0.0.1:0").await?;
     let tonic_addr = tonic_listener.local_addr()?;
     let tonic_server = tonic::transport::Server::builder()
-        .layer(tracing_ext::tower::TracingLayer::server(&tracing))
-        .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
+        .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing))
+        .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
         .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
             served_by: tonic_addr,
         }))
@@ -113,16 +113,16 @@ async fn main() -> anyhow::Result<()> {
 
     // Volo client: finds "echo-volo" through the registry; records client metrics.
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
-        .layer_outer(metrics_ext::volo::MetricsLayer::client(&metrics))
-        .layer_outer(tracing_ext::volo::TracingLayer::client(&tracing))
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics))
+        .layer_outer(rpc_ext_tracing::volo::TracingLayer::client(&tracing))
         .discover(VoloDiscover::new(registry.clone()))
         .build();
     // tonic client: a channel balanced over whatever "echo-tonic" resolves to.
-    let channel = registry_ext::tower::balanced_channel(&registry, "echo-tonic").await?;
+    let channel = rpc_ext_registry::tower::balanced_channel(&registry, "echo-tonic").await?;
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::client(&tracing))
-            .layer(metrics_ext::tower::MetricsLayer::client(
+            .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::client(
                 &metrics,
                 "echo-tonic",
             ))
@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         "\nmetrics at http://{}/metrics, for example:",
         metrics_endpoint.local_addr()
     );
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     for line in text.lines().filter(|l| {
         l.starts_with("rpc_server_requests_total") || l.starts_with("rpc_client_requests_total")
     }) {

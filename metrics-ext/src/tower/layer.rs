@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use http_observe::{
+use rpc_ext_core::{
     grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
 };
 
@@ -13,7 +13,7 @@ use crate::{status, CallRecorder, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
 /// ```
-/// use metrics_ext::{tower::MetricsLayer, RpcMetrics};
+/// use rpc_ext_metrics::{tower::MetricsLayer, RpcMetrics};
 /// use tower::ServiceBuilder;
 ///
 /// let metrics = RpcMetrics::builder().build().unwrap();
@@ -144,10 +144,10 @@ fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<
     if grpc {
         return exact;
     }
-    exact.or_else(|| http_observe::content_length(request.headers()))
+    exact.or_else(|| rpc_ext_core::content_length(request.headers()))
 }
 
-/// Finishes the call record when [`http_observe`] reports the call's end;
+/// Finishes the call record when [`rpc_ext_core`] reports the call's end;
 /// dropped unended (the caller went away), the record is a cancellation.
 #[derive(Debug)]
 pub struct MetricsObserver {

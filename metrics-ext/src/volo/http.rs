@@ -25,7 +25,7 @@ use crate::{status, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
 /// On clients, add it with `ClientBuilder::layer_outer`.
 ///
 /// ```
-/// use metrics_ext::{volo::HttpMetricsLayer, RpcMetrics};
+/// use rpc_ext_metrics::{volo::HttpMetricsLayer, RpcMetrics};
 ///
 /// let metrics = RpcMetrics::builder().build().unwrap();
 /// // volo_http::server::Server::new(router).layer(HttpMetricsLayer::new(&metrics))
@@ -86,7 +86,7 @@ where
             method.as_str(),
             "",
         );
-        if let Some(size) = http_observe::content_length(request.headers()) {
+        if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
         let response = match self.inner.call(cx, request).await {
@@ -132,7 +132,7 @@ where
             request.method().as_str(),
             &host,
         );
-        if let Some(size) = http_observe::content_length(request.headers()) {
+        if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
         let result = self.inner.call(cx, request).await;

@@ -58,7 +58,7 @@ impl RpcOutcome for volo_thrift::ClientError {
 /// Records every call through a Volo service into [`RpcMetrics`].
 ///
 /// ```
-/// use metrics_ext::{volo::MetricsLayer, RpcMetrics};
+/// use rpc_ext_metrics::{volo::MetricsLayer, RpcMetrics};
 ///
 /// let metrics = RpcMetrics::builder().build().unwrap();
 /// // server: volo_grpc::server::Server::new().layer_front(MetricsLayer::server(&metrics))
@@ -124,7 +124,7 @@ where
             let path = info.method().as_str();
             let callee = info.callee().service_name_ref();
             let (service, method) =
-                http_observe::grpc_service_method(path).unwrap_or((callee, path));
+                rpc_ext_core::grpc_service_method(path).unwrap_or((callee, path));
             let MetricsLayer { metrics, side } = &self.layer;
             match side {
                 Side::Server => {

@@ -48,7 +48,7 @@ pub enum Check {
 ///
 /// ```
 /// use std::time::Duration;
-/// use registry_ext::consul::{Check, ConsulRegistry};
+/// use rpc_ext_registry::consul::{Check, ConsulRegistry};
 ///
 /// let registry = ConsulRegistry::builder()
 ///     .address("http://127.0.0.1:8500")

@@ -17,7 +17,7 @@ pub const INDEX_HEADER: &str = "X-Consul-Index";
 /// Reads an `X-Consul-Index` value; `what` names the query in the error.
 ///
 /// ```
-/// use registry_ext::consul::decode_index;
+/// use rpc_ext_registry::consul::decode_index;
 ///
 /// assert_eq!(decode_index("health", Some(b" 42 ".as_slice())).unwrap(), 42);
 /// assert!(decode_index("health", Some(b"-1".as_slice())).is_err());
@@ -38,7 +38,7 @@ pub fn decode_index(what: &str, value: Option<&[u8]>) -> Result<u64> {
 /// port is skipped with a warning, the others are kept.
 ///
 /// ```
-/// use registry_ext::consul::decode_health;
+/// use rpc_ext_registry::consul::decode_health;
 ///
 /// let body = br#"[{"Node": {"Address": "10.0.0.1"},
 ///                  "Service": {"ID": "echo-1", "Service": "echo", "Address": "", "Port": 8080,

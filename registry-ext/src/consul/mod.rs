@@ -14,9 +14,9 @@
 //! TTL checks) or are unmaintained and panic on a malformed `X-Consul-Index`.
 //!
 //! ```no_run
-//! use registry_ext::{consul::{ConsulRegistry, ConsulResolver}, Instance, Registry, Resolver};
+//! use rpc_ext_registry::{consul::{ConsulRegistry, ConsulResolver}, Instance, Registry, Resolver};
 //!
-//! # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+//! # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 //! // Address and token default to CONSUL_HTTP_ADDR and CONSUL_HTTP_TOKEN.
 //! let registry = ConsulRegistry::builder().build()?;
 //! let registration = registry

@@ -23,9 +23,9 @@ use crate::{
 /// exponential backoff, for as long as the [`Registration`] lives.
 ///
 /// ```no_run
-/// use registry_ext::{consul::ConsulRegistry, Instance, Registry};
+/// use rpc_ext_registry::{consul::ConsulRegistry, Instance, Registry};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = ConsulRegistry::builder().address("http://127.0.0.1:8500").build()?;
 /// let registration = registry
 ///     .register(Instance::new("echo", "0.0.0.0:50051".parse().unwrap()))

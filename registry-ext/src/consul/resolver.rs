@@ -26,9 +26,9 @@ const MIN_UNCHANGED_INTERVAL: Duration = Duration::from_secs(1);
 /// [`ServiceSnapshot::last_error`].
 ///
 /// ```no_run
-/// use registry_ext::{consul::ConsulResolver, Resolver};
+/// use rpc_ext_registry::{consul::ConsulResolver, Resolver};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let resolver = ConsulResolver::builder().tags(["zone=a"]).build()?;
 /// let instances = resolver.resolve("echo").await?;
 /// # let _ = instances; Ok(()) }

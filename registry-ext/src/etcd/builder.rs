@@ -20,9 +20,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use registry_ext::etcd::EtcdRegistry;
+/// use rpc_ext_registry::etcd::EtcdRegistry;
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = EtcdRegistry::builder(["http://10.0.0.1:2379", "http://10.0.0.2:2379"])
 ///     .prefix("/services")
 ///     .ttl(Duration::from_secs(15))

@@ -27,7 +27,7 @@ fn default_weight() -> u32 {
 /// Encodes an instance as the value stored in etcd.
 ///
 /// ```
-/// use registry_ext::{etcd::{decode_instance, encode_instance}, Instance};
+/// use rpc_ext_registry::{etcd::{decode_instance, encode_instance}, Instance};
 ///
 /// let instance = Instance::new("echo", "10.0.0.7:8080".parse().unwrap());
 /// let value = encode_instance(&instance);

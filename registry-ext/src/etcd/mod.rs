@@ -15,9 +15,9 @@
 //! # Example
 //!
 //! ```no_run
-//! use registry_ext::{etcd::{EtcdRegistry, EtcdResolver}, Instance, Registry, Resolver};
+//! use rpc_ext_registry::{etcd::{EtcdRegistry, EtcdResolver}, Instance, Registry, Resolver};
 //!
-//! # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+//! # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 //! let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"]).build().await?;
 //! let registration = registry
 //!     .register(Instance::new("echo", "0.0.0.0:50051".parse().unwrap()))

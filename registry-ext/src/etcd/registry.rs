@@ -24,9 +24,9 @@ use crate::{
 /// exponential backoff for as long as the [`Registration`] lives.
 ///
 /// ```no_run
-/// use registry_ext::{etcd::EtcdRegistry, Instance, Registry};
+/// use rpc_ext_registry::{etcd::EtcdRegistry, Instance, Registry};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"]).build().await?;
 /// let registration = registry
 ///     .register(Instance::new("echo", "0.0.0.0:50051".parse().unwrap()).with_tag("zone", "a"))

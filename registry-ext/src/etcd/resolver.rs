@@ -23,9 +23,9 @@ use crate::{
 /// [`ServiceSnapshot::last_error`].
 ///
 /// ```no_run
-/// use registry_ext::{etcd::EtcdResolver, Resolver};
+/// use rpc_ext_registry::{etcd::EtcdResolver, Resolver};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"]).build().await?;
 /// let mut watch = resolver.subscribe("echo").await?;
 /// loop {

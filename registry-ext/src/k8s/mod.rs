@@ -24,9 +24,9 @@
 //! an explicit `kube::Client`.
 //!
 //! ```no_run
-//! use registry_ext::{k8s::K8sResolver, Resolver};
+//! use rpc_ext_registry::{k8s::K8sResolver, Resolver};
 //!
-//! # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+//! # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 //! let resolver = K8sResolver::try_default().await?;
 //! let instances = resolver.resolve("k8s://echo.default:grpc").await?;
 //! # let _ = instances; Ok(()) }

@@ -32,9 +32,9 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// endpoint's zone and node name.
 ///
 /// ```no_run
-/// use registry_ext::{k8s::K8sRegistry, Instance, Registry};
+/// use rpc_ext_registry::{k8s::K8sRegistry, Instance, Registry};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let registry = K8sRegistry::try_default().await?.namespace("prod").port_name("grpc");
 /// let registration = registry
 ///     .register(Instance::new("echo", "10.1.2.3:50051".parse().unwrap()))

@@ -21,9 +21,9 @@ use crate::{
 /// endpoints of the Service's EndpointSlices, pushing every change.
 ///
 /// ```no_run
-/// use registry_ext::{k8s::K8sResolver, volo::VoloDiscover};
+/// use rpc_ext_registry::{k8s::K8sResolver, volo::VoloDiscover};
 ///
-/// # #[tokio::main] async fn main() -> registry_ext::Result<()> {
+/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
 /// let resolver = K8sResolver::try_default().await?;
 /// // Volo: the client's service name is the target.
 /// let discover = VoloDiscover::new(resolver);

@@ -21,7 +21,7 @@ use crate::Instance;
 ///
 /// ```
 /// use k8s_openapi::api::discovery::v1::EndpointSlice;
-/// use registry_ext::k8s::{ready_instances, PortSpec};
+/// use rpc_ext_registry::k8s::{ready_instances, PortSpec};
 ///
 /// let slice: EndpointSlice = serde_json::from_str(r#"{
 ///     "metadata": {"name": "echo-abc"},

@@ -27,7 +27,7 @@ impl Target {
     /// Parses `k8s://echo.default:grpc`, `echo.default:50051` or `echo:grpc`.
     ///
     /// ```
-    /// use registry_ext::k8s::{PortSpec, Target};
+    /// use rpc_ext_registry::k8s::{PortSpec, Target};
     ///
     /// let target = Target::parse("k8s://echo.prod:grpc").unwrap();
     /// assert_eq!(target.service, "echo");

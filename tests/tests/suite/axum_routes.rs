@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{routing::get, Router};
 use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
-use metrics_ext::RpcMetrics;
+use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
 
 use crate::support::pipeline;
@@ -17,8 +17,8 @@ async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     // `Router::layer` wraps each route, after matching: `MatchedPath` is set.
     let app = Router::new()
         .route("/orders/{id}", get(|| async { "an order" }))
-        .layer(metrics_ext::tower::MetricsLayer::server(&metrics))
-        .layer(tracing_ext::tower::TracingLayer::server(&tracing));
+        .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
+        .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -39,7 +39,7 @@ async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
         404
     );
 
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
         text.contains(r#"rpc_server_requests_total{rpc_method="GET",rpc_service="/orders/{id}",rpc_system="http",status_code="200"} 3"#),
         "{text}"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use harness::consul::ConsulStandIn;
-use registry_ext::{
+use rpc_ext_registry::{
     consul::{Check, ConsulRegistry, ConsulResolver},
     Instance, Registry, Resolver,
 };
@@ -199,13 +199,13 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
     let service = unique("echo-tonic");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = listener.local_addr()?;
-    let tracing = tracing_ext::RpcTracing::builder().build();
+    let tracing = rpc_ext_tracing::RpcTracing::builder().build();
     let server =
         tokio::spawn(async move { serve_tonic(listener, &tracing, std::future::pending()).await });
     let _registration = registry
         .register(Instance::new(&service, server_addr))
         .await?;
-    let channel = registry_ext::tower::balanced_channel(&resolver, &service).await?;
+    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, &service).await?;
     let reply = harness::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
         let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
         async move {

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use echo::{servers, tonic_gen, volo_gen};
 use harness::{eventually, EtcdServer};
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
     Instance, Registry,
@@ -36,7 +36,7 @@ async fn start_servers(count: usize, volo: bool) -> anyhow::Result<Servers> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let tracing = tracing_ext::RpcTracing::builder().build();
+        let tracing = rpc_ext_tracing::RpcTracing::builder().build();
         if volo {
             tokio::spawn(async move { servers::serve_volo(listener, &tracing, shutdown).await });
         } else {
@@ -150,7 +150,7 @@ async fn tonic_balanced_channel_follows_etcd_registrations() -> anyhow::Result<(
     for addr in &servers.addrs[..2] {
         registrations.push(registry.register(Instance::new("echo", *addr)).await?);
     }
-    let channel = registry_ext::tower::balanced_channel(&resolver, "echo").await?;
+    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, "echo").await?;
     let client = tonic_gen::echo_client::EchoClient::new(channel);
     let served = |calls: usize| {
         let client = client.clone();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use harness::{EtcdCluster, EtcdServer};
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver,
 };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{CompactionOptions, GetOptions};
 use harness::{EtcdServer, FaultProxy};
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver,
 };

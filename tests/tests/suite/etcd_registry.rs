@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use etcd_client::PutOptions;
 use harness::{eventually, EtcdServer};
-use registry_ext::{
+use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Instance, Registry, Resolver,
 };
@@ -168,7 +168,7 @@ async fn unreachable_etcd_keeps_the_last_known_set_and_reports_it() -> anyhow::R
     // A first resolve of an unknown service fails with a typed error.
     let error = resolver.resolve("never-seen").await.unwrap_err();
     assert!(
-        matches!(error, registry_ext::Error::Resolve { .. }),
+        matches!(error, rpc_ext_registry::Error::Resolve { .. }),
         "{error}"
     );
     watch.changed().await.ok();
@@ -180,7 +180,7 @@ async fn watch_resumes_without_losing_updates_made_while_it_was_down() -> anyhow
     let mut etcd = EtcdServer::start().await?;
     let (_, resolver) = connect(&etcd).await?;
     let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    let value = |port: u16| registry_ext::etcd::encode_instance(&instance("echo", port));
+    let value = |port: u16| rpc_ext_registry::etcd::encode_instance(&instance("echo", port));
     raw.put("/registry-ext/echo/a", value(7601), None).await?;
     let mut watch = resolver.subscribe("echo").await?;
     wait_for_ports(&mut watch, &[7601], WATCH_DEADLINE).await?;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use echo::tonic_gen;
 use harness::otlp::{OtlpReceiver, Protocol, TraceFault};
-use tokio::{sync::watch, time::Instant};
-use tracing_ext::{
+use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard},
     prometheus::ExportStatsCollector,
     RpcTracing,
 };
+use tokio::{sync::watch, time::Instant};
 
 use crate::support::{traced_tonic_echo, transport, TonicEchoClient};
 
@@ -73,7 +73,7 @@ async fn compare_with_healthy(
     sick_endpoint: String,
     export_timeout: Duration,
     fault: Option<(&OtlpReceiver, TraceFault)>,
-) -> anyhow::Result<std::sync::Arc<tracing_ext::ExportStats>> {
+) -> anyhow::Result<std::sync::Arc<rpc_ext_tracing::ExportStats>> {
     harness::init_test_logging();
     let healthy_receiver = OtlpReceiver::start().await?;
     let (healthy_guard, healthy_tracing) = pipeline(

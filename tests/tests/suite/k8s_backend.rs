@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use harness::k8s::K8sStandIn;
-use registry_ext::{
+use rpc_ext_registry::{
     k8s::{K8sRegistry, K8sResolver},
     Instance, Registry, Resolver, ServiceSnapshot,
 };
@@ -36,7 +36,7 @@ fn ips(snapshot: &ServiceSnapshot) -> Vec<String> {
 }
 
 async fn wait_for_ips(
-    watch: &mut registry_ext::ServiceWatch,
+    watch: &mut rpc_ext_registry::ServiceWatch,
     want: &[&str],
     deadline: Duration,
 ) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use echo::{
     tonic_gen, volo_gen,
 };
 use harness::{eventually, PrometheusServer};
-use metrics_ext::{MetricsEndpoint, RpcMetrics};
+use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 use tokio::{net::TcpListener, sync::watch};
 use tower::{Service, ServiceBuilder};
 
@@ -43,7 +43,7 @@ async fn tonic_server(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
-        .layer(metrics_ext::tower::MetricsLayer::server(metrics))
+        .layer(rpc_ext_metrics::tower::MetricsLayer::server(metrics))
         .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
             served_by: addr,
         }))
@@ -62,7 +62,7 @@ async fn volo_server(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = volo_grpc::server::Server::new()
-        .layer_front(metrics_ext::volo::MetricsLayer::server(metrics))
+        .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(metrics))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by: addr,
@@ -116,14 +116,14 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         .await?;
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
-            .layer(metrics_ext::tower::MetricsLayer::client(
+            .layer(rpc_ext_metrics::tower::MetricsLayer::client(
                 &tonic_metrics,
                 "echo-tonic",
             ))
             .service(channel),
     );
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
-        .layer_outer(metrics_ext::volo::MetricsLayer::client(&volo_metrics))
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&volo_metrics))
         .address(volo_addr)
         .build();
 
@@ -316,7 +316,7 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
             .await;
     }
 
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("rpc_server_requests_total"))
@@ -330,7 +330,7 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
 /// The same instruments, mirrored into OpenTelemetry and exported over
 /// OTLP/HTTP and OTLP/gRPC to a real receiver, with the exporters as
 /// opentelemetry-otlp builds them by default (an application with
-/// tracing-ext in it, whose own HTTP client must not change that default).
+/// rpc-ext-tracing in it, whose own HTTP client must not change that default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Result<()> {
     for protocol in harness::otlp::Protocol::ALL {
@@ -362,7 +362,7 @@ async fn exported_as_opentelemetry_metrics_over(
         .with_periodic_exporter(exporter)
         .build();
     let metrics = RpcMetrics::builder()
-        .otel_meter(provider.meter("metrics-ext"))
+        .otel_meter(provider.meter("rpc-ext-metrics"))
         .build()?;
     let (_stop, shutdown) = stop_pair();
     let addr = tonic_server(&metrics, shutdown()).await?;
@@ -482,7 +482,7 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
     for task in callers.into_iter().chain(scrapers) {
         task.await??;
     }
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
         text.contains(&format!(
             r#"rpc_server_requests_total{{rpc_method="Say",rpc_service="echo.Echo",rpc_system="grpc",status_code="0"}} {}"#,

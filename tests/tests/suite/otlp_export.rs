@@ -8,8 +8,8 @@ use std::{process::Output, time::Duration};
 
 use harness::otlp::{OtlpReceiver, Protocol, TraceFault};
 use opentelemetry::trace::{Tracer, TracerProvider};
+use rpc_ext_tracing::otlp::{Error, OtlpTracing, Transport};
 use tokio::{net::TcpListener, time::Instant};
-use tracing_ext::otlp::{Error, OtlpTracing, Transport};
 
 use crate::support::example_binary;
 
@@ -247,7 +247,7 @@ fn pipeline_with_queued_spans(
     transport: Transport,
     endpoint: String,
     deadline: Duration,
-) -> anyhow::Result<tracing_ext::otlp::TracingGuard> {
+) -> anyhow::Result<rpc_ext_tracing::otlp::TracingGuard> {
     let guard = OtlpTracing::new()
         .service_name("hung")
         .transport(transport)

@@ -3,8 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use harness::otlp::{OtlpReceiver, Protocol};
-use registry_ext::{Instance, ServiceWatch};
-use tracing_ext::{
+use rpc_ext_registry::{Instance, ServiceWatch};
+use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard, Transport},
     RpcTracing,
 };
@@ -110,7 +110,7 @@ pub fn transport(protocol: Protocol) -> Transport {
 }
 
 pub type TracedTonicClient = tonic_gen::echo_client::EchoClient<
-    tracing_ext::tower::TracingService<tonic::transport::Channel>,
+    rpc_ext_tracing::tower::TracingService<tonic::transport::Channel>,
 >;
 
 pub type TonicEchoClient = tonic_gen::echo_client::EchoClient<tonic::transport::Channel>;
@@ -125,7 +125,7 @@ pub async fn traced_tonic_echo(
     let mut stopped = stop;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tracing_ext::tower::TracingLayer::server(tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
             .add_service(tonic_gen::echo_server::EchoServer::new(
                 echo::servers::TonicEcho { served_by: addr },
             ))

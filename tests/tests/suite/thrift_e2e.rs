@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use echo::{servers::TonicEcho, thrift::volo_thrift_gen::echo as thrift, tonic_gen};
 use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
-use metrics_ext::RpcMetrics;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -63,7 +63,9 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
     let backend_addr = backend_listener.local_addr()?;
     let backend_server = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tracing_ext::tower::TracingLayer::server(&backend_tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(
+                &backend_tracing,
+            ))
             .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
                 served_by: backend_addr,
             }))
@@ -74,7 +76,9 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
     );
     let backend = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::client(&frontend_tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::client(
+                &frontend_tracing,
+            ))
             .service(
                 tonic::transport::Endpoint::from_shared(format!("http://{backend_addr}"))?
                     .connect_lazy(),
@@ -85,8 +89,8 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
     let frontend_addr = frontend_listener.local_addr()?;
     let frontend_server = tokio::spawn(
         thrift::ThriftEchoServer::new(ThriftRelay { backend })
-            .layer_front(metrics_ext::volo::MetricsLayer::server(&metrics))
-            .layer_front(tracing_ext::volo::ThriftTracingLayer::server(
+            .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics))
+            .layer_front(rpc_ext_tracing::volo::ThriftTracingLayer::server(
                 &frontend_tracing,
             ))
             .run(volo::net::incoming::DefaultIncoming::from(
@@ -95,10 +99,10 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
     );
 
     let client = thrift::ThriftEchoClientBuilder::new("frontend")
-        .layer_outer(tracing_ext::volo::ThriftTracingLayer::client(
+        .layer_outer(rpc_ext_tracing::volo::ThriftTracingLayer::client(
             &caller_tracing,
         ))
-        .layer_outer(metrics_ext::volo::MetricsLayer::client(&metrics))
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics))
         .address(frontend_addr)
         .build();
 
@@ -159,7 +163,7 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
         assert_ne!(span.status_code, STATUS_ERROR);
     }
 
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let server_ok = text
         .lines()
         .find(|l| {

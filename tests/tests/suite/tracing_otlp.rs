@@ -8,9 +8,9 @@ use harness::otlp::{
     OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
 };
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+use rpc_ext_tracing::{otlp::OtlpTracing, RpcTracing};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
-use tracing_ext::{otlp::OtlpTracing, RpcTracing};
 
 use crate::support::{pipeline, TracedTonicClient};
 
@@ -64,7 +64,9 @@ async fn start_topology(
     let backend = backend_listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tracing_ext::tower::TracingLayer::server(backend_tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(
+                backend_tracing,
+            ))
             .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
                 served_by: backend,
             }))
@@ -79,7 +81,9 @@ async fn start_topology(
         tonic::transport::Endpoint::from_shared(format!("http://{backend}"))?.connect_lazy();
     let backend_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::client(frontend_tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::client(
+                frontend_tracing,
+            ))
             .service(channel),
     );
     let frontend_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -87,7 +91,9 @@ async fn start_topology(
     let stop_frontend = wait(stopped.clone());
     tokio::spawn(
         volo_grpc::server::Server::new()
-            .layer_front(tracing_ext::volo::TracingLayer::server(frontend_tracing))
+            .layer_front(rpc_ext_tracing::volo::TracingLayer::server(
+                frontend_tracing,
+            ))
             .add_service(
                 volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(
                     VoloRelay {
@@ -135,7 +141,7 @@ async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> a
 
     // The caller: a Volo client with the client layer, inside a root span.
     let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
-        .layer_outer(tracing_ext::volo::TracingLayer::client(&client_tracing))
+        .layer_outer(rpc_ext_tracing::volo::TracingLayer::client(&client_tracing))
         .address(topology.frontend)
         .build();
     let tracer = client_guard.provider().tracer("test");
@@ -229,7 +235,9 @@ async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
         .await?;
     let mut grpc = tonic::client::Grpc::new(
         ServiceBuilder::new()
-            .layer(tracing_ext::tower::TracingLayer::client(&frontend_tracing))
+            .layer(rpc_ext_tracing::tower::TracingLayer::client(
+                &frontend_tracing,
+            ))
             .service(channel),
     );
     grpc.ready().await?;
@@ -393,7 +401,7 @@ async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
 
 /// A collector that accepts connections and never answers: calls go on,
 /// and the spans the processor holds stay within its bounds (exact drop
-/// counting is tested with a gated exporter in tracing-ext's unit tests).
+/// counting is tested with a gated exporter in rpc-ext-tracing's unit tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Result<()> {
     for protocol in Protocol::ALL {

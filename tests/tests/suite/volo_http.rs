@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
-use metrics_ext::RpcMetrics;
+use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
 use volo_http::server::{
     route::{get, Router},
@@ -33,8 +33,8 @@ async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let server = tokio::spawn(
         Server::new(router)
-            .layer(tracing_ext::volo::HttpTracingLayer::new(&tracing))
-            .layer(metrics_ext::volo::HttpMetricsLayer::new(&metrics))
+            .layer(rpc_ext_tracing::volo::HttpTracingLayer::new(&tracing))
+            .layer(rpc_ext_metrics::volo::HttpMetricsLayer::new(&metrics))
             .run(volo::net::incoming::DefaultIncoming::from(listener)),
     );
 
@@ -54,7 +54,7 @@ async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
         assert_eq!(response.status().as_u16(), want, "{path}");
     }
 
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     for (route, status, count) in [
         ("/users/{id}", "200", 2),
         ("/boom", "500", 1),
@@ -116,12 +116,16 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
     let addr = listener.local_addr()?;
     let server = tokio::spawn(
         Server::new(router)
-            .layer(tracing_ext::volo::HttpTracingLayer::new(&server_tracing))
+            .layer(rpc_ext_tracing::volo::HttpTracingLayer::new(
+                &server_tracing,
+            ))
             .run(volo::net::incoming::DefaultIncoming::from(listener)),
     );
     let client = volo_http::client::Client::builder()
-        .layer_outer(tracing_ext::volo::HttpTracingLayer::new(&client_tracing))
-        .layer_outer(metrics_ext::volo::HttpMetricsLayer::new(&metrics))
+        .layer_outer(rpc_ext_tracing::volo::HttpTracingLayer::new(
+            &client_tracing,
+        ))
+        .layer_outer(rpc_ext_metrics::volo::HttpMetricsLayer::new(&metrics))
         .build()?;
 
     let root = opentelemetry::Context::current_with_span(
@@ -159,7 +163,7 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
     assert_eq!(server_span.trace_id, trace_id);
     assert_eq!(server_span.parent_span_id, client_span.span_id);
 
-    let text = metrics_ext::encode_text(metrics.registry())?;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
         text.contains(r#"rpc_client_requests_total{peer_service="127.0.0.1",rpc_method="GET",rpc_service="_other",rpc_system="http",status_code="200"} 1"#),
         "{text}"

@@ -87,9 +87,9 @@ pub enum Transport {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tracing_ext::otlp::{OtlpTracing, Transport};
+/// use rpc_ext_tracing::otlp::{OtlpTracing, Transport};
 ///
-/// # #[tokio::main] async fn main() -> Result<(), tracing_ext::otlp::Error> {
+/// # #[tokio::main] async fn main() -> Result<(), rpc_ext_tracing::otlp::Error> {
 /// let guard = OtlpTracing::new()
 ///     .service_name("echo-server")
 ///     .transport(Transport::Grpc)
@@ -276,7 +276,7 @@ impl OtlpTracing {
             let endpoint = self.endpoint.clone().or_else(env::endpoint);
             if !tls.is_empty() || endpoint.is_some_and(|e| e.starts_with("https:")) {
                 return Err(Error::Tls(
-                    "an https endpoint or OTEL_EXPORTER_OTLP_CERTIFICATE needs tracing-ext's \
+                    "an https endpoint or OTEL_EXPORTER_OTLP_CERTIFICATE needs rpc-ext-tracing's \
                      `tls` feature"
                         .into(),
                 ));

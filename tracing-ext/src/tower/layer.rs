@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use http_observe::{
+use rpc_ext_core::{
     grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
 };
 
@@ -19,7 +19,7 @@ const UNKNOWN: &str = "_other";
 /// Traces every call through the wrapped service.
 ///
 /// ```
-/// use tracing_ext::{tower::TracingLayer, RpcTracing};
+/// use rpc_ext_tracing::{tower::TracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
 /// // server: tonic::transport::Server::builder().layer(TracingLayer::server(&tracing))
@@ -71,7 +71,7 @@ pub struct TracingService<S> {
     layer: TracingLayer,
 }
 
-/// Ends the span when [`http_observe`] reports the call's end, and keeps
+/// Ends the span when [`rpc_ext_core`] reports the call's end, and keeps
 /// the span's context current while the call's future is polled, and on
 /// the server side while the response body is (a streaming handler's code
 /// runs there). A client's response body is read in the caller's context:
@@ -189,7 +189,7 @@ fn call_info<'a, B: http_body::Body>(
         let route = route.unwrap_or(UNKNOWN);
         (RpcSystem::Http, route, request.method().as_str())
     };
-    let server_addr = http_observe::server_addr(request.uri(), headers);
+    let server_addr = rpc_ext_core::server_addr(request.uri(), headers);
     CallInfo {
         system,
         service,

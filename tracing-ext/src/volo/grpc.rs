@@ -14,7 +14,7 @@ use crate::{
 /// Traces every call through a Volo gRPC service.
 ///
 /// ```
-/// use tracing_ext::{volo::TracingLayer, RpcTracing};
+/// use rpc_ext_tracing::{volo::TracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
 /// // server: volo_grpc::server::Server::new().layer_front(TracingLayer::server(&tracing))
@@ -81,7 +81,7 @@ where
         let call = {
             let rpc = cx.rpc_info();
             let path = rpc.method().as_str();
-            let (service, method) = http_observe::grpc_service_method(path)
+            let (service, method) = rpc_ext_core::grpc_service_method(path)
                 .unwrap_or((rpc.callee().service_name_ref(), path));
             let info = CallInfo {
                 system: RpcSystem::Grpc,

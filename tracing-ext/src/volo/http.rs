@@ -26,7 +26,7 @@ const UNMATCHED: &str = "_other";
 /// follows from the context type).
 ///
 /// ```
-/// use tracing_ext::{volo::HttpTracingLayer, RpcTracing};
+/// use rpc_ext_tracing::{volo::HttpTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
 /// // server: volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing))
@@ -85,7 +85,7 @@ where
                 system: RpcSystem::Http,
                 service: UNMATCHED,
                 method: method.as_str(),
-                server_addr: http_observe::server_addr(request.uri(), request.headers()),
+                server_addr: rpc_ext_core::server_addr(request.uri(), request.headers()),
                 peer_addr: ip(cx.rpc_info().caller().address()),
                 request_size: None,
             };

@@ -49,7 +49,7 @@ impl Injector for MetaInfoInjector<'_> {
 /// the span as an error.
 ///
 /// ```
-/// use tracing_ext::{volo::ThriftTracingLayer, RpcTracing};
+/// use rpc_ext_tracing::{volo::ThriftTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
 /// // server: ThriftEchoServer::new(handler).layer_front(ThriftTracingLayer::server(&tracing))
