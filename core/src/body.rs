@@ -8,7 +8,7 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::{classify::grpc_status_from_trailers, CallEnd, CallObserver};
+use crate::{classify::grpc_status_from_trailers, CallEnd, CallObserver, GrpcCode};
 
 pin_project! {
     /// A response body that counts its bytes and calls its observer once:
@@ -63,7 +63,7 @@ impl<B, O> ObservedBody<B, O> {
 /// A gRPC response that ended without any `grpc-status` ended abnormally.
 fn end_of_stream(grpc: bool, known: Option<CallEnd>) -> CallEnd {
     known.unwrap_or(if grpc {
-        CallEnd::Grpc(2)
+        CallEnd::Grpc(GrpcCode::UNKNOWN)
     } else {
         CallEnd::Failed
     })
@@ -101,7 +101,7 @@ impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
                 }
             }
             Some(Err(_)) => Some(if *this.grpc {
-                CallEnd::Grpc(14)
+                CallEnd::Grpc(GrpcCode::UNAVAILABLE)
             } else {
                 CallEnd::Failed
             }),
@@ -188,14 +188,20 @@ mod tests {
             None,
         );
         body.collect().await.unwrap();
-        assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Grpc(5), 5)]);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec![(CallEnd::Grpc(GrpcCode::NOT_FOUND), 5)]
+        );
     }
 
     #[tokio::test]
     async fn grpc_without_status_is_unknown_and_http_keeps_its_status() {
         let (body, seen) = observe(vec![Frame::data(Bytes::from_static(b"x"))], true, None);
         body.collect().await.unwrap();
-        assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Grpc(2), 1)]);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec![(CallEnd::Grpc(GrpcCode::UNKNOWN), 1)]
+        );
 
         let (body, seen) = observe(
             vec![Frame::data(Bytes::from_static(b"abc"))],

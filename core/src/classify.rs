@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 
+use crate::GrpcCode;
+
 /// True for gRPC requests (`content-type: application/grpc...`).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
     // Bytes, not `to_str`: validating the whole value first is wasted work.
@@ -33,7 +35,8 @@ pub fn first_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Optio
 }
 
 /// Up to this many entries, [`first_value`] compares names instead of
-/// looking the name up.
+/// looking the name up (a tuning constant, not API).
+#[doc(hidden)]
 pub const SCANNED_HEADERS: usize = 12;
 
 /// `/package.Service/Method` → (`package.Service`, `Method`); `None` for
@@ -95,42 +98,41 @@ pub fn server_addr(uri: &Uri, headers: &HeaderMap) -> Option<SocketAddr> {
 /// Pre-parsed: looking a header up by `&str` parses the name on every call.
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
-/// A `grpc-status` value as a code; junk reads as UNKNOWN (2).
+/// A `grpc-status` value as a code; junk reads as UNKNOWN.
 #[must_use]
-pub fn parse_grpc_status(value: &HeaderValue) -> i32 {
+pub fn parse_grpc_status(value: &HeaderValue) -> GrpcCode {
     // What servers send: one or two digits, read without the string checks.
     match *value.as_bytes() {
-        [digit @ b'0'..=b'9'] => return i32::from(digit - b'0'),
-        [b'1', digit @ b'0'..=b'6'] => return 10 + i32::from(digit - b'0'),
+        [digit @ b'0'..=b'9'] => return GrpcCode::new(i32::from(digit - b'0')),
+        [b'1', digit @ b'0'..=b'6'] => return GrpcCode::new(10 + i32::from(digit - b'0')),
         _ => {}
     }
     value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<i32>().ok())
-        .filter(|code| (0..=16).contains(code))
-        .unwrap_or(2)
+        .map_or(GrpcCode::UNKNOWN, GrpcCode::new)
 }
 
 /// The gRPC status a response already carries: `grpc-status` in the headers
 /// (trailers-only responses), or the code the gRPC HTTP mapping gives a
 /// non-200 status. `None` when the status will come in the trailers.
-pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<i32> {
+pub fn grpc_status_from_headers<B>(response: &Response<B>) -> Option<GrpcCode> {
     if let Some(code) = grpc_status(response.headers()) {
         return Some(parse_grpc_status(code));
     }
     Some(match response.status().as_u16() {
         200 => return None,
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
+        400 => GrpcCode::INTERNAL,
+        401 => GrpcCode::UNAUTHENTICATED,
+        403 => GrpcCode::PERMISSION_DENIED,
+        404 => GrpcCode::UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => GrpcCode::UNAVAILABLE,
+        _ => GrpcCode::UNKNOWN,
     })
 }
 
-pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<i32> {
+pub(crate) fn grpc_status_from_trailers(trailers: &HeaderMap) -> Option<GrpcCode> {
     grpc_status(trailers).map(parse_grpc_status)
 }
 
@@ -166,25 +168,32 @@ mod tests {
             }
             assert_eq!(grpc_status_from_trailers(&headers), None);
             headers.insert("grpc-status", HeaderValue::from_static("7"));
-            assert_eq!(grpc_status_from_trailers(&headers), Some(7), "{extra}");
+            assert_eq!(
+                grpc_status_from_trailers(&headers),
+                Some(GrpcCode::PERMISSION_DENIED),
+                "{extra}"
+            );
         }
     }
 
     #[test]
     fn junk_statuses_read_as_unknown() {
         for junk in ["", "abc", "-1", "17", "99999999999"] {
-            assert_eq!(parse_grpc_status(&HeaderValue::from_str(junk).unwrap()), 2);
+            assert_eq!(
+                parse_grpc_status(&HeaderValue::from_str(junk).unwrap()),
+                GrpcCode::UNKNOWN
+            );
         }
         for code in 0..=16 {
             let text = code.to_string();
             assert_eq!(
                 parse_grpc_status(&HeaderValue::from_str(&text).unwrap()),
-                code
+                GrpcCode::new(code)
             );
             let padded = format!(" 0{text} ");
             assert_eq!(
                 parse_grpc_status(&HeaderValue::from_str(&padded).unwrap()),
-                code
+                GrpcCode::new(code)
             );
         }
     }

@@ -1,5 +1,9 @@
-//! Shared plumbing of the layers of `rpc-ext-metrics` and `rpc-ext-tracing`: what
-//! kind of call a request is ([`RpcSystem`]), and how it ended.
+//! The vocabulary and plumbing shared by `rpc-ext-metrics` and
+//! `rpc-ext-tracing`, so that both speak of a call the same way: its
+//! [`RpcSystem`], the [`Side`] observing it, its [`GrpcCode`], its
+//! [`RouteTemplate`], the [`OTHER`] value for anything not known, the
+//! Thrift error kinds ([`thrift`]), and how it ended
+//! ([`CallEnd`]).
 //!
 //! A gRPC call's status arrives in the response headers (trailers-only
 //! responses) or in the trailers after the last message, so the outcome is
@@ -11,6 +15,10 @@
 mod body;
 mod classify;
 mod future;
+mod grpc_code;
+mod route;
+mod side;
+pub mod thrift;
 
 pub use body::ObservedBody;
 pub use classify::{
@@ -18,6 +26,15 @@ pub use classify::{
     parse_grpc_status, server_addr, SCANNED_HEADERS,
 };
 pub use future::ObservedFuture;
+pub use grpc_code::GrpcCode;
+pub use route::RouteTemplate;
+pub use side::Side;
+
+/// The label value and attribute value that stand for anything a layer does
+/// not know or will not name: a method the server does not serve, methods
+/// beyond the cardinality cap, an HTTP request without a route template.
+/// Never a raw path or a name read from the wire.
+pub const OTHER: &str = "_other";
 
 /// The RPC system of a call: the `rpc_system` metric label and the
 /// `rpc.system` span attribute, shared by `rpc-ext-metrics` and `rpc-ext-tracing`.
@@ -47,7 +64,7 @@ impl RpcSystem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallEnd {
     /// A gRPC call with this status code.
-    Grpc(i32),
+    Grpc(GrpcCode),
     /// An HTTP call with this response status.
     Http(u16),
     /// No response (transport failure, service error) or a broken body.

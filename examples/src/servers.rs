@@ -65,7 +65,7 @@ pub async fn serve_volo(
 ) -> anyhow::Result<()> {
     let served_by = listener.local_addr()?;
     volo_grpc::server::Server::new()
-        .layer_front(rpc_ext_tracing::volo::TracingLayer::server(tracing))
+        .layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by,

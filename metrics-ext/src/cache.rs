@@ -17,8 +17,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::{
-    metrics::{Families, Inner, OVERFLOW_LABEL},
-    RpcSystem, Side,
+    metrics::{Families, Inner},
+    RpcSystem, Side, OTHER,
 };
 
 /// The handles of one (side, system, service, method, peer).
@@ -291,16 +291,9 @@ impl MethodCache {
             return found;
         }
         let hash = self.hash(side, system, service, method, peer);
-        let overflow = service == OVERFLOW_LABEL && method == OVERFLOW_LABEL;
+        let overflow = service == OTHER && method == OTHER;
         if !overflow && self.len() >= self.max {
-            return self.get(
-                inner,
-                side,
-                system,
-                OVERFLOW_LABEL,
-                OVERFLOW_LABEL,
-                OVERFLOW_LABEL,
-            );
+            return self.get(inner, side, system, OTHER, OTHER, OTHER);
         }
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(found) = self.find(side, system, service, method, peer) {

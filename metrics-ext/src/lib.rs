@@ -14,7 +14,7 @@
 //! `status_code` is the real code: the gRPC code (`"0"`..`"16"`), the HTTP
 //! status, or the Thrift outcome ([`status::thrift`]). Calls to methods the
 //! server does not know, and methods beyond the builder's cap, are recorded
-//! under [`OVERFLOW_LABEL`], so clients cannot grow the series count.
+//! under [`OTHER`], so clients cannot grow the series count.
 //!
 //! ```
 //! use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
@@ -45,9 +45,7 @@ pub mod volo;
 
 pub use endpoint::{encode_openmetrics, encode_text, MetricsEndpoint};
 pub use error::Error;
-pub use metrics::{
-    RpcMetrics, RpcMetricsBuilder, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS,
-    OVERFLOW_LABEL,
-};
+pub use metrics::{RpcMetrics, RpcMetricsBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS};
 pub use prometheus;
 pub use recorder::CallRecorder;
+pub use rpc_ext_core::{thrift, GrpcCode, RpcSystem, Side, OTHER};

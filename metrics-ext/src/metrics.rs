@@ -27,19 +27,7 @@ pub const DEFAULT_SIZE_BUCKETS: &[f64] = &[
     16_777_216.0,
 ];
 
-/// Label value used for methods beyond the cap, or unknown to the server.
-pub const OVERFLOW_LABEL: &str = "_other";
-
-/// Which end of the call is recording.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The process serving the call (`rpc_server_*`).
-    Server,
-    /// The process making the call (`rpc_client_*`).
-    Client,
-}
-
-pub use rpc_ext_core::RpcSystem;
+pub use rpc_ext_core::{RpcSystem, Side, OTHER};
 
 /// The metric families of one side.
 #[derive(Clone)]
@@ -201,7 +189,7 @@ impl RpcMetrics {
     /// (a gRPC request path): a method seen for the first time becomes a
     /// series only when the call did not end in UNIMPLEMENTED, so junk paths
     /// never create series. Until then the call is in flight under
-    /// [`OVERFLOW_LABEL`].
+    /// [`OTHER`].
     pub fn start_untrusted_call(
         &self,
         side: Side,
@@ -214,14 +202,7 @@ impl RpcMetrics {
         if let Some(handles) = cache.find(side, system, service, method, peer_service) {
             return CallRecorder::start(handles, cancelled_status(system));
         }
-        let overflow = cache.get(
-            &self.inner,
-            side,
-            system,
-            OVERFLOW_LABEL,
-            OVERFLOW_LABEL,
-            OVERFLOW_LABEL,
-        );
+        let overflow = cache.get(&self.inner, side, system, OTHER, OTHER, OTHER);
         CallRecorder::start_pending(
             overflow,
             cancelled_status(system),
@@ -239,9 +220,9 @@ impl RpcMetrics {
 
 fn cancelled_status(system: RpcSystem) -> &'static str {
     match system {
-        RpcSystem::Grpc => crate::status::GRPC_CANCELLED,
+        RpcSystem::Grpc => rpc_ext_core::GrpcCode::CANCELLED.as_label(),
         RpcSystem::Http => crate::status::HTTP_CANCELLED,
-        RpcSystem::Thrift => crate::status::thrift::CANCELLED,
+        RpcSystem::Thrift => rpc_ext_core::thrift::CANCELLED,
     }
 }
 
@@ -300,7 +281,7 @@ impl RpcMetricsBuilder {
     }
 
     /// Most distinct (service, method, peer) label sets per side; calls to
-    /// further methods are recorded under [`OVERFLOW_LABEL`]. Bounds the
+    /// further methods are recorded under [`OTHER`]. Bounds the
     /// series count whatever clients send.
     pub fn max_methods(mut self, max: usize) -> Self {
         self.max_methods = max.max(1);
@@ -357,7 +338,7 @@ mod tests {
             let method = format!("Junk{i}");
             metrics
                 .start_untrusted_call(Side::Server, RpcSystem::Grpc, "junk.Svc", &method, "")
-                .finish(crate::status::GRPC_UNIMPLEMENTED, None);
+                .finish(rpc_ext_core::GrpcCode::UNIMPLEMENTED.as_label(), None);
         }
         metrics
             .start_untrusted_call(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say", "")

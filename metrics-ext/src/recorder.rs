@@ -122,8 +122,8 @@ impl Drop for CallRecorder {
 /// Whether `status` is how `system` answers a method it does not have.
 fn names_unknown_method(system: RpcSystem, status: &str) -> bool {
     match system {
-        RpcSystem::Grpc => status == crate::status::GRPC_UNIMPLEMENTED,
-        RpcSystem::Thrift => status == crate::status::thrift::APPLICATION_EXCEPTION,
+        RpcSystem::Grpc => status == rpc_ext_core::GrpcCode::UNIMPLEMENTED.as_label(),
+        RpcSystem::Thrift => status == rpc_ext_core::thrift::APPLICATION_EXCEPTION,
         RpcSystem::Http => false,
     }
 }

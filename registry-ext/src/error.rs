@@ -52,14 +52,5 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub(crate) fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Backend {
-            backend,
-            source: source.into(),
-        }
-    }
-}
-
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,7 +2,7 @@
 //! resolver's watch (and Volo's `Discover::watch`) shows the instance.
 //!
 //! ```text
-//! cargo bench -p suite-tests --bench discovery
+//! cargo bench -p harness --bench discovery
 //! ```
 //! Prints p50/p90/p99/max over 1,000 registrations. Needs `etcd` on PATH.
 

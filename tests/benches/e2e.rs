@@ -5,7 +5,7 @@
 //! the same stack.
 //!
 //! ```text
-//! cargo bench -p suite-tests --bench e2e
+//! cargo bench -p harness --bench e2e
 //! ```
 //!
 //! Per stack (Volo gRPC server + Volo client; tonic server + tonic client),
@@ -427,28 +427,26 @@ async fn build_cases(
                 ),
                 ("volo", Layers::Tracing | Layers::TracingDiscard) => volo_case!(
                     stopped(),
-                    [rpc_ext_tracing::volo::TracingLayer::server(&tracing)],
-                    [rpc_ext_tracing::volo::TracingLayer::client(&tracing)]
+                    [rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)],
+                    [rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)]
                 ),
                 ("volo", Layers::Both) => volo_case!(
                     stopped(),
                     [
                         rpc_ext_metrics::volo::MetricsLayer::server(&metrics),
-                        rpc_ext_tracing::volo::TracingLayer::server(&tracing)
+                        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)
                     ],
                     [
                         rpc_ext_metrics::volo::MetricsLayer::client(&metrics),
-                        rpc_ext_tracing::volo::TracingLayer::client(&tracing)
+                        rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)
                     ]
                 ),
                 ("tonic", Layers::Bare) => tonic_case!(stopped(), [], []),
                 ("tonic", Layers::Metrics) => tonic_case!(
                     stopped(),
                     [rpc_ext_metrics::tower::MetricsLayer::server(&metrics)],
-                    [rpc_ext_metrics::tower::MetricsLayer::client(
-                        &metrics,
-                        "echo-tonic"
-                    )]
+                    [rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
+                        .peer_service("echo-tonic")]
                 ),
                 ("tonic", Layers::Tracing | Layers::TracingDiscard) => tonic_case!(
                     stopped(),
@@ -463,7 +461,8 @@ async fn build_cases(
                     ],
                     [
                         rpc_ext_tracing::tower::TracingLayer::client(&tracing),
-                        rpc_ext_metrics::tower::MetricsLayer::client(&metrics, "echo-tonic")
+                        rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
+                            .peer_service("echo-tonic")
                     ]
                 ),
                 (other, _) => anyhow::bail!("unknown stack {other:?} (volo or tonic)"),

@@ -2,7 +2,7 @@
 //! allocations counted.
 //!
 //! ```text
-//! cargo bench -p suite-tests --bench overhead
+//! cargo bench -p harness --bench overhead
 //! ```
 //!
 //! tower (http::Request -> http::Response, body drained like a server
@@ -323,7 +323,7 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
     );
     case!(
         "rpc-ext-tracing (100% sampled, batch export)",
-        rpc_ext_tracing::volo::TracingLayer::server(&tracing_on).layer(Noop)
+        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on).layer(Noop)
     );
     group.finish();
 }

@@ -2,9 +2,9 @@
 //! 100,000 instances across 1,000 services.
 //!
 //! ```text
-//! cargo bench -p suite-tests --bench scale                      # both parts
-//! SCALE_PART=scrape cargo bench -p suite-tests --bench scale    # part 1 only
-//! SCALE_PART=resolver cargo bench -p suite-tests --bench scale  # part 2 only
+//! cargo bench -p harness --bench scale                      # both parts
+//! SCALE_PART=scrape cargo bench -p harness --bench scale    # part 1 only
+//! SCALE_PART=resolver cargo bench -p harness --bench scale  # part 2 only
 //! ```
 //!
 //! **scrape**: records calls into one [`rpc_ext_metrics::RpcMetrics`] over

@@ -11,7 +11,7 @@ use opentelemetry::{
 
 use crate::{
     recent::{self, CallNames},
-    semconv::{self, Outcome, RpcSystem},
+    semconv::{self, Outcome, RpcSystem, Side},
 };
 
 /// What a layer knows about a call when it starts.
@@ -202,7 +202,7 @@ impl RpcTracingBuilder {
 #[must_use = "a span ends when the call is finished or dropped"]
 pub struct ActiveCall {
     cx: Context,
-    server: bool,
+    side: Side,
     traced: bool,
     record_sizes: bool,
     tracing_span: tracing::Span,
@@ -237,12 +237,16 @@ impl RpcTracing {
     }
 
     fn start(&self, info: &CallInfo<'_>, parent: Context, kind: SpanKind) -> ActiveCall {
-        let server = kind == SpanKind::Server;
+        let side = if kind == SpanKind::Server {
+            Side::Server
+        } else {
+            Side::Client
+        };
         let inner = &self.inner;
         if inner.filter.as_ref().is_some_and(|filter| !filter(info)) {
             return ActiveCall {
                 cx: parent,
-                server,
+                side,
                 traced: false,
                 record_sizes: false,
                 tracing_span: tracing::Span::none(),
@@ -280,7 +284,7 @@ impl RpcTracing {
         };
         ActiveCall {
             cx,
-            server,
+            side,
             traced: true,
             record_sizes: inner.record_sizes,
             tracing_span,
@@ -476,10 +480,10 @@ impl ActiveCall {
         if let Some(code) = outcome.grpc_code {
             span.set_attribute(KeyValue::new(
                 semconv::RPC_GRPC_STATUS_CODE,
-                i64::from(code),
+                i64::from(code.as_i32()),
             ));
-            if semconv::grpc_code_is_error(code, self.server) {
-                error = Some(Cow::Owned(code.to_string()));
+            if semconv::grpc_code_is_error(code, self.side) {
+                error = Some(Cow::Borrowed(code.as_label()));
             }
         }
         if let Some(status) = outcome.http_status {
@@ -487,7 +491,7 @@ impl ActiveCall {
                 semconv::HTTP_RESPONSE_STATUS_CODE,
                 i64::from(status),
             ));
-            if semconv::http_status_is_error(status, self.server) {
+            if semconv::http_status_is_error(status, self.side) {
                 error = Some(Cow::Owned(status.to_string()));
             }
         }

@@ -16,7 +16,7 @@
 //!
 //! let tracing = RpcTracing::builder().build();
 //! // tower: tonic::transport::Server::builder().layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing))
-//! // Volo:  volo_grpc::server::Server::new().layer_front(rpc_ext_tracing::volo::TracingLayer::server(&tracing))
+//! // Volo:  volo_grpc::server::Server::new().layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing))
 //! # let _ = tracing;
 //! ```
 

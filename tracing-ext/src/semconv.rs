@@ -30,13 +30,13 @@ pub const RPC_REQUEST_SIZE: &str = "rpc.request.size";
 /// Response size (this crate's `record_sizes` option)
 pub const RPC_RESPONSE_SIZE: &str = "rpc.response.size";
 
-pub use rpc_ext_core::RpcSystem;
+pub use rpc_ext_core::{GrpcCode, RpcSystem, Side};
 
 /// How a call ended.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// The gRPC status code, for gRPC calls.
-    pub grpc_code: Option<i32>,
+    pub grpc_code: Option<GrpcCode>,
     /// The HTTP status, for HTTP calls.
     pub http_status: Option<u16>,
     /// The error's type, when the call failed (exception class, error kind).
@@ -47,24 +47,21 @@ pub struct Outcome {
 
 /// Whether a gRPC code marks the span as an error. Clients treat every
 /// non-OK code as an error; servers only the codes that mean the server
-/// failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
-/// DATA_LOSS), per the semantic conventions.
+/// failed ([`GrpcCode::is_server_error`]), per the semantic conventions.
 #[must_use]
-pub fn grpc_code_is_error(code: i32, server: bool) -> bool {
-    if server {
-        matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
-    } else {
-        code != 0
+pub fn grpc_code_is_error(code: GrpcCode, side: Side) -> bool {
+    match side {
+        Side::Server => code.is_server_error(),
+        Side::Client => code != GrpcCode::OK,
     }
 }
 
 /// Whether an HTTP status marks the span as an error: 5xx on servers, 4xx
 /// and 5xx on clients.
 #[must_use]
-pub fn http_status_is_error(status: u16, server: bool) -> bool {
-    if server {
-        status >= 500
-    } else {
-        status >= 400
+pub fn http_status_is_error(status: u16, side: Side) -> bool {
+    match side {
+        Side::Server => status >= 500,
+        Side::Client => status >= 400,
     }
 }

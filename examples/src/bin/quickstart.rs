@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let volo_addr = volo_listener.local_addr()?;
     let volo_server = volo_grpc::server::Server::new()
         .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics))
-        .layer_front(rpc_ext_tracing::volo::TracingLayer::server(&tracing))
+        .layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing))
         .add_service(
             volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
                 served_by: volo_addr,
@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     // Volo client: finds "echo-volo" through the registry; records client metrics.
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")
         .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics))
-        .layer_outer(rpc_ext_tracing::volo::TracingLayer::client(&tracing))
+        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing))
         .discover(VoloDiscover::new(registry.clone()))
         .build();
     // tonic client: a channel balanced over whatever "echo-tonic" resolves to.
@@ -122,10 +122,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
             .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))
-            .layer(rpc_ext_metrics::tower::MetricsLayer::client(
-                &metrics,
-                "echo-tonic",
-            ))
+            .layer(
+                rpc_ext_metrics::tower::MetricsLayer::client(&metrics).peer_service("echo-tonic"),
+            )
             .service(channel),
     );
 

@@ -8,7 +8,7 @@ use rpc_ext_core::{
 };
 
 use super::RouteTemplate;
-use crate::{status, CallRecorder, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
+use crate::{status, CallRecorder, GrpcCode, RpcMetrics, RpcSystem, Side, OTHER};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
@@ -19,8 +19,8 @@ use crate::{status, CallRecorder, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
 /// let metrics = RpcMetrics::builder().build().unwrap();
 /// // server: tonic::transport::Server::builder().layer(MetricsLayer::server(&metrics))
 /// let server_layer = MetricsLayer::server(&metrics);
-/// // client: EchoClient::new(ServiceBuilder::new().layer(MetricsLayer::client(&metrics, "echo")).service(channel))
-/// let client_layer = MetricsLayer::client(&metrics, "echo");
+/// // client: EchoClient::new(ServiceBuilder::new().layer(MetricsLayer::client(&metrics).peer_service("echo")).service(channel))
+/// let client_layer = MetricsLayer::client(&metrics).peer_service("echo");
 /// # let _ = (server_layer, client_layer, ServiceBuilder::new());
 /// ```
 #[derive(Debug, Clone)]
@@ -41,14 +41,26 @@ impl MetricsLayer {
         }
     }
 
-    /// Client side: `rpc_client_*`, with `peer_service` naming the callee.
+    /// Client side: `rpc_client_*`. A tower service does not know whom it
+    /// calls: name the callee with [`peer_service`](Self::peer_service),
+    /// else the `peer_service` label is `_other`.
     #[must_use]
-    pub fn client(metrics: &RpcMetrics, peer_service: impl Into<std::sync::Arc<str>>) -> Self {
+    pub fn client(metrics: &RpcMetrics) -> Self {
         Self {
             metrics: metrics.clone(),
             side: Side::Client,
-            peer_service: peer_service.into(),
+            peer_service: OTHER.into(),
         }
+    }
+
+    /// The `peer_service` label of a client's calls: the callee's service
+    /// name as the client knows it (ignored on servers).
+    #[must_use]
+    pub fn peer_service(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
+        if self.side == Side::Client {
+            self.peer_service = name.into();
+        }
+        self
     }
 }
 
@@ -106,8 +118,8 @@ impl<S> MetricsService<S> {
             peer_service,
         } = &self.layer;
         if grpc {
-            let (service, method) = grpc_service_method(request.uri().path())
-                .unwrap_or((OVERFLOW_LABEL, OVERFLOW_LABEL));
+            let (service, method) =
+                grpc_service_method(request.uri().path()).unwrap_or((OTHER, OTHER));
             return metrics.start_untrusted_call(
                 *side,
                 RpcSystem::Grpc,
@@ -128,14 +140,7 @@ impl<S> MetricsService<S> {
 }
 
 fn route_template<B>(request: &Request<B>) -> &str {
-    if let Some(RouteTemplate(route)) = request.extensions().get::<RouteTemplate>() {
-        return route;
-    }
-    #[cfg(feature = "axum")]
-    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
-    }
-    OVERFLOW_LABEL
+    RouteTemplate::of(request.extensions()).unwrap_or(OTHER)
 }
 
 fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<u64> {
@@ -162,10 +167,10 @@ impl CallObserver for MetricsObserver {
 
     fn end(self, end: CallEnd, response_bytes: u64) {
         let status = match end {
-            CallEnd::Grpc(code) => status::grpc_status_label(code),
+            CallEnd::Grpc(code) => code.as_label(),
             CallEnd::Http(code) => status::http_status_label(code),
             // No response: UNAVAILABLE for gRPC, a fixed label for HTTP.
-            CallEnd::Failed if self.grpc => status::grpc_status_label(14),
+            CallEnd::Failed if self.grpc => GrpcCode::UNAVAILABLE.as_label(),
             CallEnd::Failed => "error",
         };
         let size = (end != CallEnd::Failed).then_some(response_bytes);

@@ -5,16 +5,12 @@
 //! headers or the trailers). Other HTTP requests are labelled
 //! `rpc_service = <route template>`, `rpc_method = <HTTP method>`, status the
 //! HTTP status; the route template is the [`RouteTemplate`] extension, or
-//! axum's `MatchedPath` (feature `axum`), else [`OVERFLOW_LABEL`] — never
+//! axum's `MatchedPath` (feature `axum`), else [`OTHER`] — never
 //! the raw path.
 //!
-//! [`OVERFLOW_LABEL`]: crate::OVERFLOW_LABEL
+//! [`OTHER`]: crate::OTHER
 
 mod layer;
 
 pub use layer::{MetricsLayer, MetricsObserver, MetricsService, ResponseBody, ResponseFuture};
-
-/// The route template of an HTTP request (`/users/{id}`), for routers other
-/// than axum: insert it in the request extensions before this layer runs.
-#[derive(Debug, Clone)]
-pub struct RouteTemplate(pub std::borrow::Cow<'static, str>);
+pub use rpc_ext_core::RouteTemplate;

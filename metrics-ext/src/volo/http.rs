@@ -1,7 +1,7 @@
 //! Volo HTTP. Servers: labels are the route template the router matched
 //! (`rpc_service = "/users/{id}"`, `rpc_method = "GET"`), never the raw path;
-//! unmatched requests are recorded under [`OVERFLOW_LABEL`]. Clients: a
-//! client knows no route template, so `rpc_service` is [`OVERFLOW_LABEL`],
+//! unmatched requests are recorded under [`OTHER`]. Clients: a
+//! client knows no route template, so `rpc_service` is [`OTHER`],
 //! `rpc_method` the HTTP method and `peer_service` the target host.
 
 use http_body::Body as _;
@@ -15,7 +15,7 @@ use volo_http::{
     server::{route::MatchedPath, IntoResponse},
 };
 
-use crate::{status, RpcMetrics, RpcSystem, Side, OVERFLOW_LABEL};
+use crate::{status, RpcMetrics, RpcSystem, Side, OTHER};
 
 /// Records every request through a Volo HTTP server or client (the side
 /// follows from the context type).
@@ -79,13 +79,8 @@ where
     ) -> Result<Response, Self::Error> {
         let metrics = &self.layer.metrics;
         let method = request.method().clone();
-        let mut recorder = metrics.start_call(
-            Side::Server,
-            RpcSystem::Http,
-            OVERFLOW_LABEL,
-            method.as_str(),
-            "",
-        );
+        let mut recorder =
+            metrics.start_call(Side::Server, RpcSystem::Http, OTHER, method.as_str(), "");
         if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
@@ -128,7 +123,7 @@ where
         let mut recorder = self.layer.metrics.start_call(
             Side::Client,
             RpcSystem::Http,
-            OVERFLOW_LABEL,
+            OTHER,
             request.method().as_str(),
             &host,
         );

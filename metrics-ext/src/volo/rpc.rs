@@ -8,7 +8,10 @@
 use motore::{layer::Layer, service::Service};
 use volo::context::Context;
 
-use crate::{status, RpcMetrics, RpcSystem, Side};
+use crate::{
+    thrift::{self, ThriftErrorKind},
+    GrpcCode, RpcMetrics, RpcSystem, Side,
+};
 
 /// How an RPC error of a Volo framework maps to the `status_code` label.
 pub trait RpcOutcome {
@@ -25,33 +28,25 @@ impl RpcOutcome for volo_grpc::Status {
     const OK: &'static str = "0";
 
     fn status_label(&self) -> &'static str {
-        status::grpc_status_label(self.code() as i32)
+        GrpcCode::new(self.code() as i32).as_label()
     }
 }
 
 impl RpcOutcome for volo_thrift::ServerError {
     const SYSTEM: RpcSystem = RpcSystem::Thrift;
-    const OK: &'static str = status::thrift::OK;
+    const OK: &'static str = thrift::OK;
 
     fn status_label(&self) -> &'static str {
-        match self {
-            volo_thrift::ServerError::Application(_) => status::thrift::APPLICATION_EXCEPTION,
-            volo_thrift::ServerError::Biz(_) => status::thrift::BIZ_ERROR,
-        }
+        self.error_kind()
     }
 }
 
 impl RpcOutcome for volo_thrift::ClientError {
     const SYSTEM: RpcSystem = RpcSystem::Thrift;
-    const OK: &'static str = status::thrift::OK;
+    const OK: &'static str = thrift::OK;
 
     fn status_label(&self) -> &'static str {
-        match self {
-            volo_thrift::ClientError::Application(_) => status::thrift::APPLICATION_EXCEPTION,
-            volo_thrift::ClientError::Transport(_) => status::thrift::TRANSPORT_EXCEPTION,
-            volo_thrift::ClientError::Protocol(_) => status::thrift::PROTOCOL_EXCEPTION,
-            volo_thrift::ClientError::Biz(_) => status::thrift::BIZ_ERROR,
-        }
+        self.error_kind()
     }
 }
 
@@ -70,6 +65,8 @@ impl RpcOutcome for volo_thrift::ClientError {
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
+    /// Set by [`MetricsLayer::peer_service`]; else the callee's name.
+    peer_service: Option<std::sync::Arc<str>>,
 }
 
 impl MetricsLayer {
@@ -79,17 +76,31 @@ impl MetricsLayer {
         Self {
             metrics: metrics.clone(),
             side: Side::Server,
+            peer_service: None,
         }
     }
 
-    /// Client side: `rpc_client_*`; `peer_service` is the callee's service
-    /// name as the client knows it.
+    /// Client side: `rpc_client_*`; the `peer_service` label is the
+    /// callee's service name as the client knows it (the name given to the
+    /// client builder), unless [`peer_service`](Self::peer_service) says
+    /// otherwise.
     #[must_use]
     pub fn client(metrics: &RpcMetrics) -> Self {
         Self {
             metrics: metrics.clone(),
             side: Side::Client,
+            peer_service: None,
         }
+    }
+
+    /// The `peer_service` label of a client's calls, instead of the
+    /// callee's service name (ignored on servers).
+    #[must_use]
+    pub fn peer_service(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
+        if self.side == Side::Client {
+            self.peer_service = Some(name.into());
+        }
+        self
     }
 }
 
@@ -125,13 +136,18 @@ where
             let callee = info.callee().service_name_ref();
             let (service, method) =
                 rpc_ext_core::grpc_service_method(path).unwrap_or((callee, path));
-            let MetricsLayer { metrics, side } = &self.layer;
+            let MetricsLayer {
+                metrics,
+                side,
+                peer_service,
+            } = &self.layer;
             match side {
                 Side::Server => {
                     metrics.start_untrusted_call(*side, S::Error::SYSTEM, service, method, "")
                 }
                 Side::Client => {
-                    metrics.start_call(*side, S::Error::SYSTEM, service, method, callee)
+                    let peer = peer_service.as_deref().unwrap_or(callee);
+                    metrics.start_call(*side, S::Error::SYSTEM, service, method, peer)
                 }
             }
         };

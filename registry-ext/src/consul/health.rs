@@ -1,8 +1,9 @@
 //! Reading Consul's health answers: the `X-Consul-Index` header and the
 //! body of `GET /v1/health/service/<name>`.
 //!
-//! Public so that tools and fuzzers can run exactly what the resolver runs
-//! on an agent's answer.
+//! `decode_health` is public so that tools and fuzzers can run exactly what
+//! the resolver runs on an agent's answer; `decode_index` and `INDEX_HEADER`
+//! are reachable from outside the crate only with the `fuzzing` feature.
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
@@ -15,14 +16,6 @@ use crate::{Error, Instance, Result};
 pub const INDEX_HEADER: &str = "X-Consul-Index";
 
 /// Reads an `X-Consul-Index` value; `what` names the query in the error.
-///
-/// ```
-/// use rpc_ext_registry::consul::decode_index;
-///
-/// assert_eq!(decode_index("health", Some(b" 42 ".as_slice())).unwrap(), 42);
-/// assert!(decode_index("health", Some(b"-1".as_slice())).is_err());
-/// assert!(decode_index("health", None).is_err());
-/// ```
 pub fn decode_index(what: &str, value: Option<&[u8]>) -> Result<u64> {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -115,4 +108,19 @@ fn instance_of(entry: HealthEntry) -> Option<Instance> {
         weight,
         tags,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_index_and_rejects_junk() {
+        assert_eq!(
+            decode_index("health", Some(b" 42 ".as_slice())).unwrap(),
+            42
+        );
+        assert!(decode_index("health", Some(b"-1".as_slice())).is_err());
+        assert!(decode_index("health", None).is_err());
+    }
 }

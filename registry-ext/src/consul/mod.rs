@@ -35,7 +35,11 @@ mod registry;
 mod resolver;
 
 pub use builder::{Check, ConsulBuilder, DEFAULT_ADDRESS, DEFAULT_TTL};
-pub use health::{decode_health, decode_index, INDEX_HEADER};
+pub use health::decode_health;
+// For the fuzz targets only (see the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use health::{decode_index, INDEX_HEADER};
 pub use registry::ConsulRegistry;
 pub use resolver::ConsulResolver;
 

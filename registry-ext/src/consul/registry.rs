@@ -10,8 +10,8 @@ use super::{
     ConsulBuilder,
 };
 use crate::{
-    advertise_address, backoff::Backoff, registry::StopSignal, Instance, Registration, Registry,
-    Result,
+    advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
+    Registry, Result,
 };
 
 /// Registers instances with the local Consul agent and keeps them there.

@@ -7,8 +7,10 @@ use tracing::warn;
 
 use super::{api::Api, ConsulBuilder};
 use crate::{
-    backoff::Backoff,
-    subscriptions::{publish_error, publish_instances, Subscriptions},
+    backend::{
+        backoff::Backoff,
+        subscriptions::{publish_error, publish_instances, Subscriptions},
+    },
     Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 

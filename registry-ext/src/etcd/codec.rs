@@ -27,11 +27,12 @@ fn default_weight() -> u32 {
 /// Encodes an instance as the value stored in etcd.
 ///
 /// ```
-/// use rpc_ext_registry::{etcd::{decode_instance, encode_instance}, Instance};
+/// use rpc_ext_registry::{etcd::{encode_instance, VALUE_VERSION}, Instance};
 ///
-/// let instance = Instance::new("echo", "10.0.0.7:8080".parse().unwrap());
-/// let value = encode_instance(&instance);
-/// assert_eq!(decode_instance("/registry-ext/echo/10.0.0.7:8080", &value).unwrap(), instance);
+/// let value = encode_instance(&Instance::new("echo", "10.0.0.7:8080".parse().unwrap()));
+/// let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+/// assert_eq!(json["version"], VALUE_VERSION);
+/// assert_eq!(json["address"], "10.0.0.7:8080");
 /// ```
 #[must_use]
 pub fn encode_instance(instance: &Instance) -> Vec<u8> {
@@ -47,6 +48,8 @@ pub fn encode_instance(instance: &Instance) -> Vec<u8> {
 }
 
 /// Decodes a stored value; `key` only names the value in the error.
+///
+/// Reachable from outside the crate only with the `fuzzing` feature.
 pub fn decode_instance(key: &str, value: &[u8]) -> Result<Instance, Error> {
     let decode_error = |reason: String| Error::Decode {
         key: key.to_owned(),
@@ -77,6 +80,16 @@ pub fn decode_instance(key: &str, value: &[u8]) -> Result<Instance, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_values_decode_to_the_same_instance() {
+        let instance = Instance::new("echo", "10.0.0.7:8080".parse().unwrap());
+        let value = encode_instance(&instance);
+        assert_eq!(
+            decode_instance("/registry-ext/echo/10.0.0.7:8080", &value).unwrap(),
+            instance
+        );
+    }
 
     #[test]
     fn rejects_junk_without_panicking() {

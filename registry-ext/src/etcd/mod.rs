@@ -37,7 +37,11 @@ mod registry;
 mod resolver;
 
 pub use builder::{EtcdBuilder, DEFAULT_PREFIX, DEFAULT_TTL};
-pub use codec::{decode_instance, encode_instance, VALUE_VERSION};
+pub use codec::{encode_instance, VALUE_VERSION};
+// For the fuzz targets only (see the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use codec::decode_instance;
 pub use registry::EtcdRegistry;
 pub use resolver::EtcdResolver;
 
@@ -73,8 +77,10 @@ where
     // Short and capped low: the point is to get past a dead connection
     // within one request timeout, not to wait out a long outage (the
     // registry's and resolver's own loops do that with `max_backoff`).
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let mut backoff = crate::backend::backoff::Backoff::new(
+        Duration::from_millis(20),
+        Duration::from_millis(500),
+    );
     loop {
         // One attempt may not eat the whole budget: a member that hangs
         // (partitioned, still electing) must leave time to try another.

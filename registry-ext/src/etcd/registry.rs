@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::{codec::encode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
-    advertise_address, backoff::Backoff, registry::StopSignal, Error, Instance, Registration,
-    Registry, Result,
+    advertise_address, backend::backoff::Backoff, registry::StopSignal, Error, Instance,
+    Registration, Registry, Result,
 };
 
 /// Registers instances into etcd and keeps them there.

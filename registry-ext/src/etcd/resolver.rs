@@ -9,8 +9,10 @@ use tracing::{debug, warn};
 
 use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
-    backoff::Backoff,
-    subscriptions::{publish_error, publish_instances, publish_recovered, Subscriptions},
+    backend::{
+        backoff::Backoff,
+        subscriptions::{publish_error, publish_instances, publish_recovered, Subscriptions},
+    },
     Error, Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 

@@ -39,8 +39,11 @@ mod target;
 
 pub use registry::K8sRegistry;
 pub use resolver::K8sResolver;
-pub use slice::ready_instances;
 pub use target::{PortSpec, Target};
+// For the fuzz targets only (see the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use slice::ready_instances;
 
 pub(crate) const BACKEND: &str = "k8s";
 /// `endpointslice.kubernetes.io/managed-by` of the slices this crate manages.

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use super::{kube_error, MANAGED_BY};
 use crate::{
-    advertise_address, backoff::Backoff, registry::StopSignal, Instance, Registration, Registry,
-    Result,
+    advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
+    Registry, Result,
 };
 
 /// How often a registration checks that its slice still exists, by default.

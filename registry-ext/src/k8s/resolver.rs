@@ -11,9 +11,9 @@ use kube::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{ready_instances, Target};
+use super::{slice::ready_instances, Target};
 use crate::{
-    subscriptions::{publish_error, publish_instances, Subscriptions},
+    backend::subscriptions::{publish_error, publish_instances, Subscriptions},
     Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 

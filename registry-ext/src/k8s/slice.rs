@@ -16,27 +16,9 @@ use crate::Instance;
 /// Only ready endpoints count, and never terminating ones (unknown readiness
 /// counts as ready, as the API says). Zone, node and hostname become tags.
 /// A slice without the port yields nothing; an address that is not an IP
-/// (an FQDN slice) is skipped with a warning. Public so that tools and
-/// fuzzers run exactly what the resolver runs on the API server's objects.
-///
-/// ```
-/// use k8s_openapi::api::discovery::v1::EndpointSlice;
-/// use rpc_ext_registry::k8s::{ready_instances, PortSpec};
-///
-/// let slice: EndpointSlice = serde_json::from_str(r#"{
-///     "metadata": {"name": "echo-abc"},
-///     "addressType": "IPv4",
-///     "ports": [{"name": "grpc", "port": 50051}],
-///     "endpoints": [
-///         {"addresses": ["10.1.0.7"], "conditions": {"ready": true}, "zone": "a"},
-///         {"addresses": ["10.1.0.8"], "conditions": {"ready": false}}
-///     ]
-/// }"#).unwrap();
-/// let instances = ready_instances("k8s://echo.default:grpc", &PortSpec::Name("grpc".into()), &slice);
-/// assert_eq!(instances.len(), 1);
-/// assert_eq!(instances[0].address, "10.1.0.7:50051".parse().unwrap());
-/// assert_eq!(instances[0].tags["zone"], "a");
-/// ```
+/// (an FQDN slice) is skipped with a warning. Reachable from outside the
+/// crate only with the `fuzzing` feature, so that the fuzz targets run
+/// exactly what the resolver runs on the API server's objects.
 #[must_use]
 pub fn ready_instances(service: &str, port: &PortSpec, slice: &EndpointSlice) -> Vec<Instance> {
     let name = slice.metadata.name.as_deref().unwrap_or_default();
@@ -87,4 +69,33 @@ pub fn ready_instances(service: &str, port: &PortSpec, slice: &EndpointSlice) ->
         }
     }
     instances
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_ready_endpoints_at_the_named_port() {
+        let slice: EndpointSlice = serde_json::from_str(
+            r#"{
+                "metadata": {"name": "echo-abc"},
+                "addressType": "IPv4",
+                "ports": [{"name": "grpc", "port": 50051}],
+                "endpoints": [
+                    {"addresses": ["10.1.0.7"], "conditions": {"ready": true}, "zone": "a"},
+                    {"addresses": ["10.1.0.8"], "conditions": {"ready": false}}
+                ]
+            }"#,
+        )
+        .unwrap();
+        let instances = ready_instances(
+            "k8s://echo.default:grpc",
+            &PortSpec::Name("grpc".into()),
+            &slice,
+        );
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].address, "10.1.0.7:50051".parse().unwrap());
+        assert_eq!(instances[0].tags["zone"], "a");
+    }
 }

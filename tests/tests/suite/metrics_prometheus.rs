@@ -116,10 +116,10 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         .await?;
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
-            .layer(rpc_ext_metrics::tower::MetricsLayer::client(
-                &tonic_metrics,
-                "echo-tonic",
-            ))
+            .layer(
+                rpc_ext_metrics::tower::MetricsLayer::client(&tonic_metrics)
+                    .peer_service("echo-tonic"),
+            )
             .service(channel),
     );
     let volo_client = volo_gen::echo::EchoClientBuilder::new("echo-volo")

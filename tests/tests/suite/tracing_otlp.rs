@@ -91,7 +91,7 @@ async fn start_topology(
     let stop_frontend = wait(stopped.clone());
     tokio::spawn(
         volo_grpc::server::Server::new()
-            .layer_front(rpc_ext_tracing::volo::TracingLayer::server(
+            .layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(
                 frontend_tracing,
             ))
             .add_service(
@@ -141,7 +141,9 @@ async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> a
 
     // The caller: a Volo client with the client layer, inside a root span.
     let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
-        .layer_outer(rpc_ext_tracing::volo::TracingLayer::client(&client_tracing))
+        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(
+            &client_tracing,
+        ))
         .address(topology.frontend)
         .build();
     let tracer = client_guard.provider().tracer("test");

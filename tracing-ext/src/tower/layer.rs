@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use rpc_ext_core::{
-    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
+    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture, Side, OTHER,
 };
 
 use super::RouteTemplate;
@@ -12,9 +12,6 @@ use crate::{
     propagation::RequestHeaders, ActiveCall, CallInfo, CallScope, HeaderInjector, Outcome,
     RpcSystem, RpcTracing,
 };
-
-/// Label for routes and methods this layer cannot name safely.
-const UNKNOWN: &str = "_other";
 
 /// Traces every call through the wrapped service.
 ///
@@ -30,7 +27,7 @@ const UNKNOWN: &str = "_other";
 #[derive(Debug, Clone)]
 pub struct TracingLayer {
     tracing: RpcTracing,
-    server: bool,
+    side: Side,
 }
 
 impl TracingLayer {
@@ -39,7 +36,7 @@ impl TracingLayer {
     pub fn server(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: true,
+            side: Side::Server,
         }
     }
 
@@ -48,7 +45,7 @@ impl TracingLayer {
     pub fn client(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: false,
+            side: Side::Client,
         }
     }
 }
@@ -78,7 +75,7 @@ pub struct TracingService<S> {
 /// nothing below it runs on the caller's behalf.
 pub struct TracingObserver {
     call: ActiveCall,
-    server: bool,
+    side: Side,
 }
 
 impl std::fmt::Debug for TracingObserver {
@@ -95,7 +92,7 @@ impl CallObserver for TracingObserver {
     }
 
     fn body_scope(&self) -> Self::Scope<'_> {
-        self.server.then(|| self.call.enter())
+        self.side.is_server().then(|| self.call.enter())
     }
 
     fn end(self, end: CallEnd, response_bytes: u64) {
@@ -140,8 +137,8 @@ where
         // the call info borrows the rest of the request.
         let mut headers = std::mem::take(request.headers_mut());
         let call = {
-            let info = call_info(&request, &headers, grpc, self.layer.server);
-            if self.layer.server {
+            let info = call_info(&request, &headers, grpc, self.layer.side);
+            if self.layer.side.is_server() {
                 self.layer
                     .tracing
                     .start_server(&info, &RequestHeaders::new(&headers))
@@ -154,7 +151,7 @@ where
         *request.headers_mut() = headers;
         let observer = TracingObserver {
             call,
-            server: self.layer.server,
+            side: self.layer.side,
         };
         // The inner `call` may already do work: run it in the span too.
         let future = {
@@ -169,24 +166,13 @@ fn call_info<'a, B: http_body::Body>(
     request: &'a Request<B>,
     headers: &http::HeaderMap,
     grpc: bool,
-    server: bool,
+    side: Side,
 ) -> CallInfo<'a> {
     let (system, service, method) = if grpc {
-        let (service, method) =
-            grpc_service_method(request.uri().path()).unwrap_or((UNKNOWN, UNKNOWN));
+        let (service, method) = grpc_service_method(request.uri().path()).unwrap_or((OTHER, OTHER));
         (RpcSystem::Grpc, service, method)
     } else {
-        let extensions = request.extensions();
-        let route = extensions
-            .get::<RouteTemplate>()
-            .map(|RouteTemplate(route)| &**route);
-        #[cfg(feature = "axum")]
-        let route = route.or_else(|| {
-            extensions
-                .get::<axum::extract::MatchedPath>()
-                .map(axum::extract::MatchedPath::as_str)
-        });
-        let route = route.unwrap_or(UNKNOWN);
+        let route = RouteTemplate::of(request.extensions()).unwrap_or(OTHER);
         (RpcSystem::Http, route, request.method().as_str())
     };
     let server_addr = rpc_ext_core::server_addr(request.uri(), headers);
@@ -195,7 +181,7 @@ fn call_info<'a, B: http_body::Body>(
         service,
         method,
         server_addr,
-        peer_addr: if server { None } else { server_addr },
+        peer_addr: if side.is_server() { None } else { server_addr },
         request_size: request.body().size_hint().exact(),
     }
 }

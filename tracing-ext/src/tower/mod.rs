@@ -16,8 +16,4 @@
 mod layer;
 
 pub use layer::{ResponseBody, ResponseFuture, TracingLayer, TracingObserver, TracingService};
-
-/// The route template of an HTTP request (`/users/{id}`): insert it in the
-/// request extensions (from your router) to name HTTP spans by route.
-#[derive(Debug, Clone)]
-pub struct RouteTemplate(pub std::borrow::Cow<'static, str>);
+pub use rpc_ext_core::RouteTemplate;

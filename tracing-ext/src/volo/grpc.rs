@@ -7,6 +7,8 @@ use volo::context::Context;
 
 use super::ip;
 
+use rpc_ext_core::{GrpcCode, Side};
+
 use crate::{
     propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
 };
@@ -14,27 +16,27 @@ use crate::{
 /// Traces every call through a Volo gRPC service.
 ///
 /// ```
-/// use rpc_ext_tracing::{volo::TracingLayer, RpcTracing};
+/// use rpc_ext_tracing::{volo::GrpcTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
-/// // server: volo_grpc::server::Server::new().layer_front(TracingLayer::server(&tracing))
-/// // client: EchoClientBuilder::new("echo").layer_outer(TracingLayer::client(&tracing))
-/// let (server, client) = (TracingLayer::server(&tracing), TracingLayer::client(&tracing));
+/// // server: volo_grpc::server::Server::new().layer_front(GrpcTracingLayer::server(&tracing))
+/// // client: EchoClientBuilder::new("echo").layer_outer(GrpcTracingLayer::client(&tracing))
+/// let (server, client) = (GrpcTracingLayer::server(&tracing), GrpcTracingLayer::client(&tracing));
 /// # let _ = (server, client);
 /// ```
 #[derive(Debug, Clone)]
-pub struct TracingLayer {
+pub struct GrpcTracingLayer {
     tracing: RpcTracing,
-    server: bool,
+    side: Side,
 }
 
-impl TracingLayer {
+impl GrpcTracingLayer {
     /// Server side: continue the caller's trace, run the call in the span.
     #[must_use]
     pub fn server(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: true,
+            side: Side::Server,
         }
     }
 
@@ -43,27 +45,27 @@ impl TracingLayer {
     pub fn client(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: false,
+            side: Side::Client,
         }
     }
 }
 
-impl<S> Layer<S> for TracingLayer {
-    type Service = TracingService<S>;
+impl<S> Layer<S> for GrpcTracingLayer {
+    type Service = GrpcTracingService<S>;
 
     fn layer(self, inner: S) -> Self::Service {
-        TracingService { inner, layer: self }
+        GrpcTracingService { inner, layer: self }
     }
 }
 
-/// The service made by [`TracingLayer`].
+/// The service made by [`GrpcTracingLayer`].
 #[derive(Debug, Clone)]
-pub struct TracingService<S> {
+pub struct GrpcTracingService<S> {
     inner: S,
-    layer: TracingLayer,
+    layer: GrpcTracingLayer,
 }
 
-impl<Cx, T, S> Service<Cx, volo_grpc::Request<T>> for TracingService<S>
+impl<Cx, T, S> Service<Cx, volo_grpc::Request<T>> for GrpcTracingService<S>
 where
     Cx: Context + Send + 'static,
     T: Send + 'static,
@@ -87,19 +89,19 @@ where
                 system: RpcSystem::Grpc,
                 service,
                 method,
-                server_addr: if self.layer.server {
+                server_addr: if self.layer.side.is_server() {
                     None
                 } else {
                     ip(rpc.callee().address())
                 },
-                peer_addr: if self.layer.server {
+                peer_addr: if self.layer.side.is_server() {
                     ip(rpc.caller().address())
                 } else {
                     ip(rpc.callee().address())
                 },
                 request_size: None,
             };
-            if self.layer.server {
+            if self.layer.side.is_server() {
                 self.layer
                     .tracing
                     .start_server(&info, &RequestHeaders::new(request.metadata().headers()))
@@ -112,8 +114,8 @@ where
         };
         let result = call.run(self.inner.call(cx, request)).await;
         let code = match &result {
-            Ok(_) => 0,
-            Err(status) => status.code() as i32,
+            Ok(_) => GrpcCode::OK,
+            Err(status) => GrpcCode::new(status.code() as i32),
         };
         call.finish(&Outcome {
             grpc_code: Some(code),

@@ -14,13 +14,12 @@ use volo_http::{
     server::{route::MatchedPath, IntoResponse},
 };
 
+use rpc_ext_core::OTHER;
+
 use super::ip;
 use crate::{
     propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
 };
-
-/// Label for requests no route matched.
-const UNMATCHED: &str = "_other";
 
 /// Traces every request through a Volo HTTP server or client (the side
 /// follows from the context type).
@@ -83,7 +82,7 @@ where
         let call = {
             let info = CallInfo {
                 system: RpcSystem::Http,
-                service: UNMATCHED,
+                service: OTHER,
                 method: method.as_str(),
                 server_addr: rpc_ext_core::server_addr(request.uri(), request.headers()),
                 peer_addr: ip(cx.rpc_info().caller().address()),
@@ -101,7 +100,7 @@ where
         let route = cx
             .extensions()
             .get::<MatchedPath>()
-            .map_or(UNMATCHED, MatchedPath::as_str);
+            .map_or(OTHER, MatchedPath::as_str);
         call.set_http_route(method.as_str(), route);
         call.finish(&Outcome {
             http_status: Some(response.status().as_u16()),

@@ -1,4 +1,5 @@
-//! motore layers (feature `volo`): [`TracingLayer`] for Volo gRPC and
+//! motore layers (feature `volo`), named by the system they trace:
+//! [`GrpcTracingLayer`] for Volo gRPC and
 //! [`ThriftTracingLayer`] for Volo Thrift, each for servers and clients, and
 //! [`HttpTracingLayer`] for Volo HTTP servers.
 
@@ -6,8 +7,9 @@ mod grpc;
 mod http;
 mod thrift;
 
-pub use grpc::{TracingLayer, TracingService};
+pub use grpc::{GrpcTracingLayer, GrpcTracingService};
 pub use http::{HttpTracingLayer, HttpTracingService};
+pub use rpc_ext_core::thrift::ThriftErrorKind;
 pub use thrift::{MetaInfoExtractor, MetaInfoInjector, ThriftTracingLayer, ThriftTracingService};
 
 fn ip(address: Option<volo::net::Address>) -> Option<std::net::SocketAddr> {

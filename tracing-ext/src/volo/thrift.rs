@@ -9,6 +9,8 @@ use opentelemetry::propagation::{Extractor, Injector};
 use volo::context::Context;
 
 use super::ip;
+use rpc_ext_core::{thrift::ThriftErrorKind, Side};
+
 use crate::{propagation::limit, ActiveCall, CallInfo, Outcome, RpcSystem, RpcTracing};
 
 /// Reads propagation fields from the upstream values of Volo's metainfo
@@ -60,7 +62,7 @@ impl Injector for MetaInfoInjector<'_> {
 #[derive(Debug, Clone)]
 pub struct ThriftTracingLayer {
     tracing: RpcTracing,
-    server: bool,
+    side: Side,
 }
 
 impl ThriftTracingLayer {
@@ -69,7 +71,7 @@ impl ThriftTracingLayer {
     pub fn server(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: true,
+            side: Side::Server,
         }
     }
 
@@ -78,13 +80,13 @@ impl ThriftTracingLayer {
     pub fn client(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
-            server: false,
+            side: Side::Client,
         }
     }
 
     fn start(&self, info: &CallInfo<'_>) -> ActiveCall {
         let started = METAINFO.try_with(|metainfo| {
-            if self.server {
+            if self.side.is_server() {
                 self.tracing
                     .start_server(info, &MetaInfoExtractor(&metainfo.borrow()))
             } else {
@@ -94,7 +96,7 @@ impl ThriftTracingLayer {
         });
         // Outside a metainfo scope nothing can be carried; still trace the call.
         started.unwrap_or_else(|_| {
-            if self.server {
+            if self.side.is_server() {
                 self.tracing.start_server(info, &NoFields)
             } else {
                 self.tracing.start_client(info, &mut NoFields)
@@ -133,33 +135,6 @@ pub struct ThriftTracingService<S> {
     layer: ThriftTracingLayer,
 }
 
-/// The error kind of a Volo Thrift error, as `error.type`.
-pub trait ThriftErrorKind {
-    /// `application_exception`, `transport_exception`, `protocol_exception`
-    /// or `biz_error`.
-    fn error_kind(&self) -> &'static str;
-}
-
-impl ThriftErrorKind for volo_thrift::ServerError {
-    fn error_kind(&self) -> &'static str {
-        match self {
-            volo_thrift::ServerError::Application(_) => "application_exception",
-            volo_thrift::ServerError::Biz(_) => "biz_error",
-        }
-    }
-}
-
-impl ThriftErrorKind for volo_thrift::ClientError {
-    fn error_kind(&self) -> &'static str {
-        match self {
-            volo_thrift::ClientError::Application(_) => "application_exception",
-            volo_thrift::ClientError::Transport(_) => "transport_exception",
-            volo_thrift::ClientError::Protocol(_) => "protocol_exception",
-            volo_thrift::ClientError::Biz(_) => "biz_error",
-        }
-    }
-}
-
 impl<Cx, Req, S> Service<Cx, Req> for ThriftTracingService<S>
 where
     Cx: Context + Send + 'static,
@@ -178,12 +153,12 @@ where
                 system: RpcSystem::Thrift,
                 service: rpc.callee().service_name_ref(),
                 method: rpc.method().as_str(),
-                server_addr: if self.layer.server {
+                server_addr: if self.layer.side.is_server() {
                     None
                 } else {
                     ip(rpc.callee().address())
                 },
-                peer_addr: if self.layer.server {
+                peer_addr: if self.layer.side.is_server() {
                     ip(rpc.caller().address())
                 } else {
                     ip(rpc.callee().address())
