@@ -25,9 +25,11 @@ pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
 pub const HTTP_ROUTE: &str = "http.route";
 /// `http.response.status_code`
 pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
-/// `rpc.message.uncompressed_size` of the request (this crate's `record_sizes` option)
+/// `rpc.request.size`: the request's size in bytes, where known (this
+/// crate's `record_sizes` option; not a semantic-conventions attribute)
 pub const RPC_REQUEST_SIZE: &str = "rpc.request.size";
-/// Response size (this crate's `record_sizes` option)
+/// `rpc.response.size`: the response's size in bytes (this crate's
+/// `record_sizes` option; not a semantic-conventions attribute)
 pub const RPC_RESPONSE_SIZE: &str = "rpc.response.size";
 
 pub use rpc_ext_core::{GrpcCode, RpcSystem, Side};

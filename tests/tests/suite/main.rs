@@ -12,6 +12,7 @@ mod harness_selftest;
 mod k8s_backend;
 mod metrics_prometheus;
 mod otlp_export;
+mod readme_wiring;
 mod support;
 mod thrift_e2e;
 mod tracing_otlp;

@@ -1,0 +1,216 @@
+//! The README's wiring, compiled and run: every line of the README's Rust
+//! snippets appears here, in order (a test in `tests/` checks it), inside a
+//! program that serves and calls.
+//!
+//! ```text
+//! cargo run -p examples --bin wiring                      # metrics and tracing, Volo and tonic
+//! cargo run -p examples --features etcd --bin wiring -- etcd   # + registry wiring (etcd on 127.0.0.1:2379)
+//! ```
+//!
+//! Spans go to stdout unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
+//! `METRICS_ADDR` overrides the metrics address.
+
+use std::net::SocketAddr;
+
+use echo::{
+    servers::{TonicEcho, VoloEcho},
+    tonic_gen::{echo_client::EchoClient, echo_server::EchoServer, SayRequest},
+    volo_gen::echo::EchoClientBuilder,
+};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let volo_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = volo_listener.local_addr()?;
+    let tonic_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let tonic_addr = tonic_listener.local_addr()?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{tonic_addr}"))?.connect_lazy();
+
+    // README: rpc-ext-metrics with Volo and with tonic
+    use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
+
+    let metrics = RpcMetrics::builder().build()?; // once per process
+    let metrics_addr: SocketAddr = "0.0.0.0:9464".parse()?;
+    let metrics_addr = std::env::var("METRICS_ADDR").map_or(Ok(metrics_addr), |a| a.parse())?;
+    let endpoint = MetricsEndpoint::serve(metrics_addr, metrics.registry().clone()).await?;
+
+    // Volo gRPC
+    let volo_server = volo_grpc::server::Server::new()
+        .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics));
+    let volo_client = EchoClientBuilder::new("echo")
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics));
+    // tonic
+    let tonic_server = tonic::transport::Server::builder()
+        .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics));
+    let tonic_client = EchoClient::new(
+        tower::ServiceBuilder::new()
+            .layer(rpc_ext_metrics::tower::MetricsLayer::client(&metrics).peer_service("echo"))
+            .service(channel.clone()),
+    );
+
+    // README: rpc-ext-tracing with Volo and with tonic
+    use rpc_ext_tracing::{otlp::OtlpTracing, RpcTracing};
+
+    let guard = OtlpTracing::new().service_name("echo").install()?; // OTEL_* env honoured
+    let guard = stdout_unless_otlp(guard);
+    let tracing = RpcTracing::builder()
+        .tracer_provider(guard.provider()) // called directly, not through the global provider
+        .build(); // propagators from OTEL_PROPAGATORS
+
+    // Volo gRPC
+    let volo_server =
+        volo_server.layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing));
+    let volo_client = volo_client
+        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing))
+        .address(addr) // or .discover(...): see rpc-ext-registry
+        .build();
+    // tonic
+    let mut tonic_server =
+        tonic_server.layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing));
+    let mut traced_client = EchoClient::new(
+        tower::ServiceBuilder::new()
+            .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))
+            .service(channel),
+    );
+
+    // README: export counters next to the RPC metrics
+    metrics.registry().register(Box::new(
+        rpc_ext_tracing::prometheus::ExportStatsCollector::new(guard.stats().clone()),
+    ))?;
+
+    // Serve, call each server once through each client, stop.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let volo = tokio::spawn(
+        volo_server
+            .add_service(
+                volo_grpc::server::ServiceBuilder::new(echo::volo_gen::echo::EchoServer::new(
+                    VoloEcho { served_by: addr },
+                ))
+                .build(),
+            )
+            .run_with_shutdown(volo::net::incoming::DefaultIncoming::from(volo_listener), {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                    Ok(())
+                }
+            }),
+    );
+    let tonic = tokio::spawn(
+        tonic_server
+            .add_service(EchoServer::new(TonicEcho {
+                served_by: tonic_addr,
+            }))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(tonic_listener),
+                async move {
+                    let mut stopped = stopped;
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    let reply = volo_client
+        .say(echo::volo_gen::echo::SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    println!("volo  -> served by {}", reply.into_inner().served_by);
+    let reply = tonic_client
+        .clone()
+        .say(SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    println!(
+        "tonic -> served by {} (metrics)",
+        reply.into_inner().served_by
+    );
+    let reply = traced_client
+        .say(SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    println!(
+        "tonic -> served by {} (tracing)",
+        reply.into_inner().served_by
+    );
+    let _ = stop.send(true);
+    let _ = volo.await;
+    let _ = tonic.await;
+    let text = rpc_ext_metrics::encode_text(metrics.registry())?;
+    let calls = text
+        .lines()
+        .filter(|l| l.starts_with("rpc_client_requests_total"))
+        .count();
+    println!("client series: {calls}");
+    endpoint.shutdown().await;
+
+    guard.shutdown()?; // export what is queued, within 5 s
+
+    #[cfg(feature = "etcd")]
+    if std::env::args().nth(1).as_deref() == Some("etcd") {
+        registry_with_volo().await?;
+        registry_with_tonic().await?;
+    }
+    Ok(())
+}
+
+/// Spans to stdout when no collector is configured, so the example runs
+/// anywhere.
+fn stdout_unless_otlp(
+    guard: rpc_ext_tracing::otlp::TracingGuard,
+) -> rpc_ext_tracing::otlp::TracingGuard {
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        return guard;
+    }
+    drop(guard);
+    rpc_ext_tracing::otlp::OtlpTracing::new()
+        .service_name("echo")
+        .install_with_exporter(opentelemetry_stdout::SpanExporter::default())
+}
+
+/// README: rpc-ext-registry with Volo.
+#[cfg(feature = "etcd")]
+async fn registry_with_volo() -> anyhow::Result<()> {
+    use rpc_ext_registry::{
+        etcd::{EtcdRegistry, EtcdResolver},
+        volo::VoloDiscover,
+        Instance, Registry,
+    };
+
+    // server: register, serve, deregister on shutdown
+    let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
+        .build()
+        .await?;
+    let registration = registry
+        .register(Instance::new("echo", "0.0.0.0:50051".parse()?))
+        .await?;
+    // ... Server::new().add_service(...).run_with_shutdown(incoming, signal).await
+    registration.deregister().await?;
+
+    // client: the load balancer follows etcd
+    let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"])
+        .build()
+        .await?;
+    let client = EchoClientBuilder::new("echo")
+        .discover(VoloDiscover::new(resolver))
+        .build();
+    let _ = client;
+    Ok(())
+}
+
+/// README: rpc-ext-registry with tonic.
+#[cfg(feature = "etcd")]
+async fn registry_with_tonic() -> anyhow::Result<()> {
+    use rpc_ext_registry::{etcd::EtcdResolver, tower::balanced_channel};
+
+    let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"])
+        .build()
+        .await?;
+    let channel = balanced_channel(&resolver, "echo").await?; // a tonic Channel over the live set
+    let client = EchoClient::new(channel);
+    let _ = client;
+    Ok(())
+}
