@@ -12,16 +12,37 @@ use crate::{status, CallRecorder, GrpcCode, RpcMetrics, RpcSystem, Side, OTHER};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
-/// ```
-/// use rpc_ext_metrics::{tower::MetricsLayer, RpcMetrics};
-/// use tower::ServiceBuilder;
+/// On a server (`tonic::transport::Server::builder().layer(...)`, an axum
+/// `Router::layer`, or any tower `ServiceBuilder`); a client is the same
+/// with `MetricsLayer::client(&metrics).peer_service("echo")` around its
+/// channel:
 ///
-/// let metrics = RpcMetrics::builder().build().unwrap();
-/// // server: tonic::transport::Server::builder().layer(MetricsLayer::server(&metrics))
-/// let server_layer = MetricsLayer::server(&metrics);
-/// // client: EchoClient::new(ServiceBuilder::new().layer(MetricsLayer::client(&metrics).peer_service("echo")).service(channel))
-/// let client_layer = MetricsLayer::client(&metrics).peer_service("echo");
-/// # let _ = (server_layer, client_layer, ServiceBuilder::new());
+/// ```
+/// use std::convert::Infallible;
+///
+/// use http_body_util::Full;
+/// use rpc_ext_metrics::{tower::{MetricsLayer, RouteTemplate}, RpcMetrics};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let metrics = RpcMetrics::builder().build()?;
+/// let server = ServiceBuilder::new()
+///     .layer(MetricsLayer::server(&metrics))
+///     .service(service_fn(|_: http::Request<Full<bytes::Bytes>>| async {
+///         Ok::<_, Infallible>(http::Response::new(Full::new(bytes::Bytes::from("hi"))))
+///     }));
+///
+/// let mut request = http::Request::new(Full::default());
+/// request.extensions_mut().insert(RouteTemplate("/hello".into()));
+/// let response = server.oneshot(request).await?;
+/// assert_eq!(response.status(), 200);
+/// // The call is recorded when its response body has been sent.
+/// http_body_util::BodyExt::collect(response.into_body()).await?;
+///
+/// let text = rpc_ext_metrics::encode_text(metrics.registry())?;
+/// assert!(text.contains(r#"rpc_server_requests_total{rpc_method="GET",rpc_service="/hello",rpc_system="http",status_code="200"} 1"#));
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {

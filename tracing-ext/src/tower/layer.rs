@@ -15,14 +15,39 @@ use crate::{
 
 /// Traces every call through the wrapped service.
 ///
-/// ```
-/// use rpc_ext_tracing::{tower::TracingLayer, RpcTracing};
+/// On a server (`tonic::transport::Server::builder().layer(...)`, an axum
+/// `Router::layer`, or any tower `ServiceBuilder`): the handler runs in the
+/// call's span, continuing the caller's trace. A client is the same with
+/// `TracingLayer::client(&tracing)` around its channel, which writes the
+/// span's context into the request:
 ///
-/// let tracing = RpcTracing::builder().build();
-/// // server: tonic::transport::Server::builder().layer(TracingLayer::server(&tracing))
-/// // client: EchoClient::new(tower::ServiceBuilder::new().layer(TracingLayer::client(&tracing)).service(channel))
-/// let (server, client) = (TracingLayer::server(&tracing), TracingLayer::client(&tracing));
-/// # let _ = (server, client);
+/// ```
+/// use std::convert::Infallible;
+///
+/// use http_body_util::Full;
+/// use opentelemetry::trace::TraceContextExt;
+/// use rpc_ext_tracing::{tower::TracingLayer, RpcTracing};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+/// let tracing = RpcTracing::builder().tracer_provider(&provider).build();
+/// let server = ServiceBuilder::new()
+///     .layer(TracingLayer::server(&tracing))
+///     .service(service_fn(|_: http::Request<Full<bytes::Bytes>>| async {
+///         // The caller's trace continues in here.
+///         let trace_id = opentelemetry::Context::current().span().span_context().trace_id();
+///         Ok::<_, Infallible>(http::Response::new(Full::new(bytes::Bytes::from(trace_id.to_string()))))
+///     }));
+///
+/// let request = http::Request::builder()
+///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .body(Full::default())?;
+/// let response = server.oneshot(request).await?;
+/// let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+/// assert_eq!(body, "4bf92f3577b34da6a3ce929d0e0e4736");
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct TracingLayer {
