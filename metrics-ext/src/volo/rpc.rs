@@ -50,16 +50,18 @@ impl RpcOutcome for volo_thrift::ClientError {
     }
 }
 
-/// Records every call through a Volo service into [`RpcMetrics`].
+/// Records every call through a Volo service into [`RpcMetrics`]. A
+/// client takes it the same way, on the generated client builder:
+/// `EchoClientBuilder::new("echo").layer_outer(MetricsLayer::client(&metrics))`
+/// (`examples/src/bin/wiring.rs` runs both and makes a call).
 ///
 /// ```
 /// use rpc_ext_metrics::{volo::MetricsLayer, RpcMetrics};
 ///
 /// let metrics = RpcMetrics::builder().build().unwrap();
-/// // server: volo_grpc::server::Server::new().layer_front(MetricsLayer::server(&metrics))
-/// // client: EchoClientBuilder::new("echo").layer_outer(MetricsLayer::client(&metrics))
-/// let (server, client) = (MetricsLayer::server(&metrics), MetricsLayer::client(&metrics));
-/// # let _ = (server, client);
+/// let server = volo_grpc::server::Server::new().layer_front(MetricsLayer::server(&metrics));
+/// // server.add_service(...).run(address).await
+/// # let _ = server;
 /// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {

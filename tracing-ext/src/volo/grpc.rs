@@ -13,16 +13,18 @@ use crate::{
     propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
 };
 
-/// Traces every call through a Volo gRPC service.
+/// Traces every call through a Volo gRPC service. A client takes it the
+/// same way, on the generated client builder:
+/// `EchoClientBuilder::new("echo").layer_outer(GrpcTracingLayer::client(&tracing))`
+/// (`examples/src/bin/wiring.rs` runs both and makes a call).
 ///
 /// ```
 /// use rpc_ext_tracing::{volo::GrpcTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
-/// // server: volo_grpc::server::Server::new().layer_front(GrpcTracingLayer::server(&tracing))
-/// // client: EchoClientBuilder::new("echo").layer_outer(GrpcTracingLayer::client(&tracing))
-/// let (server, client) = (GrpcTracingLayer::server(&tracing), GrpcTracingLayer::client(&tracing));
-/// # let _ = (server, client);
+/// let server = volo_grpc::server::Server::new().layer_front(GrpcTracingLayer::server(&tracing));
+/// // server.add_service(...).run(address).await
+/// # let _ = server;
 /// ```
 #[derive(Debug, Clone)]
 pub struct GrpcTracingLayer {
