@@ -43,7 +43,7 @@ pub mod tower;
 #[cfg(feature = "volo")]
 pub mod volo;
 
-pub use endpoint::{encode_openmetrics, encode_text, MetricsEndpoint};
+pub use endpoint::{encode_openmetrics, encode_text, MetricsEndpoint, MetricsEndpointBuilder};
 pub use error::Error;
 pub use metrics::{RpcMetrics, RpcMetricsBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS};
 pub use prometheus;

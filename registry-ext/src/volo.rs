@@ -9,6 +9,7 @@ use std::{
 
 use async_broadcast::{InactiveReceiver, Receiver, Sender};
 use faststr::FastStr;
+use tokio::sync::watch;
 use volo::{
     context::Endpoint,
     discovery::{Change, Discover},
@@ -46,7 +47,12 @@ struct Shared {
     changes: Sender<Change<FastStr>>,
     /// Keeps the channel open while no load balancer listens.
     _idle: InactiveReceiver<Change<FastStr>>,
+    /// Services with a running forward task.
     forwarded: Mutex<HashSet<FastStr>>,
+    /// Never sent on: dropped with the last [`VoloDiscover`] clone, which
+    /// closes the receiver of every forward task and so stops them (and
+    /// releases their resolver watches) at once, even for a quiet service.
+    stop: watch::Sender<()>,
 }
 
 impl<R> Clone for VoloDiscover<R> {
@@ -71,12 +77,14 @@ impl<R: Resolver> VoloDiscover<R> {
                 changes,
                 _idle: idle.deactivate(),
                 forwarded: Mutex::new(HashSet::new()),
+                stop: watch::Sender::new(()),
             }),
         }
     }
 
-    /// Starts pushing the changes of `watch` to load balancers, once per service.
-    fn forward(&self, key: FastStr, mut watch: ServiceWatch) {
+    /// Starts pushing the changes of `watch` since `previous` (what
+    /// `discover` answered) to load balancers, once per service.
+    fn forward(&self, key: FastStr, mut watch: ServiceWatch, mut previous: Vec<Arc<Instance>>) {
         let first = self
             .shared
             .forwarded
@@ -87,9 +95,22 @@ impl<R: Resolver> VoloDiscover<R> {
             return;
         }
         let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+        let mut stop = self.shared.stop.subscribe();
         tokio::spawn(async move {
-            let mut previous = routable(&watch.current().instances);
-            while let Ok(snapshot) = watch.changed().await {
+            // However the task ends, a later `discover` starts a fresh one.
+            let _entry = ForwardedEntry {
+                shared: shared.clone(),
+                key: key.clone(),
+            };
+            loop {
+                let snapshot = tokio::select! {
+                    // Only ever an error: every `VoloDiscover` is gone.
+                    _ = stop.changed() => return,
+                    changed = watch.changed() => match changed {
+                        Ok(snapshot) => snapshot,
+                        Err(_) => return,
+                    },
+                };
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
@@ -112,6 +133,24 @@ impl<R: Resolver> VoloDiscover<R> {
     }
 }
 
+/// Removes a service from [`Shared::forwarded`] when its forward task ends.
+struct ForwardedEntry {
+    shared: Weak<Shared>,
+    key: FastStr,
+}
+
+impl Drop for ForwardedEntry {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .forwarded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.key);
+        }
+    }
+}
+
 impl<R: Resolver> Discover for VoloDiscover<R> {
     type Key = FastStr;
     type Error = LoadBalanceError;
@@ -126,8 +165,9 @@ impl<R: Resolver> Discover for VoloDiscover<R> {
             .await
             .map_err(|e| LoadBalanceError::Discover(Box::new(e)))?;
         let instances = routable(&watch.current().instances);
-        self.forward(endpoint.service_name.clone(), watch);
-        Ok(instances.iter().map(|i| to_volo(i)).collect())
+        let answer = instances.iter().map(|i| to_volo(i)).collect();
+        self.forward(endpoint.service_name.clone(), watch, instances);
+        Ok(answer)
     }
 
     fn key(&self, endpoint: &Endpoint) -> Self::Key {
@@ -155,4 +195,80 @@ pub fn to_volo(instance: &Instance) -> Arc<volo::discovery::Instance> {
             .map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone())))
             .collect::<HashMap<_, _>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Result, ServiceSnapshot};
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// Answers every subscription with a fresh channel whose sender the test
+    /// keeps, so it sees when the watch is released and can close it.
+    #[derive(Default)]
+    struct Manual {
+        senders: Arc<Mutex<Vec<watch::Sender<ServiceSnapshot>>>>,
+    }
+
+    impl Resolver for Manual {
+        async fn subscribe(&self, service: &str) -> Result<ServiceWatch> {
+            let (tx, rx) = watch::channel(ServiceSnapshot::new(Vec::new(), 1));
+            self.senders.lock().unwrap().push(tx);
+            Ok(ServiceWatch::new(service, rx))
+        }
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new("quiet".into())
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_clone_releases_a_quiet_watch() {
+        let resolver = Manual::default();
+        let senders = resolver.senders.clone();
+        let discover = VoloDiscover::new(resolver);
+        let clone = discover.clone();
+        assert!(discover.discover(&endpoint()).await.unwrap().is_empty());
+        let forwarded = senders.lock().unwrap()[0].clone();
+
+        drop(discover);
+        tokio::task::yield_now().await;
+        assert!(!forwarded.is_closed(), "a clone still uses the watch");
+
+        drop(clone);
+        tokio::time::timeout(DEADLINE, forwarded.closed())
+            .await
+            .expect("the forward task releases the watch");
+    }
+
+    #[tokio::test]
+    async fn a_later_discover_replaces_a_forwarder_that_ended() {
+        let discover = VoloDiscover::new(Manual::default());
+        let senders = discover.resolver.senders.clone();
+        let mut changes = discover.watch(None).unwrap();
+        discover.discover(&endpoint()).await.unwrap();
+
+        // The backend ends the watch: the forwarder stops and forgets it.
+        drop(senders.lock().unwrap().remove(0));
+        tokio::time::timeout(DEADLINE, async {
+            while !discover.shared.forwarded.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the ended forwarder is forgotten");
+
+        discover.discover(&endpoint()).await.unwrap();
+        let instance = Arc::new(Instance::new("quiet", "127.0.0.1:9000".parse().unwrap()));
+        senders.lock().unwrap()[0].send_replace(ServiceSnapshot::new(vec![instance], 2));
+        let change = tokio::time::timeout(DEADLINE, changes.recv())
+            .await
+            .expect("a fresh forwarder pushes the change")
+            .unwrap();
+        assert_eq!(change.key, "quiet");
+        assert_eq!(change.added.len(), 1);
+    }
 }

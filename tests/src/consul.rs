@@ -6,9 +6,11 @@
 //! `GET /v1/agent/service/:id` and `GET /v1/health/service/:name` with
 //! `passing`, `tag` and blocking queries (`index`, `wait`, `X-Consul-Index`).
 //! TTL checks turn critical when not passed in time, and critical services
-//! are reaped after `DeregisterCriticalServiceAfter`. Fault modes: HTTP 500s,
-//! garbage bodies, slow answers, and an agent restart that forgets every
-//! registration and restarts the index lower.
+//! are reaped after `DeregisterCriticalServiceAfter`. Path segments (service
+//! names, service and check IDs) are percent-decoded, as by a real agent.
+//! Fault modes: HTTP 500s, garbage bodies, slow answers, an agent restart
+//! that forgets every registration and restarts the index lower, and the
+//! answer of older agents to a TTL pass for a check they do not know.
 //!
 //! It is not Consul: tests run against a real agent when `CONSUL_HTTP_ADDR`
 //! is set (see the README).
@@ -57,6 +59,7 @@ struct Faults {
     fail_next: usize,
     garbage_next: usize,
     delay: Duration,
+    old_unknown_check: bool,
 }
 
 struct Agent {
@@ -132,6 +135,13 @@ impl ConsulStandIn {
     /// Every answer is delayed by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.agent.lock().unwrap().faults.delay = delay;
+    }
+
+    /// Answers a TTL pass for a check the agent does not know as older
+    /// agents (ACLs off) do: HTTP 500 `CheckID "…" does not have associated
+    /// TTL`, instead of today's 404 `Unknown check ID "…"`.
+    pub fn answer_unknown_checks_the_old_way(&self, on: bool) {
+        self.agent.lock().unwrap().faults.old_unknown_check = on;
     }
 
     /// An agent restart: every registration is forgotten and the index
@@ -292,7 +302,15 @@ async fn pass(State(agent): State<Shared>, Path(check_id): Path<String>) -> Resp
         .strip_prefix("service:")
         .unwrap_or(&check_id)
         .to_owned();
+    let old_unknown_check = agent.faults.old_unknown_check;
     let Some(check) = agent.services.get_mut(&id).and_then(|s| s.check.as_mut()) else {
+        if old_unknown_check {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("CheckID {check_id:?} does not have associated TTL"),
+            )
+                .into_response();
+        }
         return (
             StatusCode::NOT_FOUND,
             format!("Unknown check ID {check_id:?}"),

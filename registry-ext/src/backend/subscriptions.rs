@@ -10,6 +10,8 @@ use crate::{Error, Result, ServiceSnapshot, ServiceWatch};
 ///
 /// A task runs while anyone (this cache included) holds a receiver of its
 /// snapshots, so a resolver that is dropped stops the watches nobody uses.
+/// A task that ended anyway (it returned or panicked) is replaced on the next
+/// subscribe.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     services: std::sync::Mutex<HashMap<String, watch::Receiver<ServiceSnapshot>>>,
@@ -27,7 +29,10 @@ impl Subscriptions {
                 .services
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match services.get(service) {
+            // A follower that exited or panicked dropped its sender: its
+            // receiver would only ever show `Closed` or a frozen snapshot,
+            // so it is replaced by a fresh follower.
+            match services.get(service).filter(|rx| rx.has_changed().is_ok()) {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(ServiceSnapshot::default());
@@ -81,4 +86,82 @@ pub(crate) fn publish_instances(
         *snapshot = next;
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use super::*;
+    use crate::Instance;
+
+    fn instance(port: u16) -> Vec<Arc<Instance>> {
+        vec![Arc::new(Instance::new(
+            "svc",
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ))]
+    }
+
+    /// A follower that publishes `port` and then keeps running.
+    async fn serve(tx: watch::Sender<ServiceSnapshot>, port: u16) {
+        publish_instances(&tx, instance(port));
+        std::future::pending::<()>().await;
+    }
+
+    fn ports(watch: &ServiceWatch) -> Vec<u16> {
+        watch
+            .current()
+            .instances
+            .iter()
+            .map(|i| i.address.port())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_exits_is_replaced_on_the_next_subscribe() {
+        let subscriptions = Subscriptions::default();
+        let first = subscriptions
+            .subscribe("svc", |tx| async move {
+                publish_instances(&tx, instance(1));
+                // Returns: the sender is dropped, the snapshot frozen.
+            })
+            .await
+            .unwrap();
+        assert_eq!(ports(&first), [1]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let second = subscriptions
+            .subscribe("svc", |tx| serve(tx, 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            ports(&second),
+            [2],
+            "a new follower serves later subscribers"
+        );
+        // The live follower is shared, not replaced again.
+        let third = subscriptions
+            .subscribe("svc", |tx| serve(tx, 3))
+            .await
+            .unwrap();
+        assert_eq!(ports(&third), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_panics_is_replaced_on_the_next_subscribe() {
+        let subscriptions = Subscriptions::default();
+        let first = subscriptions
+            .subscribe("svc", |tx| async move {
+                let _tx = tx;
+                panic!("follower bug");
+            })
+            .await;
+        assert!(matches!(first, Err(Error::Closed)), "{first:?}");
+
+        let second = subscriptions
+            .subscribe("svc", |tx| serve(tx, 2))
+            .await
+            .unwrap();
+        assert_eq!(ports(&second), [2]);
+    }
 }

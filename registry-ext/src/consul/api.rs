@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -17,7 +17,7 @@ pub(crate) const WEIGHT_META: &str = "weight";
 
 pub(crate) struct Api {
     http: reqwest::Client,
-    base: String,
+    base: Url,
     token: Option<String>,
     namespace: Option<String>,
     partition: Option<String>,
@@ -138,6 +138,15 @@ pub(crate) enum Pass {
     Unknown,
 }
 
+/// Whether the body of an HTTP 500 to a TTL pass says the agent does not
+/// know the check (what agents before 404s for unknown checks answer).
+fn lost_check(body: &str) -> bool {
+    let body = body.to_ascii_lowercase();
+    body.contains("does not have associated ttl")
+        || body.contains("unknown check")
+        || body.contains("does not exist")
+}
+
 impl Api {
     pub(crate) fn new<T>(
         builder: &ConsulBuilder<T>,
@@ -148,9 +157,13 @@ impl Api {
             .connect_timeout(builder.request_timeout)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let base = Url::parse(&base)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base())
+            .ok_or_else(|| Error::Config(format!("invalid Consul address {base:?}")))?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base,
             token,
             namespace: builder.namespace.clone(),
             partition: builder.partition.clone(),
@@ -159,11 +172,20 @@ impl Api {
         })
     }
 
-    fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(timeout);
+    /// The URL of `path` under the agent's address. Each segment is
+    /// percent-encoded, so a `/`, `?`, `#` or `%` in a service name or ID
+    /// stays inside its segment, as Consul expects.
+    fn url(&self, path: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in Api::new: the address can be a base")
+            .pop_if_empty()
+            .extend(path);
+        url
+    }
+
+    fn request(&self, method: Method, path: &[&str], timeout: Duration) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, self.url(path)).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
         }
@@ -207,7 +229,7 @@ impl Api {
         let request = self
             .request(
                 Method::PUT,
-                "/v1/agent/service/register",
+                &["v1", "agent", "service", "register"],
                 self.request_timeout,
             )
             .query(&[("replace-existing-checks", "true")])
@@ -217,7 +239,7 @@ impl Api {
     }
 
     pub(crate) async fn deregister(&self, id: &str) -> Result<()> {
-        let path = format!("/v1/agent/service/deregister/{id}");
+        let path = ["v1", "agent", "service", "deregister", id];
         let response = self
             .send(self.request(Method::PUT, &path, self.request_timeout))
             .await?;
@@ -228,21 +250,20 @@ impl Api {
     }
 
     pub(crate) async fn pass(&self, check_id: &str) -> Result<Pass> {
-        let path = format!("/v1/agent/check/pass/{check_id}");
+        let path = ["v1", "agent", "check", "pass", check_id];
         let response = self
             .send(self.request(Method::PUT, &path, self.request_timeout))
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(Pass::Unknown);
         }
-        // Older agents answer 500 "does not have associated TTL" or "unknown
-        // check" for a check they lost.
+        // Older agents answer 500 for a check they lost: `CheckID "…" does
+        // not have associated TTL` (no ACLs) or "Unknown check …". Either way
+        // the check this crate registered as a TTL check is gone, and
+        // registering the service again restores it.
         if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
             let body = response.text().await.unwrap_or_default();
-            if body.contains("Unknown check")
-                || body.contains("unknown check")
-                || body.contains("does not exist")
-            {
+            if lost_check(&body) {
                 return Ok(Pass::Unknown);
             }
             return Err(Error::backend(
@@ -257,7 +278,7 @@ impl Api {
 
     /// Whether the agent still has service `id` (for agent-run checks).
     pub(crate) async fn has_service(&self, id: &str) -> Result<bool> {
-        let path = format!("/v1/agent/service/{id}");
+        let path = ["v1", "agent", "service", id];
         let response = self
             .send(self.request(Method::GET, &path, self.request_timeout))
             .await?;
@@ -281,8 +302,9 @@ impl Api {
         let path = format!("/v1/health/service/{service}");
         // The agent may wait `wait` plus up to 1/16 of it in jitter.
         let timeout = self.request_timeout + wait + wait / 16;
+        let segments = ["v1", "health", "service", service];
         let mut request = self
-            .request(Method::GET, &path, timeout)
+            .request(Method::GET, &segments, timeout)
             .query(&[("passing", "true")]);
         if index > 0 {
             request = request.query(&[
@@ -309,5 +331,38 @@ impl Api {
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
         Ok((decode_health(&path, &body)?, next_index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consul::ConsulResolver;
+
+    #[test]
+    fn old_agents_lost_check_answers_are_recognised() {
+        assert!(lost_check(
+            r#"CheckID "service:echo-127.0.0.1-8001" does not have associated TTL"#
+        ));
+        assert!(lost_check(r#"Unknown check "service:echo""#));
+        assert!(!lost_check("rpc error: No cluster leader"));
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        let builder = ConsulResolver::builder();
+        for base in ["http://127.0.0.1:8500", "http://127.0.0.1:8500/consul/"] {
+            let api = Api::new(&builder, base.to_owned(), None).unwrap();
+            let url = api.url(&["v1", "health", "service", "a/b?c#d %e"]);
+            assert_eq!(url.query(), None);
+            assert_eq!(url.fragment(), None);
+            assert!(
+                url.path()
+                    .ends_with("/v1/health/service/a%2Fb%3Fc%23d%20%25e"),
+                "{url}"
+            );
+            assert!(!url.path().contains("//"), "{url}");
+        }
+        assert!(Api::new(&builder, "mailto:x".to_owned(), None).is_err());
     }
 }

@@ -61,7 +61,7 @@ pub enum Check {
 /// # let _ = registry;
 /// ```
 #[must_use]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsulBuilder<T> {
     pub(crate) address: Option<String>,
     pub(crate) token: Option<String>,
@@ -76,6 +76,26 @@ pub struct ConsulBuilder<T> {
     pub(crate) wait: Duration,
     pub(crate) tags: Vec<String>,
     target: PhantomData<fn() -> T>,
+}
+
+/// Shows every option but the ACL token, which is only said to be set.
+impl<T> std::fmt::Debug for ConsulBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulBuilder")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("namespace", &self.namespace)
+            .field("partition", &self.partition)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("check", &self.check)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .field("advertise_ip", &self.advertise_ip)
+            .field("wait", &self.wait)
+            .field("tags", &self.tags)
+            .finish()
+    }
 }
 
 impl<T> ConsulBuilder<T> {
@@ -208,5 +228,26 @@ impl ConsulBuilder<ConsulResolver> {
     /// Creates the resolver (no request is made yet).
     pub fn build(self) -> Result<ConsulResolver> {
         Ok(ConsulResolver::new(self.api()?, self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::consul::{ConsulRegistry, ConsulResolver};
+
+    #[test]
+    fn debug_does_not_show_the_token() {
+        let registry = format!("{:?}", ConsulRegistry::builder().token("s3cr3t-acl-token"));
+        let resolver = format!(
+            "{:?}",
+            ConsulResolver::builder()
+                .address("http://consul:8500")
+                .token("s3cr3t-acl-token")
+        );
+        for shown in [registry, resolver] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{:?}", ConsulResolver::builder()).contains("token: None"));
     }
 }

@@ -115,8 +115,7 @@ impl Follower {
                     publish_instances(&tx, instances.into_iter().map(Arc::new).collect());
                     let unchanged = next == index;
                     index = next_index(index, next);
-                    (unchanged && started.elapsed() < MIN_UNCHANGED_INTERVAL)
-                        .then(|| MIN_UNCHANGED_INTERVAL - started.elapsed())
+                    unchanged_pause(unchanged, started.elapsed())
                 }
                 Err(error) => {
                     warn!(service = %self.service, %error, "Consul health query failed; keeping last known instances");
@@ -134,6 +133,17 @@ impl Follower {
     }
 }
 
+/// How long to wait before the next query after one that took `elapsed`:
+/// queries that saw the same index are spaced `MIN_UNCHANGED_INTERVAL` apart.
+/// `elapsed` is read once by the caller, and the subtraction saturates, so a
+/// clock that moves on between reads cannot underflow it.
+fn unchanged_pause(unchanged: bool, elapsed: Duration) -> Option<Duration> {
+    if !unchanged {
+        return None;
+    }
+    Some(MIN_UNCHANGED_INTERVAL.saturating_sub(elapsed)).filter(|pause| !pause.is_zero())
+}
+
 /// The index to block on next, per Consul's blocking-query rules.
 fn next_index(previous: u64, returned: u64) -> u64 {
     if returned < previous {
@@ -145,7 +155,24 @@ fn next_index(previous: u64, returned: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::next_index;
+    use std::time::Duration;
+
+    use super::{next_index, unchanged_pause, MIN_UNCHANGED_INTERVAL};
+
+    #[test]
+    fn unchanged_queries_are_spaced_without_underflow() {
+        assert_eq!(unchanged_pause(false, Duration::ZERO), None);
+        assert_eq!(
+            unchanged_pause(true, Duration::from_millis(300)),
+            Some(MIN_UNCHANGED_INTERVAL - Duration::from_millis(300))
+        );
+        assert_eq!(unchanged_pause(true, MIN_UNCHANGED_INTERVAL), None);
+        assert_eq!(
+            unchanged_pause(true, MIN_UNCHANGED_INTERVAL + Duration::from_nanos(1)),
+            None
+        );
+        assert_eq!(unchanged_pause(true, Duration::MAX), None);
+    }
 
     #[test]
     fn index_rules() {

@@ -33,7 +33,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// # Ok(()) }
 /// ```
 #[must_use]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdBuilder<T> {
     pub(crate) endpoints: Vec<String>,
     pub(crate) prefix: String,
@@ -46,6 +46,30 @@ pub struct EtcdBuilder<T> {
     pub(crate) max_backoff: Duration,
     pub(crate) advertise_ip: Option<IpAddr>,
     target: PhantomData<fn() -> T>,
+}
+
+/// Shows every option but the password, which is only said to be set, and
+/// the TLS settings (they may hold a private key), only said to be present.
+impl<T> std::fmt::Debug for EtcdBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("EtcdBuilder");
+        debug
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field(
+                "auth",
+                &self.auth.as_ref().map(|(user, _)| (user, "<redacted>")),
+            );
+        #[cfg(feature = "etcd-tls")]
+        debug.field("tls", &self.tls.as_ref().map(|_| "<set>"));
+        debug
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("advertise_ip", &self.advertise_ip)
+            .finish()
+    }
 }
 
 impl<T> EtcdBuilder<T> {
@@ -173,5 +197,27 @@ impl EtcdBuilder<EtcdResolver> {
     pub async fn build(self) -> Result<EtcdResolver> {
         let client = self.connect().await?;
         Ok(EtcdResolver::new(client, self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::etcd::{EtcdRegistry, EtcdResolver};
+
+    #[test]
+    fn debug_does_not_show_the_password() {
+        let registry = format!(
+            "{:?}",
+            EtcdRegistry::builder(["http://127.0.0.1:2379"]).auth("alice", "s3cr3t-password")
+        );
+        let resolver = format!(
+            "{:?}",
+            EtcdResolver::builder(["http://127.0.0.1:2379"]).auth("alice", "s3cr3t-password")
+        );
+        for shown in [registry, resolver] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("alice"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 }

@@ -222,3 +222,69 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
     server.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_agent_that_lost_the_check_gets_the_registration_back() -> anyhow::Result<()> {
+    // Older agents (ACLs off) answer a TTL pass for a check they lost with
+    // HTTP 500 `CheckID "…" does not have associated TTL`, not 404.
+    let stand_in = ConsulStandIn::start().await?;
+    stand_in.answer_unknown_checks_the_old_way(true);
+    let (registry, resolver) = pair(&stand_in.address())?;
+    let _registration = registry.register(Instance::new("echo", addr(8001))).await?;
+    assert_eq!(resolver.resolve("echo").await?.len(), 1);
+
+    stand_in.restart();
+    assert!(stand_in.service_ids().is_empty());
+    harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
+        let ids = stand_in.service_ids();
+        async move { (ids == ["echo-127.0.0.1-8001"]).then_some(()) }
+    })
+    .await?;
+    // Longer than the TTL: the passes reach the restored check again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh = ConsulResolver::builder()
+        .address(stand_in.address())
+        .build()?;
+    let resolved = fresh.resolve("echo").await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].address, addr(8001));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_url_delimiters_register_resolve_and_deregister() -> anyhow::Result<()> {
+    let agent = Agent::any().await?;
+    let (registry, resolver) = pair(&agent.address())?;
+    // `?` and `#` would start a query or a fragment if they were not
+    // percent-encoded; the ID (`<name>-<ip>-<port>`) keeps them too.
+    // Instances cannot be named with a `/` (`Instance::validate`), but a
+    // resolver may be asked for one: it must query that very name.
+    let service = format!("{}?c#d", unique("a"));
+    let registration = registry
+        .register(Instance::new(&service, addr(7751)))
+        .await?;
+    let resolved = resolver.resolve(&service).await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].service, service);
+    assert_eq!(resolved[0].address, addr(7751));
+    let prefix = service.split('?').next().unwrap_or_default();
+    assert!(resolver.resolve(prefix).await?.is_empty());
+    assert!(resolver.resolve(&format!("{service}/x")).await?.is_empty());
+    let with_slash = format!("{prefix}/b?c#d");
+    assert!(resolver.resolve(&with_slash).await?.is_empty());
+
+    // Longer than the TTL: the passes reach the check, so it stays passing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut watch = resolver.subscribe(&service).await?;
+    wait_for_ports(&mut watch, &[7751], WATCH_DEADLINE).await?;
+    if let Agent::StandIn(stand_in) = &agent {
+        assert_eq!(stand_in.service_ids().len(), 1);
+    }
+
+    registration.deregister().await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    if let Agent::StandIn(stand_in) = &agent {
+        assert!(stand_in.service_ids().is_empty());
+    }
+    Ok(())
+}
