@@ -78,3 +78,45 @@ impl Instance {
         Ok(())
     }
 }
+
+/// A random 128-bit registration id (32 lowercase hex digits), telling one
+/// registration of an instance from a later one of the same instance (a
+/// restarted process), so that deregistering the first cannot remove the
+/// second.
+///
+/// Drawn from the standard library's randomly keyed hasher (the process-wide
+/// random seed, bumped per `RandomState`), mixed with the time, the process
+/// id and a counter, so that no extra random-number dependency is needed.
+#[cfg(any(feature = "consul", feature = "k8s"))]
+pub(crate) fn registration_id() -> String {
+    use std::{
+        hash::BuildHasher,
+        sync::atomic::{AtomicU64, Ordering},
+    };
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now();
+    let half = |salt: u8| {
+        std::collections::hash_map::RandomState::new().hash_one((
+            salt,
+            count,
+            now,
+            std::process::id(),
+        ))
+    };
+    format!("{:016x}{:016x}", half(0), half(1))
+}
+
+#[cfg(all(test, any(feature = "consul", feature = "k8s")))]
+mod tests {
+    #[test]
+    fn registration_ids_are_distinct_hex() {
+        let a = super::registration_id();
+        let b = super::registration_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+}

@@ -340,10 +340,11 @@ async fn service(State(agent): State<Shared>, Path(id): Path<String>) -> Respons
     }
     let agent = agent.lock().unwrap();
     match agent.services.get(&id) {
-        Some(s) => {
-            Json(json!({"ID": s.id, "Service": s.name, "Address": s.address, "Port": s.port}))
-                .into_response()
-        }
+        Some(s) => Json(
+            json!({"ID": s.id, "Service": s.name, "Address": s.address, "Port": s.port,
+                        "Tags": s.tags, "Meta": s.meta, "Weights": s.weights}),
+        )
+        .into_response(),
         None => (StatusCode::NOT_FOUND, "unknown service").into_response(),
     }
 }

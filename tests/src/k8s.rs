@@ -5,8 +5,9 @@
 //! `/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices` (label
 //! selectors, `resourceVersion`, bookmarks, `410 Gone` for a compacted
 //! version), and get, server-side apply (`PATCH`) and delete of single
-//! slices. Fault modes: compaction (next watch from an old version gets 410)
-//! and dropping every open watch connection.
+//! slices (with the resource-version and UID preconditions of a delete).
+//! Fault modes: compaction (next watch from an old version gets 410),
+//! dropping every open watch connection, and list and watch answering 500.
 //!
 //! It is not Kubernetes: tests run against a real cluster when `KUBECONFIG`
 //! is set (see the README).
@@ -50,6 +51,7 @@ struct ApiState {
     changes: broadcast::Sender<Change>,
     generation: u64,
     expire_next_watch: bool,
+    unavailable: bool,
     lists: u64,
 }
 
@@ -74,6 +76,7 @@ impl K8sStandIn {
             changes,
             generation: 0,
             expire_next_watch: false,
+            unavailable: false,
             lists: 0,
         }));
         let app = Router::new()
@@ -120,6 +123,24 @@ impl K8sStandIn {
             .objects
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// The names of the slices stored in `namespace`.
+    pub fn names(&self, namespace: &str) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .objects
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// While `on`, list and watch requests answer `500`, as an API server
+    /// that is briefly unavailable; combine with [`Self::drop_watches`] so
+    /// that open watches must reconnect.
+    pub fn set_unavailable(&self, on: bool) {
+        self.state.lock().unwrap().unavailable = on;
     }
 
     /// Forgets the change history: watches resuming from before now get 410.
@@ -238,6 +259,13 @@ async fn list_or_watch(
         .filter_map(|term| term.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
+    if state.lock().unwrap().unavailable {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(status(500, "InternalError", "stand-in: unavailable")),
+        )
+            .into_response();
+    }
     if !query.watch.unwrap_or(false) {
         let mut state = state.lock().unwrap();
         state.lists += 1;
@@ -351,7 +379,36 @@ async fn apply(
 async fn delete(
     State(state): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
+    body: Bytes,
 ) -> Response {
+    // DeleteOptions preconditions: the object must still have this
+    // resource version and UID, else 409 Conflict.
+    let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let preconditions = &options["preconditions"];
+    let conflict = {
+        let state = state.lock().unwrap();
+        state
+            .objects
+            .get(&(namespace.clone(), name.clone()))
+            .is_some_and(|object| {
+                ["resourceVersion", "uid"].iter().any(|key| {
+                    preconditions[key]
+                        .as_str()
+                        .is_some_and(|want| object["metadata"][key].as_str() != Some(want))
+                })
+            })
+    };
+    if conflict {
+        return (
+            StatusCode::CONFLICT,
+            Json(status(
+                409,
+                "Conflict",
+                &format!("Precondition failed for endpointslices {name:?}"),
+            )),
+        )
+            .into_response();
+    }
     match remove(&state, &namespace, &name) {
         Some(object) => Json(object).into_response(),
         None => (

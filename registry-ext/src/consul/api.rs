@@ -14,6 +14,10 @@ use crate::{Error, Instance, Result};
 
 /// Meta key carrying the weight (Consul's own `Weights` cannot be 0).
 pub(crate) const WEIGHT_META: &str = "weight";
+/// Meta key carrying the id of the registration that registered the service,
+/// so that a process deregisters only its own registration, never a later
+/// one of the same instance (same service ID) by a successor process.
+pub(crate) const REGISTRATION_META: &str = "registry-ext-registration";
 
 pub(crate) struct Api {
     http: reqwest::Client,
@@ -38,6 +42,27 @@ pub(crate) struct Registration {
     pub(crate) meta: BTreeMap<String, String>,
     pub(crate) weights: Weights,
     pub(crate) check: CheckDefinition,
+    /// This registration's id, also in `meta` under [`REGISTRATION_META`].
+    #[serde(skip)]
+    pub(crate) registration: String,
+}
+
+/// The part of `GET /v1/agent/service/<id>` this crate reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct AgentService {
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+impl AgentService {
+    /// The registration id in the service's Meta, if any.
+    pub(crate) fn registration(&self) -> Option<&str> {
+        self.meta
+            .as_ref()?
+            .get(REGISTRATION_META)
+            .map(String::as_str)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -103,8 +128,10 @@ impl CheckDefinition {
 impl Registration {
     pub(crate) fn of(instance: &Instance, check: &Check, deregister_after: Duration) -> Self {
         let address = instance.address;
+        let registration = crate::instance::registration_id();
         let mut meta = instance.tags.clone();
         meta.insert(WEIGHT_META.to_owned(), instance.weight.to_string());
+        meta.insert(REGISTRATION_META.to_owned(), registration.clone());
         Self {
             id: format!("{}-{}-{}", instance.service, address.ip(), address.port())
                 .replace([':', '[', ']', '/'], "-"),
@@ -122,6 +149,7 @@ impl Registration {
                 warning: 1,
             },
             check: CheckDefinition::new(check, deregister_after),
+            registration,
         }
     }
 
@@ -278,16 +306,30 @@ impl Api {
 
     /// Whether the agent still has service `id` (for agent-run checks).
     pub(crate) async fn has_service(&self, id: &str) -> Result<bool> {
+        self.agent_service(id).await.map(|s| s.is_some())
+    }
+
+    /// The agent's service `id` (`GET /v1/agent/service/<id>`), `None` if
+    /// the agent does not have it.
+    pub(crate) async fn agent_service(&self, id: &str) -> Result<Option<AgentService>> {
         let path = ["v1", "agent", "service", id];
         let response = self
             .send(self.request(Method::GET, &path, self.request_timeout))
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(None);
         }
-        Self::expect_success(response, "service lookup")
+        let response = Self::expect_success(response, "service lookup").await?;
+        let body = response
+            .bytes()
             .await
-            .map(|_| true)
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| Error::Decode {
+                key: format!("/v1/agent/service/{id}"),
+                reason: e.to_string(),
+            })
     }
 
     /// One (blocking, when `index` > 0) health query: the passing instances

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Deserialize;
 
-use super::api::{Weights, WEIGHT_META};
+use super::api::{Weights, REGISTRATION_META, WEIGHT_META};
 use crate::{Error, Instance, Result};
 
 /// The header carrying the index a blocking query waits on.
@@ -97,6 +97,7 @@ fn instance_of(entry: HealthEntry) -> Option<Instance> {
         }
     };
     let mut tags = service.meta.unwrap_or_default();
+    tags.remove(REGISTRATION_META);
     let weight = tags
         .remove(WEIGHT_META)
         .and_then(|w| w.parse().ok())

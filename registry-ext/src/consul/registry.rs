@@ -100,6 +100,34 @@ impl Shared {
         }
     }
 
+    /// Deregisters the service if it is still this registration's: a
+    /// process that registered the same instance (same service ID) later,
+    /// such as the successor of a process that is shutting down, replaced
+    /// the registration id in the Meta, and its registration is left alone.
+    ///
+    /// The agent API has no conditional deregistration, so a registration
+    /// made between the read and the deregistration (a few milliseconds) is
+    /// still removed; its keeper registers it again on its next check, as
+    /// after an agent restart.
+    async fn deregister(&self, body: &Body) -> Result<()> {
+        let Some(service) = self.api.agent_service(&body.id).await? else {
+            info!(id = %body.id, "already gone from Consul");
+            return Ok(());
+        };
+        if service.registration() != Some(body.registration.as_str()) {
+            info!(
+                id = %body.id,
+                ours = %body.registration,
+                theirs = service.registration().unwrap_or("none"),
+                "not deregistering: the service was registered again by another registration"
+            );
+            return Ok(());
+        }
+        self.api.deregister(&body.id).await?;
+        info!(id = %body.id, "deregistered from Consul");
+        Ok(())
+    }
+
     async fn keep(self: Arc<Self>, body: Body, mut stop: StopSignal) {
         let check_id = body.check_id();
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
@@ -107,11 +135,7 @@ impl Shared {
         loop {
             tokio::select! {
                 reason = stop.wait() => {
-                    let outcome = self.api.deregister(&body.id).await;
-                    if outcome.is_ok() {
-                        info!(id = %body.id, "deregistered from Consul");
-                    }
-                    reason.reply(outcome);
+                    reason.reply(self.deregister(&body).await);
                     return;
                 }
                 () = tokio::time::sleep(delay) => {}

@@ -11,6 +11,9 @@ use crate::{Error, Result};
 pub const DEFAULT_PREFIX: &str = "/registry-ext";
 /// Lease time-to-live used when none is set.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// How long a resolver keeps the last known instances after etcd lost its
+/// data, when none is set: one default lease TTL.
+pub const DEFAULT_DATA_LOSS_GRACE: Duration = DEFAULT_TTL;
 
 /// Builds an [`EtcdRegistry`] or an [`EtcdResolver`].
 ///
@@ -45,6 +48,7 @@ pub struct EtcdBuilder<T> {
     pub(crate) request_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) advertise_ip: Option<IpAddr>,
+    pub(crate) data_loss_grace: Duration,
     target: PhantomData<fn() -> T>,
 }
 
@@ -68,6 +72,7 @@ impl<T> std::fmt::Debug for EtcdBuilder<T> {
             .field("request_timeout", &self.request_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("advertise_ip", &self.advertise_ip)
+            .field("data_loss_grace", &self.data_loss_grace)
             .finish()
     }
 }
@@ -88,6 +93,7 @@ impl<T> EtcdBuilder<T> {
             request_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             advertise_ip: None,
+            data_loss_grace: DEFAULT_DATA_LOSS_GRACE,
             target: PhantomData,
         }
     }
@@ -193,6 +199,25 @@ impl EtcdBuilder<EtcdRegistry> {
 }
 
 impl EtcdBuilder<EtcdResolver> {
+    /// How long the last known instances stay after etcd lost its data
+    /// (default [`DEFAULT_DATA_LOSS_GRACE`], 10 s: one default lease TTL).
+    ///
+    /// Data loss (etcd's revision going backwards, or another cluster id
+    /// answering) makes the resolver list the service again. Registries
+    /// write their registrations again once they notice their lease is gone,
+    /// which takes up to a keep-alive interval; meanwhile the new listing is
+    /// empty although the instances are healthy. Rather than publish that
+    /// empty set, the resolver keeps the last known instances until some
+    /// instance is back (the new set is then published at once) or this
+    /// long has passed (then an empty set is published, if it still is).
+    /// Set it to about the registries' lease TTL; `Duration::ZERO` publishes
+    /// the empty listing at once. Deletions seen outside data loss are
+    /// always published at once.
+    pub fn data_loss_grace(mut self, grace: Duration) -> Self {
+        self.data_loss_grace = grace;
+        self
+    }
+
     /// Connects and returns the resolver.
     pub async fn build(self) -> Result<EtcdResolver> {
         let client = self.connect().await?;

@@ -36,7 +36,7 @@ mod codec;
 mod registry;
 mod resolver;
 
-pub use builder::{EtcdBuilder, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use builder::{EtcdBuilder, DEFAULT_DATA_LOSS_GRACE, DEFAULT_PREFIX, DEFAULT_TTL};
 pub use codec::{encode_instance, VALUE_VERSION};
 // For the fuzz targets only (see the `fuzzing` feature).
 #[cfg(feature = "fuzzing")]

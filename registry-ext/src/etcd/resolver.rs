@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use etcd_client::{Client, GetOptions, WatchOptions};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
 use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
@@ -23,6 +23,20 @@ use crate::{
 /// soon as etcd reports them. When etcd is unreachable the last known
 /// instances stay in place and the error is reported in
 /// [`ServiceSnapshot::last_error`].
+///
+/// # Data loss
+///
+/// An etcd that lost its data (restored from nothing, or replaced by another
+/// cluster behind the same endpoints) is recognized by its revision going
+/// backwards or by a different cluster id in its response headers. The
+/// service is then listed again; since the registries need a moment to
+/// write their registrations again, an empty listing is not published at
+/// once: the last known instances stay until some instance is registered
+/// again (that set is then published as soon as etcd reports it) or until
+/// the [grace period](EtcdBuilder::data_loss_grace) passes (default
+/// [`DEFAULT_DATA_LOSS_GRACE`](super::DEFAULT_DATA_LOSS_GRACE), one default
+/// lease TTL), after which the service is shown empty if it still is.
+/// Deletions seen in normal operation are published at once.
 ///
 /// ```no_run
 /// use rpc_ext_registry::{etcd::EtcdResolver, Resolver};
@@ -46,6 +60,7 @@ struct Shared {
     prefix: Arc<str>,
     request_timeout: Duration,
     max_backoff: Duration,
+    data_loss_grace: Duration,
     subscriptions: Subscriptions,
 }
 
@@ -70,6 +85,7 @@ impl EtcdResolver {
                 prefix: builder.prefix_arc(),
                 request_timeout: builder.request_timeout,
                 max_backoff: builder.max_backoff,
+                data_loss_grace: builder.data_loss_grace,
                 subscriptions: Subscriptions::default(),
             }),
         }
@@ -85,6 +101,10 @@ impl Resolver for EtcdResolver {
             max_backoff: self.shared.max_backoff,
             instances: HashMap::new(),
             revision: None,
+            last_revision: None,
+            cluster_id: None,
+            data_loss_grace: self.shared.data_loss_grace,
+            holding_until: None,
         };
         self.shared
             .subscriptions
@@ -104,6 +124,72 @@ struct ServiceFollower {
     /// The revision `instances` reflects; `None` until listed, or after a
     /// compaction or data loss made it useless.
     revision: Option<i64>,
+    /// The newest revision seen from the current store (kept across
+    /// compactions, unlike `revision`), to tell a younger store.
+    last_revision: Option<i64>,
+    /// The id of the etcd cluster `instances` came from, once known.
+    cluster_id: Option<u64>,
+    /// How long the last known instances are kept after data loss.
+    data_loss_grace: Duration,
+    /// Set after data loss: until then (or until some instance is back),
+    /// an empty instance set is not published; subscribers keep the last
+    /// set published before the loss.
+    holding_until: Option<Instant>,
+}
+
+/// What a response header says about the store `instances` came from.
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderCheck {
+    Same,
+    /// Another cluster answers (its id differs from the one seen before).
+    ClusterChanged {
+        from: u64,
+        to: u64,
+    },
+    /// The revision went backwards: the store is younger than what we saw.
+    RevisionBack {
+        from: i64,
+        to: i64,
+    },
+}
+
+/// Compares a response header (`cluster_id`, `revision`) with what was seen
+/// before. A cluster id of 0 means "not reported" and is not compared; the
+/// revision is compared only when `known_revision` is given (a watch may
+/// legitimately start at a future revision, a list may not go back).
+fn check_header(
+    known_cluster: Option<u64>,
+    known_revision: Option<i64>,
+    cluster_id: u64,
+    revision: i64,
+) -> HeaderCheck {
+    match known_cluster {
+        Some(from) if cluster_id != 0 && from != cluster_id => {
+            return HeaderCheck::ClusterChanged {
+                from,
+                to: cluster_id,
+            }
+        }
+        _ => {}
+    }
+    match known_revision {
+        Some(from) if revision < from => HeaderCheck::RevisionBack { from, to: revision },
+        _ => HeaderCheck::Same,
+    }
+}
+
+impl std::fmt::Display for HeaderCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Same => f.write_str("same store"),
+            Self::ClusterChanged { from, to } => {
+                write!(f, "etcd cluster id changed from {from:x} to {to:x}")
+            }
+            Self::RevisionBack { from, to } => {
+                write!(f, "etcd revision went back from {from} to {to}")
+            }
+        }
+    }
 }
 
 impl ServiceFollower {
@@ -139,6 +225,7 @@ impl ServiceFollower {
                 Err(error) => return error,
             },
         };
+        let holding_until = self.holding_until;
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -159,7 +246,17 @@ impl ServiceFollower {
             }
         };
         loop {
-            let response = match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = sleep_until_some(holding_until), if self.holding_until.is_some() => {
+                    // The grace period after data loss is over: show the
+                    // store as it is, even if empty.
+                    self.holding_until = None;
+                    self.publish(tx);
+                    continue;
+                }
+            };
+            let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return Error::backend(super::BACKEND, "watch stream closed"),
                 Err(error) => return super::etcd_error(error),
@@ -181,14 +278,20 @@ impl ServiceFollower {
                     format!("watch canceled: {}", response.cancel_reason()),
                 );
             }
-            let header_revision = response.header().map_or(0, |h| h.revision());
-            if response.created() && header_revision < revision {
-                // The store is younger than what we saw: its data was lost.
-                self.revision = None;
-                return Error::backend(
-                    super::BACKEND,
-                    format!("etcd revision went back from {revision} to {header_revision}; listing again"),
-                );
+            let (cluster_id, header_revision) = response
+                .header()
+                .map_or((0, 0), |h| (h.cluster_id(), h.revision()));
+            // Only the created answer is compared with the watch's start:
+            // later ones carry the revision of their own events.
+            let known_revision = response.created().then_some(revision);
+            let check = check_header(self.cluster_id, known_revision, cluster_id, header_revision);
+            if check != HeaderCheck::Same {
+                // The store is not the one we followed: its data was lost.
+                self.data_lost();
+                return Error::backend(super::BACKEND, format!("{check}; listing again"));
+            }
+            if cluster_id != 0 {
+                self.cluster_id = Some(cluster_id);
             }
             backoff.reset();
             if response.created() {
@@ -224,8 +327,21 @@ impl ServiceFollower {
                     .map(|instance| (kv.key().to_vec(), instance))
             })
             .collect();
-        let revision = response.header().map_or(0, |h| h.revision());
+        let (cluster_id, revision) = response
+            .header()
+            .map_or((0, 0), |h| (h.cluster_id(), h.revision()));
+        // A listing after a compaction or a cancelled watch may already
+        // come from a new store.
+        let check = check_header(self.cluster_id, self.last_revision, cluster_id, revision);
+        if check != HeaderCheck::Same {
+            warn!(prefix = %self.prefix, %check, "etcd data lost");
+            self.data_lost();
+        }
+        if cluster_id != 0 {
+            self.cluster_id = Some(cluster_id);
+        }
         self.revision = Some(revision);
+        self.last_revision = Some(revision);
         debug!(prefix = %self.prefix, revision, count = self.instances.len(), "listed etcd");
         Ok(revision)
     }
@@ -238,6 +354,7 @@ impl ServiceFollower {
         for event in events {
             let Some(kv) = event.kv() else { continue };
             self.revision = Some(kv.mod_revision().max(self.revision.unwrap_or(0)));
+            self.last_revision = self.revision.max(self.last_revision);
             // Read the raw type: etcd_client's accessor panics on unknown values.
             match event.0.r#type {
                 PUT => match self.decode(kv.key(), kv.value()) {
@@ -268,7 +385,65 @@ impl ServiceFollower {
         }
     }
 
-    fn publish(&self, tx: &watch::Sender<ServiceSnapshot>) {
+    /// Forgets the store followed so far (it lost its data or was
+    /// replaced): the next round lists again, and the last published
+    /// instances are held for the grace period.
+    fn data_lost(&mut self) {
+        self.revision = None;
+        self.last_revision = None;
+        self.cluster_id = None;
+        // A loss during a running grace period does not extend it.
+        let now = Instant::now();
+        if self.holding_until.is_none_or(|until| until <= now) {
+            self.holding_until = Some(now + self.data_loss_grace);
+        }
+    }
+
+    /// Publishes `instances`, unless data was lost lately and no instance
+    /// is back yet (subscribers then keep the last known set).
+    fn publish(&mut self, tx: &watch::Sender<ServiceSnapshot>) {
+        if let Some(until) = self.holding_until {
+            if self.instances.is_empty() && Instant::now() < until {
+                debug!(prefix = %self.prefix, "etcd empty after data loss; keeping the last known instances");
+                return;
+            }
+            self.holding_until = None;
+        }
         publish_instances(tx, self.instances.values().cloned().collect());
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_cluster_id_alone_is_data_loss() {
+        // The revision moved forward (the new cluster saw more writes), so
+        // only the cluster id tells the stores apart.
+        assert_eq!(
+            check_header(Some(0xa), Some(10), 0xb, 50),
+            HeaderCheck::ClusterChanged { from: 0xa, to: 0xb }
+        );
+        assert_eq!(
+            check_header(Some(0xa), Some(10), 0xa, 3),
+            HeaderCheck::RevisionBack { from: 10, to: 3 }
+        );
+        assert_eq!(
+            check_header(Some(0xa), Some(10), 0xa, 10),
+            HeaderCheck::Same
+        );
+        assert_eq!(check_header(Some(0xa), None, 0xa, 3), HeaderCheck::Same);
+        // Nothing known yet, or no id reported: nothing to compare.
+        assert_eq!(check_header(None, None, 0xb, 1), HeaderCheck::Same);
+        assert_eq!(check_header(Some(0xa), None, 0, 1), HeaderCheck::Same);
     }
 }

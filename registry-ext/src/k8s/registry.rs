@@ -7,12 +7,12 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     Api, Client,
 };
 use tracing::{info, warn};
 
-use super::{kube_error, MANAGED_BY};
+use super::{kube_error, MANAGED_BY, REGISTRATION_LABEL};
 use crate::{
     advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
     Registry, Result,
@@ -30,6 +30,18 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// (`recheck_interval`) that it still exists (re-applying it if someone deleted it), and deletes
 /// it on deregister. The instance's `zone` and `node` tags become the
 /// endpoint's zone and node name.
+///
+/// The slice is named after the service, IP and port (a readable prefix and
+/// a hash of the three), so registering the same instance again — a
+/// restarted process — takes the slice over. Each registration labels it with
+/// a random id ([`REGISTRATION_LABEL`](super::REGISTRATION_LABEL)), and
+/// deregistering deletes the slice only while it still carries that id (with
+/// a resource-version precondition), so an old process leaving after its
+/// successor registered does not remove the successor's slice.
+///
+/// There is no liveness: a process killed without deregistering (SIGKILL,
+/// OOM kill, lost host) leaves its slice Ready; see the [module
+/// documentation](super#liveness).
 ///
 /// ```no_run
 /// use rpc_ext_registry::{k8s::K8sRegistry, Instance, Registry};
@@ -115,20 +127,11 @@ impl K8sRegistry {
         }
     }
 
-    fn slice_of(&self, instance: &Instance) -> EndpointSlice {
+    fn slice_of(&self, instance: &Instance, registration: &str) -> EndpointSlice {
         let ip = instance.address.ip();
-        let name = format!("{}-{}-{}", instance.service, ip, instance.address.port())
-            .to_ascii_lowercase()
-            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
-        let name: String = name
-            .chars()
-            .take(63)
-            .collect::<String>()
-            .trim_end_matches('-')
-            .to_owned();
         EndpointSlice {
             metadata: ObjectMeta {
-                name: Some(name),
+                name: Some(slice_name(&instance.service, ip, instance.address.port())),
                 labels: Some(BTreeMap::from([
                     (
                         "kubernetes.io/service-name".to_owned(),
@@ -138,6 +141,7 @@ impl K8sRegistry {
                         "endpointslice.kubernetes.io/managed-by".to_owned(),
                         MANAGED_BY.to_owned(),
                     ),
+                    (REGISTRATION_LABEL.to_owned(), registration.to_owned()),
                 ])),
                 ..ObjectMeta::default()
             },
@@ -167,12 +171,14 @@ impl Registry for K8sRegistry {
     async fn register(&self, mut instance: Instance) -> Result<Registration> {
         instance.address = advertise_address(instance.address, self.advertise_ip)?;
         instance.validate()?;
-        let slice = self.slice_of(&instance);
+        let registration = crate::instance::registration_id();
+        let slice = self.slice_of(&instance, &registration);
         let keeper = Keeper {
             api: self.api(),
             recheck: self.recheck,
             name: slice.metadata.name.clone().unwrap_or_default(),
             slice,
+            registration,
         };
         keeper.apply().await?;
         info!(slice = %keeper.name, "registered as an EndpointSlice");
@@ -187,6 +193,39 @@ struct Keeper {
     recheck: Duration,
     name: String,
     slice: EndpointSlice,
+    registration: String,
+}
+
+/// Longest slice name this crate makes: a DNS label, as the names the
+/// endpoints controller generates.
+const MAX_NAME: usize = 63;
+/// Hex digits of the hash that ends every slice name.
+const HASH_DIGITS: usize = 12;
+
+/// The slice name of an instance: `<service>-<ip>-<port>` made a DNS label
+/// (lowercase alphanumerics and `-`), cut so that `-` and a hash of the
+/// exact service, IP and port still fit in 63 characters. The hash keeps
+/// apart instances whose readable prefixes are the same once cut or
+/// sanitised (a long service name with IPv6 addresses that differ at the
+/// end, `a.b` and `a-b`). It is FNV-1a, fixed here, so that every build and
+/// version of this crate gives an instance the same name.
+fn slice_name(service: &str, ip: IpAddr, port: u16) -> String {
+    let full = format!("{service}\0{ip}\0{port}");
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let readable = format!("{service}-{ip}-{port}")
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let prefix: String = readable.chars().take(MAX_NAME - 1 - HASH_DIGITS).collect();
+    let prefix = prefix.trim_matches('-');
+    let hash = format!("{hash:016x}");
+    let hash = &hash[..HASH_DIGITS];
+    if prefix.is_empty() {
+        hash.to_owned()
+    } else {
+        format!("{prefix}-{hash}")
+    }
 }
 
 impl Keeper {
@@ -199,21 +238,67 @@ impl Keeper {
             .map_err(kube_error)
     }
 
+    /// Deletes the slice if it is still this registration's. A slice
+    /// labelled with another registration id was taken over by a later
+    /// registration of the same instance (a successor process) and is left
+    /// alone. The delete carries the resource version and UID that were
+    /// checked as preconditions, so a takeover between the read and the
+    /// delete makes the API server refuse it (409), and the check runs again.
+    async fn delete(&self) -> Result<()> {
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            let Some(current) = self.api.get_opt(&self.name).await.map_err(kube_error)? else {
+                info!(slice = %self.name, "EndpointSlice already gone");
+                return Ok(());
+            };
+            let owner = current
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(REGISTRATION_LABEL));
+            if owner.map(String::as_str) != Some(self.registration.as_str()) {
+                info!(
+                    slice = %self.name,
+                    ours = %self.registration,
+                    theirs = owner.map_or("none", String::as_str),
+                    "not deleting the EndpointSlice: another registration took it over"
+                );
+                return Ok(());
+            }
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: current.metadata.resource_version.clone(),
+                    uid: current.metadata.uid.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&self.name, &params).await {
+                Ok(_) => {
+                    info!(slice = %self.name, "deregistered (EndpointSlice deleted)");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                // Changed since it was read: look again.
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(error) => return Err(kube_error(error)),
+            }
+        }
+        Err(crate::Error::backend(
+            super::BACKEND,
+            format!(
+                "EndpointSlice {} kept changing; not deleted after {ATTEMPTS} attempts",
+                self.name
+            ),
+        ))
+    }
+
     async fn keep(self: Arc<Self>, mut stop: StopSignal) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut delay = self.recheck;
         loop {
             tokio::select! {
                 reason = stop.wait() => {
-                    let deleted = match self.api.delete(&self.name, &DeleteParams::default()).await {
-                        Ok(_) => Ok(()),
-                        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                        Err(error) => Err(kube_error(error)),
-                    };
-                    if deleted.is_ok() {
-                        info!(slice = %self.name, "deregistered (EndpointSlice deleted)");
-                    }
-                    reason.reply(deleted);
+                    reason.reply(self.delete().await);
                     return;
                 }
                 () = tokio::time::sleep(delay) => {}
@@ -243,5 +328,50 @@ impl Keeper {
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns_label(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+    }
+
+    #[test]
+    fn long_names_with_ipv6_addresses_do_not_collide() {
+        let service = "a-rather-long-service-name-for-the-payments-gateway";
+        let a = slice_name(service, "fd00:1234:5678::1".parse().unwrap(), 50051);
+        let b = slice_name(service, "fd00:1234:5678::2".parse().unwrap(), 50051);
+        assert_ne!(a, b);
+        for name in [&a, &b] {
+            assert!(is_dns_label(name), "{name}");
+            assert!(name.starts_with("a-rather-long-service-name"), "{name}");
+        }
+        // The same instance always gets the same name.
+        assert_eq!(
+            a,
+            slice_name(service, "fd00:1234:5678::1".parse().unwrap(), 50051)
+        );
+    }
+
+    #[test]
+    fn names_stay_readable_and_valid() {
+        let name = slice_name("echo", "10.1.2.3".parse().unwrap(), 50051);
+        assert!(name.starts_with("echo-10-1-2-3-50051-"), "{name}");
+        assert!(is_dns_label(&name), "{name}");
+        // Names the same once sanitised differ by their hash.
+        let dotted = slice_name("A.b", "10.1.2.3".parse().unwrap(), 1);
+        let dashed = slice_name("a-b", "10.1.2.3".parse().unwrap(), 1);
+        assert_ne!(dotted, dashed);
+        assert!(is_dns_label(&dotted) && is_dns_label(&dashed));
+        assert!(is_dns_label(&slice_name("--", "::1".parse().unwrap(), 1)));
     }
 }

@@ -1,6 +1,6 @@
 //! Resolution from EndpointSlices with kube's runtime watcher.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -13,12 +13,22 @@ use tracing::warn;
 
 use super::{slice::ready_instances, Target};
 use crate::{
-    backend::subscriptions::{publish_error, publish_instances, Subscriptions},
+    backend::{
+        backoff::Backoff,
+        subscriptions::{publish_error, publish_instances, Subscriptions},
+    },
     Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 
 /// Resolves `k8s://<service>.<namespace>:<port>` targets to the ready
 /// endpoints of the Service's EndpointSlices, pushing every change.
+///
+/// When the watch fails (the API server unreachable or answering errors),
+/// the last known instances are kept and the error is reported in
+/// [`ServiceSnapshot::last_error`]. The watcher is then started again after
+/// a capped backoff: its fresh list replaces the set once complete and
+/// clears the error, so `last_error` does not outlive the outage even when
+/// nothing changed meanwhile (kube's watcher resumes a watch silently).
 ///
 /// ```no_run
 /// use rpc_ext_registry::{k8s::K8sResolver, volo::VoloDiscover};
@@ -95,23 +105,50 @@ struct Follower {
 impl Follower {
     async fn run(self, tx: watch::Sender<ServiceSnapshot>) {
         let selector = format!("kubernetes.io/service-name={}", self.target.service);
-        let mut events = watcher(
-            self.api.clone(),
-            watcher::Config::default().labels(&selector),
-        )
-        .default_backoff()
-        .boxed();
-        // Instances by slice name; `relisting` buffers a re-list so the
-        // current set stays in place until the new list is complete.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Instances by slice name, kept across watcher restarts.
         let mut slices: HashMap<String, Vec<Arc<Instance>>> = HashMap::new();
+        loop {
+            let events = watcher(
+                self.api.clone(),
+                watcher::Config::default().labels(&selector),
+            )
+            .default_backoff()
+            .boxed();
+            if !self.follow(&tx, events, &mut slices, &mut backoff).await {
+                return;
+            }
+            // The watch failed: start a fresh watcher (list, then watch)
+            // after a pause. Its completed list clears the published error.
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Follows one watcher until it fails (`true`: start another) or the
+    /// subscribers are gone (`false`).
+    async fn follow(
+        &self,
+        tx: &watch::Sender<ServiceSnapshot>,
+        mut events: futures::stream::BoxStream<
+            'static,
+            watcher::Result<watcher::Event<EndpointSlice>>,
+        >,
+        slices: &mut HashMap<String, Vec<Arc<Instance>>>,
+        backoff: &mut Backoff,
+    ) -> bool {
+        // Buffers a (re-)list so the current set stays in place until the
+        // new list is complete.
         let mut relisting: Option<HashMap<String, Vec<Arc<Instance>>>> = None;
         loop {
             let event = tokio::select! {
-                () = tx.closed() => return,
+                () = tx.closed() => return false,
                 event = events.next() => event,
             };
             let changed = match event {
-                None => return,
+                None => return false,
                 Some(Ok(watcher::Event::Init)) => {
                     relisting = Some(HashMap::new());
                     false
@@ -124,7 +161,8 @@ impl Follower {
                     false
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
-                    slices = relisting.take().unwrap_or_default();
+                    *slices = relisting.take().unwrap_or_default();
+                    backoff.reset();
                     true
                 }
                 Some(Ok(watcher::Event::Apply(slice))) => {
@@ -138,12 +176,13 @@ impl Follower {
                 }
                 Some(Err(error)) => {
                     warn!(target = %self.name, %error, "EndpointSlice watch failed; keeping last known instances");
-                    publish_error(&tx, crate::Error::backend(super::BACKEND, error));
-                    false
+                    publish_error(tx, crate::Error::backend(super::BACKEND, error));
+                    return true;
                 }
             };
             if changed {
-                publish_instances(&tx, slices.values().flatten().cloned().collect());
+                // Also clears a published error.
+                publish_instances(tx, slices.values().flatten().cloned().collect());
             }
         }
     }

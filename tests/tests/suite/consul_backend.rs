@@ -288,3 +288,40 @@ async fn names_with_url_delimiters_register_resolve_and_deregister() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_process_leaving_does_not_remove_its_successor() -> anyhow::Result<()> {
+    let agent = Agent::any().await?;
+    // Two processes: the old one (A) and its successor (B), registering the
+    // same instance, so the same service ID.
+    let (old, resolver) = pair(&agent.address())?;
+    let (successor, _) = pair(&agent.address())?;
+    let service = unique("handover");
+    let a = old.register(Instance::new(&service, addr(7761))).await?;
+    let b = successor
+        .register(Instance::new(&service, addr(7761)).with_tag("zone", "b"))
+        .await?;
+    let resolved = resolver.resolve(&service).await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].tags.get("zone").map(String::as_str), Some("b"));
+    assert_eq!(
+        resolved[0].tags.len(),
+        1,
+        "the registration id stays out of the tags: {:?}",
+        resolved[0].tags
+    );
+
+    // A leaves after B started: B's registration stays.
+    a.deregister().await?;
+    let mut watch = resolver.subscribe(&service).await?;
+    wait_for_ports(&mut watch, &[7761], WATCH_DEADLINE).await?;
+    if let Agent::StandIn(stand_in) = &agent {
+        assert_eq!(stand_in.service_ids().len(), 1);
+    }
+    assert_eq!(resolver.resolve(&service).await?.len(), 1);
+
+    // B leaving removes it.
+    b.deregister().await?;
+    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}

@@ -212,7 +212,13 @@ async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
     assert_eq!(watch.current().instances[0].tags["zone"], "z1");
 
     if let Some(api) = &stand_in {
-        let name = format!("{service}-10-1-2-3-50051");
+        let names = api.names("default");
+        assert_eq!(names.len(), 1, "{names:?}");
+        let name = names[0].clone();
+        assert!(
+            name.starts_with(&format!("{service}-10-1-2-3-50051-")),
+            "{name}"
+        );
         let stored = api.get("default", &name).expect("slice stored");
         assert_eq!(
             stored["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
@@ -225,5 +231,83 @@ async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
     }
     registration.deregister().await?;
     wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_process_leaving_does_not_delete_its_successors_slice() -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    let registry = |client| {
+        K8sRegistry::new(client)
+            .namespace("default")
+            .port_name("grpc")
+    };
+    // The old process (A) and its successor (B) register the same instance,
+    // so the same slice name; B's apply takes the slice over.
+    let old = registry(api.client()?);
+    let successor = registry(api.client()?);
+    let instance = Instance::new("handover", "10.1.2.4:50051".parse()?);
+    let a = old.register(instance.clone()).await?;
+    let b = successor.register(instance).await?;
+    let names = api.names("default");
+    assert_eq!(names.len(), 1, "{names:?}");
+    let label = |api: &K8sStandIn| {
+        api.get("default", &names[0])
+            .map(|s| s["metadata"]["labels"]["registry-ext/registration"].clone())
+    };
+    let owner = label(&api).expect("slice stored");
+    assert!(owner.as_str().is_some_and(|id| id.len() == 32), "{owner}");
+
+    // A leaves after B started: B's slice stays, still B's.
+    a.deregister().await?;
+    assert_eq!(label(&api), Some(owner));
+    let resolver = K8sResolver::new(api.client()?);
+    let resolved = resolver.resolve("k8s://handover.default:grpc").await?;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].address, "10.1.2.4:50051".parse()?);
+
+    // B leaving deletes it.
+    b.deregister().await?;
+    assert!(api.names("default").is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_is_cleared_once_the_watch_recovers() -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let api = K8sStandIn::start().await?;
+    api.put(
+        "default",
+        slice("echo-1", "echo", vec![endpoint("10.0.0.1", true, false)]),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
+    wait_for_ips(&mut watch, &["10.0.0.1:50051"], WATCH_DEADLINE).await?;
+
+    // The API server goes away for a while: the watch connection drops and
+    // reconnecting fails, so an error is published and the set is kept.
+    api.set_unavailable(true);
+    api.drop_watches();
+    harness::eventually(RECOVERY_DEADLINE, "an error published", || {
+        let snapshot = watch.current();
+        async move { snapshot.last_error.is_some().then_some(()) }
+    })
+    .await?;
+    assert_eq!(ips(&watch.current()), ["10.0.0.1:50051"]);
+
+    // It comes back and nothing changed: the error must not stay.
+    api.set_unavailable(false);
+    harness::eventually(RECOVERY_DEADLINE, "the error cleared", || {
+        let snapshot = watch.current();
+        async move { snapshot.last_error.is_none().then_some(()) }
+    })
+    .await?;
+    assert_eq!(ips(&watch.current()), ["10.0.0.1:50051"]);
+    // And changes flow again.
+    api.put(
+        "default",
+        slice("echo-1", "echo", vec![endpoint("10.0.0.2", true, false)]),
+    );
+    wait_for_ips(&mut watch, &["10.0.0.2:50051"], WATCH_DEADLINE).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod axum_routes;
 mod consul_backend;
 mod discovery_e2e;
+mod etcd_data_loss;
 mod etcd_faults;
 mod etcd_network;
 mod etcd_registry;
