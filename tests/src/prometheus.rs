@@ -21,18 +21,28 @@ impl PrometheusServer {
     /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`)
     /// under the job name `rpc`, and waits until it is ready.
     pub async fn start(targets: &[String]) -> anyhow::Result<Self> {
-        let binary = require_binary("prometheus", "prometheus")?;
-        let dir = TempDir::with_prefix("prometheus-test-")?;
-        let port = free_port()?;
         let targets = targets
             .iter()
             .map(|t| format!("'{t}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: rpc\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+        Self::start_with_jobs(&format!(
+            "  - job_name: rpc\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
              static_configs:\n      - targets: [{targets}]\n"
+        ))
+        .await
+    }
+
+    /// Starts Prometheus with `jobs`, the YAML list under `scrape_configs:`
+    /// (each entry indented by two spaces), scraping every second, and
+    /// waits until it is ready.
+    pub async fn start_with_jobs(jobs: &str) -> anyhow::Result<Self> {
+        let binary = require_binary("prometheus", "prometheus")?;
+        let dir = TempDir::with_prefix("prometheus-test-")?;
+        let port = free_port()?;
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n{jobs}"
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config)?;

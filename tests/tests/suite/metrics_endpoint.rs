@@ -4,14 +4,12 @@
 
 use std::{
     net::SocketAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use harness::{eventually, free_port, require_binary, ChildGuard, PrometheusServer};
+use harness::{eventually, PrometheusServer};
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
-use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -303,22 +301,16 @@ async fn prometheus_scrapes_with_bearer_and_basic_auth() -> anyhow::Result<()> {
         bearer = bearer.local_addr(),
         basic = basic.local_addr(),
     );
-    let prometheus = AuthPrometheus::start(&jobs).await?;
+    let prometheus = PrometheusServer::start_with_jobs(&jobs).await?;
     eventually(
         Duration::from_secs(30),
         "scrapes with credentials",
         || async {
-            let ok = prometheus.value("up{job=\"bearer\"}").await == Some(1.0)
-                && prometheus.value("up{job=\"basic\"}").await == Some(1.0)
-                && prometheus.value("up{job=\"wrong\"}").await == Some(0.0)
-                && prometheus
-                    .value("endpoint_test_marker{job=\"bearer\"}")
-                    .await
-                    == Some(7.0)
-                && prometheus
-                    .value("endpoint_test_marker{job=\"basic\"}")
-                    .await
-                    == Some(7.0);
+            let ok = value(&prometheus, "up{job=\"bearer\"}").await == Some(1.0)
+                && value(&prometheus, "up{job=\"basic\"}").await == Some(1.0)
+                && value(&prometheus, "up{job=\"wrong\"}").await == Some(0.0)
+                && value(&prometheus, "endpoint_test_marker{job=\"bearer\"}").await == Some(7.0)
+                && value(&prometheus, "endpoint_test_marker{job=\"basic\"}").await == Some(7.0);
             ok.then_some(())
         },
     )
@@ -328,70 +320,8 @@ async fn prometheus_scrapes_with_bearer_and_basic_auth() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Prometheus with the given scrape jobs (the harness's
-/// [`PrometheusServer`] takes only plain targets).
-struct AuthPrometheus {
-    url: String,
-    http: reqwest::Client,
-    _process: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-impl AuthPrometheus {
-    async fn start(jobs: &str) -> anyhow::Result<Self> {
-        let binary = require_binary("prometheus", "prometheus")?;
-        let dir = tempfile::TempDir::with_prefix("prometheus-auth-test-")?;
-        let port = free_port()?;
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n{jobs}"
-        );
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config)?;
-        let mut command = Command::new(binary);
-        command
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn");
-        let mut process = ChildGuard::spawn("prometheus", command, &dir.path().join("log"))?;
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            process.check_running()?;
-            let ready = http.get(format!("{url}/-/ready")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!("prometheus not ready; log:\n{}", process.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(Self {
-            url,
-            http,
-            _process: process,
-            _dir: dir,
-        })
-    }
-
-    /// The value of the first sample of an instant query, if any.
-    async fn value(&self, promql: &str) -> Option<f64> {
-        let body: Value = self
-            .http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    }
+/// The value of the first sample of an instant query; `None` until the
+/// query answers with one.
+async fn value(prometheus: &PrometheusServer, promql: &str) -> Option<f64> {
+    prometheus.query_value(promql).await.ok().flatten()
 }
