@@ -14,7 +14,7 @@ use rpc_ext_registry::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::support::{instance, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
+use crate::support::{instance, wait_for_keys, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
 async fn registry(endpoint: String) -> anyhow::Result<EtcdRegistry> {
     Ok(EtcdRegistry::builder([endpoint])
@@ -49,25 +49,6 @@ fn record(mut watch: ServiceWatch) -> (Snapshots, tokio::task::JoinHandle<()>) {
         }
     });
     (seen, task)
-}
-
-/// Waits until etcd itself holds `count` keys under the `echo` prefix.
-async fn wait_for_keys(endpoint: &str, count: usize) -> anyhow::Result<()> {
-    let raw = etcd_client::Client::connect([endpoint], None).await?;
-    harness::eventually(RECOVERY_DEADLINE, "registrations in etcd", || {
-        let mut raw = raw.clone();
-        async move {
-            let keys = raw
-                .get(
-                    "/registry-ext/echo/",
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                )
-                .await
-                .ok()?;
-            (keys.kvs().len() == count).then_some(())
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

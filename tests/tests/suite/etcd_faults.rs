@@ -8,7 +8,7 @@ use rpc_ext_registry::{
     Registry, Resolver,
 };
 
-use crate::support::{instance, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
+use crate::support::{instance, wait_for_keys, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
 async fn connect(endpoints: Vec<String>) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
     harness::init_test_logging();
@@ -48,21 +48,8 @@ async fn registration_survives_etcd_restart_and_data_loss() -> anyhow::Result<()
     // Wiped data dir: etcd forgot everything; the registry writes it again
     // and the old resolver re-lists (the revision went backwards).
     etcd.wipe_and_restart().await?;
+    wait_for_keys(&etcd.endpoint(), 2).await?;
     let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    harness::eventually(RECOVERY_DEADLINE, "re-registration after data loss", || {
-        let mut raw = raw.clone();
-        async move {
-            let keys = raw
-                .get(
-                    "/registry-ext/echo/",
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                )
-                .await
-                .ok()?;
-            (keys.kvs().len() == 2).then_some(())
-        }
-    })
-    .await?;
     wait_for_ports(&mut watch, &[8001, 8002], RECOVERY_DEADLINE).await?;
     // Updates after recovery still flow to the old watch.
     let _c = registry.register(instance("echo", 8003)).await?;

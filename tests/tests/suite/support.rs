@@ -141,3 +141,22 @@ pub async fn traced_tonic_echo(
         .await?;
     Ok(tonic_gen::echo_client::EchoClient::new(channel))
 }
+
+/// Waits until etcd itself holds `count` keys under the `echo` prefix.
+pub async fn wait_for_keys(endpoint: &str, count: usize) -> anyhow::Result<()> {
+    let raw = etcd_client::Client::connect([endpoint], None).await?;
+    harness::eventually(RECOVERY_DEADLINE, "registrations in etcd", || {
+        let mut raw = raw.clone();
+        async move {
+            let keys = raw
+                .get(
+                    "/registry-ext/echo/",
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .ok()?;
+            (keys.kvs().len() == count).then_some(())
+        }
+    })
+    .await
+}
