@@ -9,6 +9,7 @@
 /// let code = GrpcCode::new(14);
 /// assert_eq!(code, GrpcCode::UNAVAILABLE);
 /// assert_eq!(code.as_label(), "14");
+/// assert_eq!(code.name(), "UNAVAILABLE");
 /// assert!(code.is_server_error());
 /// assert!(!GrpcCode::NOT_FOUND.is_server_error()); // the caller's mistake
 /// ```
@@ -80,6 +81,32 @@ impl GrpcCode {
         LABELS.get(self.0 as usize).copied().unwrap_or("2")
     }
 
+    /// The code's name, `OK` ... `UNAUTHENTICATED`: the value of
+    /// `rpc.response.status_code` and, for errors, of `error.type`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        const NAMES: [&str; 17] = [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ];
+        NAMES.get(self.0 as usize).copied().unwrap_or("UNKNOWN")
+    }
+
     /// Whether the code says the server failed (UNKNOWN, DEADLINE_EXCEEDED,
     /// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), which is what marks
     /// a server's span as an error per the OpenTelemetry conventions; the
@@ -108,5 +135,7 @@ mod tests {
         assert_eq!(GrpcCode::new(16).as_label(), "16");
         assert_eq!(GrpcCode::new(99), GrpcCode::UNKNOWN);
         assert_eq!(GrpcCode::new(-1).as_label(), "2");
+        assert_eq!(GrpcCode::new(4).name(), "DEADLINE_EXCEEDED");
+        assert_eq!(GrpcCode::new(16).name(), "UNAUTHENTICATED");
     }
 }

@@ -18,6 +18,7 @@ mod future;
 mod grpc_code;
 mod route;
 mod side;
+pub mod semconv;
 pub mod thrift;
 
 pub use body::ObservedBody;
@@ -30,14 +31,10 @@ pub use grpc_code::GrpcCode;
 pub use route::RouteTemplate;
 pub use side::Side;
 
-/// The label value and attribute value that stand for anything a layer does
-/// not know or will not name: a method the server does not serve, methods
-/// beyond the cardinality cap, an HTTP request without a route template.
-/// Never a raw path or a name read from the wire.
-pub const OTHER: &str = "_other";
+pub use semconv::OTHER;
 
-/// The RPC system of a call: the `rpc_system` metric label and the
-/// `rpc.system` span attribute, shared by `rpc-ext-metrics` and `rpc-ext-tracing`.
+/// The RPC system of a call: the `rpc.system.name` attribute (and the
+/// `rpc_system_name` label), shared by `rpc-ext-metrics` and `rpc-ext-tracing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RpcSystem {
     /// gRPC (Volo gRPC, tonic).
@@ -49,7 +46,9 @@ pub enum RpcSystem {
 }
 
 impl RpcSystem {
-    /// The value per the OpenTelemetry conventions: `grpc`, `apache_thrift`, `http`.
+    /// The value per the OpenTelemetry conventions: `grpc`; `apache_thrift`
+    /// (a custom value: the conventions list none for Thrift); `http` (only
+    /// in the names before v1.38, where HTTP calls were RPC metrics).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
