@@ -9,6 +9,9 @@
 //! responses) or in the trailers after the last message, so the outcome is
 //! known only when the response body ends. [`ObservedFuture`] and
 //! [`ObservedBody`] carry a [`CallObserver`] to that point and call it once.
+//! Volo gRPC's layers see typed responses instead of bodies: the
+//! `volo_grpc` module (feature `volo-grpc`) carries their end of the call to
+//! the end of the stream.
 
 #![forbid(unsafe_code)]
 
@@ -17,9 +20,11 @@ mod classify;
 mod future;
 mod grpc_code;
 mod route;
-mod side;
 pub mod semconv;
+mod side;
 pub mod thrift;
+#[cfg(feature = "volo-grpc")]
+pub mod volo_grpc;
 
 pub use body::ObservedBody;
 pub use classify::{

@@ -87,6 +87,20 @@ pub mod metric {
     pub const HTTP_CLIENT_REQUEST_DURATION: &str = "http.client.request.duration";
     /// `http.server.active_requests` ({request})
     pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
+    /// `rpc.server.active_requests` ({request}): not in the conventions
+    /// (this suite's addition, named the way they name such instruments).
+    pub const RPC_SERVER_ACTIVE_REQUESTS: &str = "rpc.server.active_requests";
+    /// `rpc.client.active_requests` ({request}): this suite's addition.
+    pub const RPC_CLIENT_ACTIVE_REQUESTS: &str = "rpc.client.active_requests";
+    /// `rpc.server.request.size` (By): deprecated in v1.38 without a
+    /// replacement; kept as this suite's addition.
+    pub const RPC_SERVER_REQUEST_SIZE: &str = "rpc.server.request.size";
+    /// `rpc.server.response.size` (By): as [`RPC_SERVER_REQUEST_SIZE`].
+    pub const RPC_SERVER_RESPONSE_SIZE: &str = "rpc.server.response.size";
+    /// `rpc.client.request.size` (By): as [`RPC_SERVER_REQUEST_SIZE`].
+    pub const RPC_CLIENT_REQUEST_SIZE: &str = "rpc.client.request.size";
+    /// `rpc.client.response.size` (By): as [`RPC_SERVER_REQUEST_SIZE`].
+    pub const RPC_CLIENT_RESPONSE_SIZE: &str = "rpc.client.response.size";
 }
 
 /// The Prometheus label name of an attribute, as the OpenTelemetry to

@@ -18,3 +18,4 @@ pub mod tonic_gen {
 }
 
 pub mod servers;
+mod streaming;

@@ -1,13 +1,25 @@
 //! Echo servers for both frameworks: each answers with the message and the
 //! address that served it, and fails on demand (`message == "fail"`) so that
-//! error paths can be exercised.
+//! error paths can be exercised: `Say` with INVALID_ARGUMENT, the streaming
+//! methods with [`STREAM_FAILURE`] mid-stream (see `proto/echo.proto`).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, pin::Pin, time::Duration};
 
-use crate::{tonic_gen, volo_gen};
+use futures::{Stream, StreamExt};
+
+use crate::{
+    streaming::{echo_each, paced},
+    tonic_gen, volo_gen,
+};
 
 /// The message that makes an Echo server answer with an error.
 pub const FAIL: &str = "fail";
+
+/// The status a streaming call fails with on [`FAIL`]: UNAVAILABLE (14), a
+/// server error, so that both sides count the call as failed.
+pub const STREAM_FAILURE: i32 = 14;
+
+const STREAM_FAILURE_MESSAGE: &str = "asked to fail mid-stream";
 
 /// Volo gRPC implementation of Echo.
 #[derive(Clone)]
@@ -29,6 +41,70 @@ impl volo_gen::echo::Echo for VoloEcho {
             message,
             served_by: self.served_by.to_string().into(),
         }))
+    }
+
+    async fn count(
+        &self,
+        request: volo_grpc::Request<volo_gen::echo::CountRequest>,
+    ) -> Result<volo_grpc::Response<VoloReplies>, volo_grpc::Status> {
+        let request = request.into_inner();
+        let end = if request.message == FAIL {
+            Err(volo_grpc::Status::unavailable(STREAM_FAILURE_MESSAGE))
+        } else {
+            Ok(())
+        };
+        let served_by = self.served_by;
+        let replies = paced(
+            request.count,
+            Duration::from_millis(request.interval_ms.into()),
+            end,
+            move |n| volo_reply(format!("{} {n}", request.message), served_by),
+        );
+        Ok(volo_grpc::Response::new(replies.boxed()))
+    }
+
+    async fn collect(
+        &self,
+        request: volo_grpc::Request<volo_grpc::RecvStream<volo_gen::echo::SayRequest>>,
+    ) -> Result<volo_grpc::Response<volo_gen::echo::SayReply>, volo_grpc::Status> {
+        let mut requests = request.into_inner();
+        let mut messages = Vec::new();
+        while let Some(request) = requests.next().await {
+            let message = request?.message;
+            if message == FAIL {
+                return Err(volo_grpc::Status::unavailable(STREAM_FAILURE_MESSAGE));
+            }
+            messages.push(message);
+        }
+        Ok(volo_grpc::Response::new(volo_reply(
+            messages.join(" "),
+            self.served_by,
+        )))
+    }
+
+    async fn chat(
+        &self,
+        request: volo_grpc::Request<volo_grpc::RecvStream<volo_gen::echo::SayRequest>>,
+    ) -> Result<volo_grpc::Response<VoloReplies>, volo_grpc::Status> {
+        let served_by = self.served_by;
+        let replies = echo_each(
+            request.into_inner(),
+            |request| request.message == FAIL,
+            || volo_grpc::Status::unavailable(STREAM_FAILURE_MESSAGE),
+            move |request| volo_reply(request.message.to_string(), served_by),
+        );
+        Ok(volo_grpc::Response::new(replies.boxed()))
+    }
+}
+
+/// The reply stream of Volo's streaming methods.
+pub type VoloReplies =
+    volo_grpc::BoxStream<'static, Result<volo_gen::echo::SayReply, volo_grpc::Status>>;
+
+fn volo_reply(message: String, served_by: SocketAddr) -> volo_gen::echo::SayReply {
+    volo_gen::echo::SayReply {
+        message: message.into(),
+        served_by: served_by.to_string().into(),
     }
 }
 
@@ -53,6 +129,73 @@ impl tonic_gen::echo_server::Echo for TonicEcho {
             message,
             served_by: self.served_by.to_string(),
         }))
+    }
+
+    type CountStream = TonicReplies;
+
+    async fn count(
+        &self,
+        request: tonic::Request<tonic_gen::CountRequest>,
+    ) -> Result<tonic::Response<TonicReplies>, tonic::Status> {
+        let request = request.into_inner();
+        let end = if request.message == FAIL {
+            Err(tonic::Status::unavailable(STREAM_FAILURE_MESSAGE))
+        } else {
+            Ok(())
+        };
+        let served_by = self.served_by;
+        let replies = paced(
+            request.count,
+            Duration::from_millis(request.interval_ms.into()),
+            end,
+            move |n| tonic_reply(format!("{} {n}", request.message), served_by),
+        );
+        Ok(tonic::Response::new(Box::pin(replies)))
+    }
+
+    async fn collect(
+        &self,
+        request: tonic::Request<tonic::Streaming<tonic_gen::SayRequest>>,
+    ) -> Result<tonic::Response<tonic_gen::SayReply>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let mut messages = Vec::new();
+        while let Some(message) = requests.message().await? {
+            if message.message == FAIL {
+                return Err(tonic::Status::unavailable(STREAM_FAILURE_MESSAGE));
+            }
+            messages.push(message.message);
+        }
+        Ok(tonic::Response::new(tonic_reply(
+            messages.join(" "),
+            self.served_by,
+        )))
+    }
+
+    type ChatStream = TonicReplies;
+
+    async fn chat(
+        &self,
+        request: tonic::Request<tonic::Streaming<tonic_gen::SayRequest>>,
+    ) -> Result<tonic::Response<TonicReplies>, tonic::Status> {
+        let served_by = self.served_by;
+        let replies = echo_each(
+            request.into_inner(),
+            |request| request.message == FAIL,
+            || tonic::Status::unavailable(STREAM_FAILURE_MESSAGE),
+            move |request| tonic_reply(request.message, served_by),
+        );
+        Ok(tonic::Response::new(Box::pin(replies)))
+    }
+}
+
+/// The reply stream of tonic's streaming methods.
+pub type TonicReplies =
+    Pin<Box<dyn Stream<Item = Result<tonic_gen::SayReply, tonic::Status>> + Send + 'static>>;
+
+fn tonic_reply(message: String, served_by: SocketAddr) -> tonic_gen::SayReply {
+    tonic_gen::SayReply {
+        message,
+        served_by: served_by.to_string(),
     }
 }
 

@@ -88,14 +88,7 @@ fn check(setup: &Setup, carrier: &dyn Extractor) {
         assert_eq!(again.span_id(), parent_span.span_id());
         assert_eq!(again.trace_flags(), parent_span.trace_flags());
     }
-    let info = CallInfo {
-        system: RpcSystem::Grpc,
-        service: "fuzz.Echo",
-        method: "Echo",
-        server_addr: None,
-        peer_addr: None,
-        request_size: None,
-    };
+    let info = CallInfo::rpc(RpcSystem::Grpc, "fuzz.Echo", "Echo");
     let call = setup.tracing.start_server(&info, carrier);
     if parent_span.is_valid() {
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Label-resolved metric handles, cached per method so that recording a call
 //! hashes a few strings and takes no lock and makes no allocation: readers
 //! load immutable snapshots (`arc-swap`), and the rare writer (a method or
-//! status seen for the first time) publishes a new snapshot.
+//! outcome seen for the first time) publishes a new snapshot.
 
 use std::{
     cell::RefCell,
@@ -17,23 +17,26 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::{
-    metrics::{Families, Inner},
-    RpcSystem, Side, OTHER,
+    call::{Call, Outcome},
+    families::Families,
+    labels::{KeyValues, OutcomeValues},
+    metrics::Inner,
+    RpcSystem, Side,
 };
 
-/// The handles of one (side, system, service, method, peer).
+/// The handles of one call description (side, system and labels).
 pub(crate) struct MethodHandles {
-    key: OwnedKey,
-    in_flight: IntGauge,
-    request_size: Histogram,
-    response_size: Histogram,
+    pub(crate) key: OwnedKey,
+    in_flight: Option<IntGauge>,
+    request_size: Option<Histogram>,
+    response_size: Option<Histogram>,
     families: Families,
-    /// The first statuses seen, read without loading a snapshot: nearly
+    /// The first outcomes seen, read without loading a snapshot: nearly
     /// every call ends with one of them (OK and an error or two). Filled in
     /// order, under `status_writer`.
-    first_statuses: [OnceLock<StatusHandles>; FIRST_STATUSES],
+    first_statuses: [OnceLock<OutcomeHandles>; FIRST_STATUSES],
     /// The others: few per method, so a scan beats a map.
-    statuses: ArcSwap<Vec<StatusHandles>>,
+    statuses: ArcSwap<Vec<OutcomeHandles>>,
     status_writer: Mutex<()>,
     #[cfg(feature = "otel")]
     otel: Option<crate::otel::OtelMethod>,
@@ -41,82 +44,115 @@ pub(crate) struct MethodHandles {
 
 const FIRST_STATUSES: usize = 4;
 
+/// The per-outcome handles of one method, in every family the conventions
+/// ask for.
 #[derive(Clone)]
-struct StatusHandles {
-    status: &'static str,
-    duration: Histogram,
-    calls: IntCounter,
+struct OutcomeHandles {
+    outcome: Outcome,
+    duration: Option<Histogram>,
+    old_duration: Option<Histogram>,
+    old_calls: Option<IntCounter>,
     #[cfg(feature = "otel")]
-    otel_attributes: Option<std::sync::Arc<[opentelemetry::KeyValue]>>,
+    otel_attributes: Option<Arc<[opentelemetry::KeyValue]>>,
 }
 
-#[derive(PartialEq, Eq)]
-struct OwnedKey {
-    side: Side,
-    system: RpcSystem,
-    service: Box<str>,
-    method: Box<str>,
-    peer: Box<str>,
+/// A [`Call`] that owns its strings: the key of a cache entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnedKey {
+    pub(crate) side: Side,
+    pub(crate) system: RpcSystem,
+    pub(crate) service: Box<str>,
+    pub(crate) method: Box<str>,
+    pub(crate) server_address: Box<str>,
+    pub(crate) server_port: Option<u16>,
+    pub(crate) peer_service: Box<str>,
+    pub(crate) url_scheme: &'static str,
 }
 
 impl OwnedKey {
-    fn matches(
-        &self,
-        side: Side,
-        system: RpcSystem,
-        service: &str,
-        method: &str,
-        peer: &str,
-    ) -> bool {
-        self.side == side
-            && self.system == system
-            && &*self.service == service
-            && &*self.method == method
-            && &*self.peer == peer
+    pub(crate) fn new(call: &Call<'_>) -> Self {
+        Self {
+            side: call.side,
+            system: call.system,
+            service: call.service.into(),
+            method: call.method.into(),
+            server_address: call.server_address.into(),
+            server_port: call.server_port,
+            peer_service: call.peer_service.into(),
+            url_scheme: call.url_scheme,
+        }
     }
 
-    fn labels(&self) -> Vec<&str> {
-        let mut labels = vec![self.system.as_str(), &self.service, &self.method];
-        if self.side == Side::Client {
-            labels.push(&self.peer);
+    pub(crate) fn as_call(&self) -> Call<'_> {
+        Call {
+            side: self.side,
+            system: self.system,
+            service: &self.service,
+            method: &self.method,
+            server_address: &self.server_address,
+            server_port: self.server_port,
+            peer_service: &self.peer_service,
+            url_scheme: self.url_scheme,
         }
-        labels
+    }
+
+    /// `self.as_call() == *call`, cheapest checks first: this runs on every
+    /// call, and most of the strings compared are empty (a server has no
+    /// target) or differ in length.
+    fn matches(&self, call: &Call<'_>) -> bool {
+        fn same(a: &str, b: &str) -> bool {
+            a.len() == b.len() && (a.is_empty() || a == b)
+        }
+        self.side == call.side
+            && self.system == call.system
+            && self.server_port == call.server_port
+            && same(self.url_scheme, call.url_scheme)
+            && same(&self.method, call.method)
+            && same(&self.service, call.service)
+            && same(&self.server_address, call.server_address)
+            && same(&self.peer_service, call.peer_service)
     }
 }
 
 impl MethodHandles {
-    /// The side, system and peer the handles were made for.
-    pub(crate) fn origin(&self) -> (Side, RpcSystem, &str) {
-        (self.key.side, self.key.system, &self.key.peer)
-    }
-
-    fn new(key: OwnedKey, families: &Families) -> Self {
-        let labels = key.labels();
+    fn new(key: OwnedKey, inner: &Inner) -> Self {
+        let families = inner.families(key.side).of(key.system).clone();
+        let values = KeyValues::new(&key);
+        let in_flight = families
+            .active
+            .as_ref()
+            .map(|f| f.vec.with_label_values(&values.values(f.labels, None)));
+        let size = |family: &Option<crate::families::Family<prometheus::HistogramVec>>| {
+            family
+                .as_ref()
+                .map(|f| f.vec.with_label_values(&values.values(f.labels, None)))
+        };
+        let request_size = size(&families.request_size);
+        let response_size = size(&families.response_size);
+        #[cfg(feature = "otel")]
+        let otel = inner
+            .otel(key.side)
+            .map(|otel| crate::otel::OtelMethod::new(otel.of(key.system), &values));
+        drop(values);
         Self {
-            in_flight: families.in_flight.with_label_values(&labels),
-            request_size: families.request_size.with_label_values(&labels),
-            response_size: families.response_size.with_label_values(&labels),
-            families: families.clone(),
+            key,
+            in_flight,
+            request_size,
+            response_size,
+            families,
             first_statuses: Default::default(),
             statuses: ArcSwap::from_pointee(Vec::new()),
             status_writer: Mutex::new(()),
             #[cfg(feature = "otel")]
-            otel: families.otel.as_ref().map(|otel| {
-                crate::otel::OtelMethod::new(
-                    otel,
-                    key.system,
-                    &key.service,
-                    &key.method,
-                    (key.side == Side::Client).then_some(&*key.peer),
-                )
-            }),
-            key,
+            otel,
         }
     }
 
     /// A call started.
     pub(crate) fn started(&self) {
-        self.in_flight.inc();
+        if let Some(gauge) = &self.in_flight {
+            gauge.inc();
+        }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
             otel.started();
@@ -125,7 +161,9 @@ impl MethodHandles {
 
     /// A call started on these handles ended (its record may go elsewhere).
     pub(crate) fn ended(&self) {
-        self.in_flight.dec();
+        if let Some(gauge) = &self.in_flight {
+            gauge.dec();
+        }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
             otel.ended();
@@ -134,11 +172,11 @@ impl MethodHandles {
 
     /// Records the message sizes of one call, where known.
     pub(crate) fn sizes(&self, request: Option<u64>, response: Option<u64>) {
-        if let Some(bytes) = request {
-            self.request_size.observe(bytes as f64);
+        if let (Some(histogram), Some(bytes)) = (&self.request_size, request) {
+            histogram.observe(bytes as f64);
         }
-        if let Some(bytes) = response {
-            self.response_size.observe(bytes as f64);
+        if let (Some(histogram), Some(bytes)) = (&self.response_size, response) {
+            histogram.observe(bytes as f64);
         }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
@@ -147,13 +185,13 @@ impl MethodHandles {
     }
 
     /// Records one finished call.
-    pub(crate) fn record(&self, status: &'static str, seconds: f64) {
-        if let Some(handles) = self.first_status(status) {
+    pub(crate) fn record(&self, outcome: Outcome, seconds: f64) {
+        if let Some(handles) = self.first_status(outcome) {
             return self.observe(handles, seconds);
         }
         {
             let statuses = self.statuses.load();
-            if let Some(handles) = statuses.iter().find(|h| h.status == status) {
+            if let Some(handles) = statuses.iter().find(|h| h.outcome == outcome) {
                 return self.observe(handles, seconds);
             }
         }
@@ -162,19 +200,8 @@ impl MethodHandles {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.statuses.load_full();
-        if self.first_status(status).is_none() && !current.iter().any(|h| h.status == status) {
-            let mut labels = self.key.labels();
-            labels.push(status);
-            let handles = StatusHandles {
-                status,
-                duration: self.families.duration.with_label_values(&labels),
-                calls: self.families.calls.with_label_values(&labels),
-                #[cfg(feature = "otel")]
-                otel_attributes: self
-                    .otel
-                    .as_ref()
-                    .map(|otel| otel.status_attributes(status)),
-            };
+        if self.first_status(outcome).is_none() && !current.iter().any(|h| h.outcome == outcome) {
+            let handles = self.outcome_handles(outcome);
             // Only this writer sets slots, so a free one stays free for it.
             match self.first_statuses.iter().find(|slot| slot.get().is_none()) {
                 Some(slot) => {
@@ -188,13 +215,42 @@ impl MethodHandles {
             }
         }
         drop(writer);
-        self.record(status, seconds);
+        self.record(outcome, seconds);
     }
 
-    fn first_status(&self, status: &str) -> Option<&StatusHandles> {
+    fn outcome_handles(&self, outcome: Outcome) -> OutcomeHandles {
+        let values = KeyValues::new(&self.key);
+        let outcome_values = OutcomeValues::new(self.key.side, self.key.system, outcome);
+        let labels = |labels| values.values(labels, Some(&outcome_values));
+        OutcomeHandles {
+            outcome,
+            duration: self
+                .families
+                .duration
+                .as_ref()
+                .map(|f| f.vec.with_label_values(&labels(f.labels))),
+            old_duration: self
+                .families
+                .old_duration
+                .as_ref()
+                .map(|f| f.vec.with_label_values(&labels(f.labels))),
+            old_calls: self
+                .families
+                .old_calls
+                .as_ref()
+                .map(|f| f.vec.with_label_values(&labels(f.labels))),
+            #[cfg(feature = "otel")]
+            otel_attributes: self
+                .otel
+                .as_ref()
+                .and_then(|otel| otel.outcome_attributes(&values, &outcome_values)),
+        }
+    }
+
+    fn first_status(&self, outcome: Outcome) -> Option<&OutcomeHandles> {
         for slot in &self.first_statuses {
             match slot.get() {
-                Some(handles) if handles.status == status => return Some(handles),
+                Some(handles) if handles.outcome == outcome => return Some(handles),
                 Some(_) => {}
                 // Filled in order: nothing further on.
                 None => return None,
@@ -203,9 +259,16 @@ impl MethodHandles {
         None
     }
 
-    fn observe(&self, handles: &StatusHandles, seconds: f64) {
-        handles.duration.observe(seconds);
-        handles.calls.inc();
+    fn observe(&self, handles: &OutcomeHandles, seconds: f64) {
+        if let Some(histogram) = &handles.duration {
+            histogram.observe(seconds);
+        }
+        if let Some(histogram) = &handles.old_duration {
+            histogram.observe(seconds);
+        }
+        if let Some(counter) = &handles.old_calls {
+            counter.inc();
+        }
         #[cfg(feature = "otel")]
         if let (Some(otel), Some(attributes)) = (&self.otel, &handles.otel_attributes) {
             otel.record(attributes, seconds);
@@ -213,13 +276,14 @@ impl MethodHandles {
     }
 }
 
-/// Every method seen so far, up to a cap.
+/// Every method seen so far, up to a cap per side.
 pub(crate) struct MethodCache {
     /// Tells this cache's entries apart in the per-thread `RECENT` cache.
     id: u64,
     methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>, Seeded>>,
     writer: Mutex<()>,
-    count: AtomicUsize,
+    /// Entries per side (server, client), overflow entries not counted.
+    counts: [AtomicUsize; 2],
     max: usize,
     hasher: Seeded,
 }
@@ -229,6 +293,13 @@ pub(crate) struct MethodCache {
 /// there is nothing for crafted keys to pile up on.
 type Seeded = foldhash::fast::RandomState;
 
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Server => 0,
+        Side::Client => 1,
+    }
+}
+
 impl MethodCache {
     pub(crate) fn new(max: usize) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(0);
@@ -236,35 +307,25 @@ impl MethodCache {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             methods: ArcSwap::from_pointee(HashMap::default()),
             writer: Mutex::new(()),
-            count: AtomicUsize::new(0),
+            counts: Default::default(),
             max,
             hasher: Default::default(),
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+    /// The entries of `side`.
+    pub(crate) fn len(&self, side: Side) -> usize {
+        self.counts[side_index(side)].load(Ordering::Relaxed)
     }
 
-    fn hash(&self, side: Side, system: RpcSystem, service: &str, method: &str, peer: &str) -> u64 {
-        self.hasher.hash_one((side, system, service, method, peer))
-    }
-
-    /// The handles of an already known method.
-    pub(crate) fn find(
-        &self,
-        side: Side,
-        system: RpcSystem,
-        service: &str,
-        method: &str,
-        peer: &str,
-    ) -> Option<Arc<MethodHandles>> {
-        let matches = |m: &MethodHandles| m.key.matches(side, system, service, method, peer);
+    /// The handles of an already known call description.
+    pub(crate) fn find(&self, call: &Call<'_>) -> Option<Arc<MethodHandles>> {
+        let matches = |m: &MethodHandles| m.key.matches(call);
         let recent = RECENT.try_with(|recent| recent.borrow().find(self.id, matches));
         if let Ok(Some(found)) = recent {
             return Some(found);
         }
-        let hash = self.hash(side, system, service, method, peer);
+        let hash = self.hasher.hash_one(call);
         let found = self
             .methods
             .load()
@@ -278,47 +339,32 @@ impl MethodCache {
         Some(found)
     }
 
-    pub(crate) fn get(
-        &self,
-        inner: &Inner,
-        side: Side,
-        system: RpcSystem,
-        service: &str,
-        method: &str,
-        peer: &str,
-    ) -> Arc<MethodHandles> {
-        if let Some(found) = self.find(side, system, service, method, peer) {
+    /// The handles of `call`, made if it is new and its side is under the
+    /// cap, else the side's overflow handles.
+    pub(crate) fn get(&self, inner: &Inner, call: &Call<'_>) -> Arc<MethodHandles> {
+        if let Some(found) = self.find(call) {
             return found;
         }
-        let hash = self.hash(side, system, service, method, peer);
-        let overflow = service == OTHER && method == OTHER;
-        if !overflow && self.len() >= self.max {
-            return self.get(inner, side, system, OTHER, OTHER, OTHER);
-        }
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = self.find(side, system, service, method, peer) {
+        let overflow = call.is_overflow();
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = self.find(call) {
             return found;
         }
-        let families = match side {
-            Side::Server => &inner.server,
-            Side::Client => &inner.client,
-        };
-        let handles = Arc::new(MethodHandles::new(
-            OwnedKey {
-                side,
-                system,
-                service: service.into(),
-                method: method.into(),
-                peer: peer.into(),
-            },
-            families,
-        ));
+        let count = &self.counts[side_index(call.side)];
+        if !overflow && count.load(Ordering::Relaxed) >= self.max {
+            drop(writer);
+            return self.get(inner, &call.overflow());
+        }
+        let handles = Arc::new(MethodHandles::new(OwnedKey::new(call), inner));
         // Copy-on-write: readers keep using the snapshot they loaded.
         let mut methods = HashMap::clone(&self.methods.load_full());
-        methods.entry(hash).or_default().push(handles.clone());
+        methods
+            .entry(self.hasher.hash_one(call))
+            .or_default()
+            .push(handles.clone());
         self.methods.store(Arc::new(methods));
         if !overflow {
-            self.count.fetch_add(1, Ordering::Relaxed);
+            count.fetch_add(1, Ordering::Relaxed);
         }
         handles
     }

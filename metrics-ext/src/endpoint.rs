@@ -40,10 +40,13 @@ pub fn encode_text(registry: &Registry) -> Result<String, Error> {
 /// `_total` suffix and the exposition ends with `# EOF`.
 ///
 /// ```
-/// let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+/// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+///
+/// // The old names have a counter, `rpc_server_requests_total`.
+/// let metrics = RpcMetrics::builder().conventions(Conventions::Old).build().unwrap();
 /// metrics
-///     .start_call(rpc_ext_metrics::Side::Server, rpc_ext_metrics::RpcSystem::Grpc, "s", "m", "")
-///     .finish("0", None);
+///     .start_call(Call::rpc(Side::Server, RpcSystem::Grpc, "s", "m"))
+///     .finish(GrpcCode::OK, None);
 /// let text = rpc_ext_metrics::encode_openmetrics(metrics.registry()).unwrap();
 /// assert!(text.contains("# TYPE rpc_server_requests counter\n"));
 /// assert!(text.ends_with("# EOF\n"));

@@ -11,10 +11,10 @@ pub enum Error {
     /// The endpoint could not bind or serve.
     #[error("metrics endpoint: {0}")]
     Io(#[from] std::io::Error),
-    /// A setting cannot work (for example a zero connection cap or an
-    /// empty bearer token); the message says which. It never contains a
-    /// secret.
-    #[error("metrics endpoint configuration: {0}")]
+    /// A setting cannot work (for example a zero connection cap, an
+    /// empty bearer token or a malformed recognized method); the message
+    /// says which. It never contains a secret.
+    #[error("metrics configuration: {0}")]
     Config(String),
     /// Metrics could not be encoded.
     #[error("encoding metrics: {0}")]

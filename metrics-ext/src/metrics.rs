@@ -1,10 +1,17 @@
-//! The Prometheus instruments every layer records into.
+//! The instruments every layer records into, and how they are built.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::Registry;
+use rpc_ext_core::semconv::Conventions;
 
-use crate::{cache::MethodCache, recorder::CallRecorder, Error};
+use crate::{
+    cache::{MethodCache, MethodHandles},
+    call::Call,
+    families::{side_families, SideFamilies},
+    recorder::{CallRecorder, Pending},
+    Error, RpcSystem, Side,
+};
 
 /// Latency buckets (seconds) from 50 µs to 10 s: a loopback RPC takes tens
 /// of microseconds, so the first buckets must sit well below 1 ms.
@@ -27,110 +34,18 @@ pub const DEFAULT_SIZE_BUCKETS: &[f64] = &[
     16_777_216.0,
 ];
 
-pub use rpc_ext_core::{RpcSystem, Side, OTHER};
-
-/// The metric families of one side.
-#[derive(Clone)]
-pub(crate) struct Families {
-    pub(crate) duration: HistogramVec,
-    pub(crate) calls: IntCounterVec,
-    pub(crate) in_flight: IntGaugeVec,
-    pub(crate) request_size: HistogramVec,
-    pub(crate) response_size: HistogramVec,
-    #[cfg(feature = "otel")]
-    pub(crate) otel: Option<crate::otel::OtelFamilies>,
-}
-
-impl Families {
-    fn new(side: Side, builder: &RpcMetricsBuilder) -> Result<Self, Error> {
-        let (prefix, per_call, per_method): (&str, &[&str], &[&str]) = match side {
-            Side::Server => (
-                "rpc_server",
-                &["rpc_system", "rpc_service", "rpc_method", "status_code"],
-                &["rpc_system", "rpc_service", "rpc_method"],
-            ),
-            Side::Client => (
-                "rpc_client",
-                &[
-                    "rpc_system",
-                    "rpc_service",
-                    "rpc_method",
-                    "peer_service",
-                    "status_code",
-                ],
-                &["rpc_system", "rpc_service", "rpc_method", "peer_service"],
-            ),
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            HistogramVec::new(
-                HistogramOpts::new(format!("{prefix}_{name}"), help).buckets(buckets.to_vec()),
-                labels,
-            )
-        };
-        Ok(Self {
-            duration: histogram(
-                "duration_seconds",
-                "Duration of RPCs, from the request to the end of the response.",
-                &builder.duration_buckets,
-                per_call,
-            )?,
-            calls: IntCounterVec::new(
-                Opts::new(
-                    format!("{prefix}_requests_total"),
-                    "RPCs completed, by status code.",
-                ),
-                per_call,
-            )?,
-            in_flight: IntGaugeVec::new(
-                Opts::new(format!("{prefix}_active_requests"), "RPCs in progress."),
-                per_method,
-            )?,
-            request_size: histogram(
-                "request_size_bytes",
-                "Size of request messages, where known.",
-                &builder.size_buckets,
-                per_method,
-            )?,
-            response_size: histogram(
-                "response_size_bytes",
-                "Size of response messages, where known.",
-                &builder.size_buckets,
-                per_method,
-            )?,
-            #[cfg(feature = "otel")]
-            otel: builder.meter.as_ref().map(|meter| {
-                crate::otel::OtelFamilies::new(
-                    meter,
-                    side,
-                    &builder.duration_buckets,
-                    &builder.size_buckets,
-                )
-            }),
-        })
-    }
-
-    fn register(&self, registry: &Registry) -> Result<(), Error> {
-        registry.register(Box::new(self.duration.clone()))?;
-        registry.register(Box::new(self.calls.clone()))?;
-        registry.register(Box::new(self.in_flight.clone()))?;
-        registry.register(Box::new(self.request_size.clone()))?;
-        registry.register(Box::new(self.response_size.clone()))?;
-        Ok(())
-    }
-}
-
 /// RPC metrics for one process: create it once, hand clones to every layer,
 /// and expose its [`registry`](Self::registry) on one endpoint.
 ///
 /// ```
-/// use rpc_ext_metrics::{RpcMetrics, RpcSystem, Side};
+/// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
 ///
-/// let metrics = RpcMetrics::builder().build().unwrap();
-/// let call = metrics.start_call(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say", "");
-/// call.finish("0", Some(42));
+/// let metrics = RpcMetrics::builder().conventions(Conventions::Current).build().unwrap();
+/// let call = metrics.start_call(Call::rpc(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say"));
+/// call.finish(GrpcCode::OK, Some(42));
 ///
 /// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
-/// assert!(text.contains(r#"rpc_server_requests_total{rpc_method="Say",rpc_service="echo.Echo",rpc_system="grpc",status_code="0"} 1"#));
+/// assert!(text.contains(r#"rpc_server_call_duration_seconds_count{error_type="",rpc_method="echo.Echo/Say",rpc_response_status_code="OK",rpc_system_name="grpc"} 1"#));
 /// ```
 #[derive(Clone)]
 pub struct RpcMetrics {
@@ -139,22 +54,66 @@ pub struct RpcMetrics {
 
 pub(crate) struct Inner {
     registry: Registry,
-    pub(crate) server: Families,
-    pub(crate) client: Families,
+    conventions: Conventions,
+    server: SideFamilies,
+    client: SideFamilies,
+    #[cfg(feature = "otel")]
+    otel: Option<[crate::otel::OtelSide; 2]>,
+    recognized: Recognized,
     pub(crate) cache: MethodCache,
+}
+
+impl Inner {
+    pub(crate) fn families(&self, side: Side) -> &SideFamilies {
+        match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        }
+    }
+
+    #[cfg(feature = "otel")]
+    pub(crate) fn otel(&self, side: Side) -> Option<&crate::otel::OtelSide> {
+        let [server, client] = self.otel.as_ref()?;
+        Some(match side {
+            Side::Server => server,
+            Side::Client => client,
+        })
+    }
+
+    /// `call` without what the conventions do not label by, so that such
+    /// values neither split series nor count against the cap.
+    fn normalize<'a>(&self, mut call: Call<'a>) -> Call<'a> {
+        let client = call.side == Side::Client;
+        if !client || !self.conventions.current() {
+            call.server_address = "";
+            call.server_port = None;
+        }
+        if !client || !self.conventions.old() {
+            call.peer_service = "";
+        }
+        // Only current HTTP server metrics carry `url.scheme`.
+        if client || call.system != RpcSystem::Http || !self.conventions.current() {
+            call.url_scheme = "";
+        }
+        call
+    }
 }
 
 impl std::fmt::Debug for RpcMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cache = &self.inner.cache;
         f.debug_struct("RpcMetrics")
-            .field("methods", &self.inner.cache.len())
+            .field("conventions", &self.inner.conventions)
+            .field("server_methods", &cache.len(Side::Server))
+            .field("client_methods", &cache.len(Side::Client))
             .finish_non_exhaustive()
     }
 }
 
 impl RpcMetrics {
-    /// Starts a builder with the default buckets, a new registry and a cap
-    /// of 1,000 method label sets per side.
+    /// Starts a builder with the default buckets, a new registry, a cap of
+    /// 1,000 method label sets per side and the conventions
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` asks for.
     pub fn builder() -> RpcMetricsBuilder {
         RpcMetricsBuilder::default()
     }
@@ -165,64 +124,99 @@ impl RpcMetrics {
         &self.inner.registry
     }
 
-    /// Starts recording one call. The returned recorder counts the call as in
-    /// flight until it is finished or dropped (a drop records a cancellation).
+    /// The naming scheme the instruments follow.
+    #[must_use]
+    pub fn conventions(&self) -> Conventions {
+        self.inner.conventions
+    }
+
+    /// Starts recording one call whose labels are trusted (the caller's own
+    /// configuration, a server's route table). The returned recorder counts
+    /// the call as in flight until it is finished or dropped (a drop
+    /// records [`Outcome::Cancelled`](crate::Outcome::Cancelled)).
     ///
     /// Framework layers call this; use it directly to instrument another
-    /// framework. `peer_service` is only used on the client side.
-    pub fn start_call(
-        &self,
-        side: Side,
-        system: RpcSystem,
-        service: &str,
-        method: &str,
-        peer_service: &str,
-    ) -> CallRecorder {
-        let handles =
-            self.inner
-                .cache
-                .get(&self.inner, side, system, service, method, peer_service);
-        CallRecorder::start(handles, cancelled_status(system))
+    /// framework.
+    pub fn start_call(&self, call: Call<'_>) -> CallRecorder {
+        CallRecorder::start(self.handles(call))
     }
 
     /// Like [`start_call`](Self::start_call) for labels read from the wire
-    /// (a gRPC request path): a method seen for the first time becomes a
-    /// series only when the call did not end in UNIMPLEMENTED, so junk paths
-    /// never create series. Until then the call is in flight under
-    /// [`OTHER`].
-    pub fn start_untrusted_call(
-        &self,
-        side: Side,
-        system: RpcSystem,
-        service: &str,
-        method: &str,
-        peer_service: &str,
-    ) -> CallRecorder {
-        let cache = &self.inner.cache;
-        if let Some(handles) = cache.find(side, system, service, method, peer_service) {
-            return CallRecorder::start(handles, cancelled_status(system));
+    /// (a gRPC request path, a Thrift method name): a method seen for the
+    /// first time becomes a series only when a call to it succeeds, so
+    /// junk names never create series — whether the server answers them
+    /// UNIMPLEMENTED, an inner layer UNAUTHENTICATED, or the caller resets
+    /// them (CANCELLED). Until then such calls are recorded under
+    /// [`OTHER`](crate::OTHER). Methods named by
+    /// [`RpcMetricsBuilder::recognized_methods`] are trusted from the first
+    /// call.
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+    ///
+    /// let metrics = RpcMetrics::builder().conventions(Conventions::Current).build().unwrap();
+    /// let junk = Call::rpc(Side::Server, RpcSystem::Grpc, "no.Such", "Thing");
+    /// metrics.start_untrusted_call(junk).finish(GrpcCode::UNAUTHENTICATED, None);
+    ///
+    /// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
+    /// assert!(!text.contains("no.Such"));
+    /// assert!(text.contains(r#"rpc_method="_OTHER""#));
+    /// ```
+    pub fn start_untrusted_call(&self, call: Call<'_>) -> CallRecorder {
+        let inner = &self.inner;
+        let call = inner.normalize(call);
+        if let Some(handles) = inner.cache.find(&call) {
+            return CallRecorder::start(handles);
         }
-        let overflow = cache.get(&self.inner, side, system, OTHER, OTHER, OTHER);
+        if inner.recognized.contains(call.service, call.method) {
+            return CallRecorder::start(inner.cache.get(inner, &call));
+        }
+        let overflow = inner.cache.get(inner, &call.overflow());
         CallRecorder::start_pending(
             overflow,
-            cancelled_status(system),
-            crate::recorder::Pending {
-                inner: self.inner.clone(),
-                side,
-                system,
-                service: service.into(),
-                method: method.into(),
-                peer: peer_service.into(),
+            Pending {
+                inner: inner.clone(),
+                key: crate::cache::OwnedKey::new(&call),
             },
         )
     }
+
+    pub(crate) fn handles(&self, call: Call<'_>) -> Arc<MethodHandles> {
+        let inner = &self.inner;
+        inner.cache.get(inner, &inner.normalize(call))
+    }
 }
 
-fn cancelled_status(system: RpcSystem) -> &'static str {
-    match system {
-        RpcSystem::Grpc => rpc_ext_core::GrpcCode::CANCELLED.as_label(),
-        RpcSystem::Http => crate::status::HTTP_CANCELLED,
-        RpcSystem::Thrift => rpc_ext_core::thrift::CANCELLED,
+/// Full method names trusted before any call: service → methods.
+#[derive(Debug, Default)]
+struct Recognized(HashMap<Box<str>, Vec<Box<str>>>);
+
+impl Recognized {
+    fn new(names: &[String]) -> Result<Self, Error> {
+        let mut services: HashMap<Box<str>, Vec<Box<str>>> = HashMap::new();
+        for name in names {
+            let (service, method) = name
+                .strip_prefix('/')
+                .unwrap_or(name)
+                .rsplit_once('/')
+                .filter(|(service, method)| !service.is_empty() && !method.is_empty())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "recognized method {name:?} is not of the form Service/Method"
+                    ))
+                })?;
+            services
+                .entry(service.into())
+                .or_default()
+                .push(method.into());
+        }
+        Ok(Self(services))
+    }
+
+    fn contains(&self, service: &str, method: &str) -> bool {
+        self.0
+            .get(service)
+            .is_some_and(|methods| methods.iter().any(|m| &**m == method))
     }
 }
 
@@ -231,9 +225,11 @@ fn cancelled_status(system: RpcSystem) -> &'static str {
 #[derive(Clone)]
 pub struct RpcMetricsBuilder {
     registry: Option<Registry>,
-    pub(crate) duration_buckets: Vec<f64>,
-    pub(crate) size_buckets: Vec<f64>,
+    duration_buckets: Vec<f64>,
+    size_buckets: Vec<f64>,
     max_methods: usize,
+    conventions: Option<Conventions>,
+    recognized: Vec<String>,
     #[cfg(feature = "otel")]
     meter: Option<opentelemetry::metrics::Meter>,
 }
@@ -244,6 +240,8 @@ impl std::fmt::Debug for RpcMetricsBuilder {
             .field("duration_buckets", &self.duration_buckets)
             .field("size_buckets", &self.size_buckets)
             .field("max_methods", &self.max_methods)
+            .field("conventions", &self.conventions)
+            .field("recognized_methods", &self.recognized)
             .finish_non_exhaustive()
     }
 }
@@ -255,6 +253,8 @@ impl Default for RpcMetricsBuilder {
             duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
             max_methods: 1000,
+            conventions: None,
+            recognized: Vec::new(),
             #[cfg(feature = "otel")]
             meter: None,
         }
@@ -280,104 +280,122 @@ impl RpcMetricsBuilder {
         self
     }
 
-    /// Most distinct (service, method, peer) label sets per side; calls to
-    /// further methods are recorded under [`OTHER`]. Bounds the
+    /// Most distinct label sets (method, route, target...) per side: the
+    /// server side and the client side each have this many. Calls beyond
+    /// it are recorded under [`OTHER`](crate::OTHER), which bounds the
     /// series count whatever clients send.
     pub fn max_methods(mut self, max: usize) -> Self {
         self.max_methods = max.max(1);
         self
     }
 
+    /// The naming scheme (default [`Conventions::from_env`]: the current
+    /// semantic conventions unless `OTEL_SEMCONV_STABILITY_OPT_IN` says
+    /// `rpc/old` or `rpc/dup`). See the crate documentation for the
+    /// families of each.
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Conventions, RpcMetrics};
+    ///
+    /// let metrics = RpcMetrics::builder().conventions(Conventions::Old).build().unwrap();
+    /// assert_eq!(metrics.conventions(), Conventions::Old);
+    /// ```
+    pub fn conventions(mut self, conventions: Conventions) -> Self {
+        self.conventions = Some(conventions);
+        self
+    }
+
+    /// Full method names (`echo.Echo/Say`; Thrift `Service/method`) whose
+    /// calls get their own series from the first call, whatever it ends
+    /// with. Other names read from the wire get one only after a call to
+    /// them succeeds ([`RpcMetrics::start_untrusted_call`]). They still
+    /// count against [`max_methods`](Self::max_methods).
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+    ///
+    /// let metrics = RpcMetrics::builder()
+    ///     .conventions(Conventions::Current)
+    ///     .recognized_methods(["echo.Echo/Say"])
+    ///     .build()
+    ///     .unwrap();
+    /// let call = Call::rpc(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say");
+    /// metrics.start_untrusted_call(call).finish(GrpcCode::INVALID_ARGUMENT, None);
+    /// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
+    /// assert!(text.contains(r#"rpc_method="echo.Echo/Say""#));
+    /// ```
+    pub fn recognized_methods<I>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.recognized.extend(methods.into_iter().map(Into::into));
+        self
+    }
+
     /// Also records every call into OpenTelemetry instruments from `meter`
-    /// (feature `otel`): `rpc.{server,client}.call.duration` (s),
-    /// `rpc.{server,client}.active_requests`, `rpc.{server,client}.{request,response}.size`
-    /// (By), with `rpc.system`, `rpc.service`, `rpc.method`, the status
-    /// (`rpc.grpc.status_code`, `http.response.status_code` or
-    /// `rpc.response.status_code`) and, client side, `peer.service`.
+    /// (feature `otel`), with the same names and attributes as the
+    /// Prometheus families of the chosen [`conventions`](Self::conventions):
+    /// `rpc.{server,client}.call.duration` (s) with `rpc.system.name`,
+    /// `rpc.method`, `rpc.response.status_code`, `error.type` and, client
+    /// side, `server.address`, `server.port`; `http.{server,client}.request.duration`
+    /// and `http.server.active_requests` for HTTP; `rpc.{server,client}.active_requests`
+    /// and `rpc.{server,client}.{request,response}.size` (By). Attributes
+    /// that would be empty are left out.
+    ///
+    /// With [`Conventions::Old`] the same instrument names carry the old
+    /// attributes (`rpc.system`, `rpc.service`, the short `rpc.method`,
+    /// `rpc.grpc.status_code`, `http.response.status_code` or
+    /// `rpc.response.status_code`, `peer.service`), HTTP calls included.
+    /// [`Conventions::Dup`] records the current ones only: both sets would
+    /// go into the same instruments and count every call twice.
     #[cfg(feature = "otel")]
     pub fn otel_meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
         self
     }
 
-    /// Creates the instruments and registers them.
+    /// Creates the instruments and registers them. Fails if the registry
+    /// already holds a family of the same name, or a recognized method is
+    /// not `Service/Method`.
     pub fn build(self) -> Result<RpcMetrics, Error> {
+        let conventions = self.conventions.unwrap_or_else(Conventions::from_env);
         let registry = self.registry.clone().unwrap_or_default();
-        let server = Families::new(Side::Server, &self)?;
-        let client = Families::new(Side::Client, &self)?;
-        server.register(&registry)?;
-        client.register(&registry)?;
+        let recognized = Recognized::new(&self.recognized)?;
+        let families = |side| {
+            side_families(
+                side,
+                conventions,
+                &self.duration_buckets,
+                &self.size_buckets,
+            )
+        };
+        let (server, server_collectors) = families(Side::Server)?;
+        let (client, client_collectors) = families(Side::Client)?;
+        for collector in server_collectors.into_iter().chain(client_collectors) {
+            registry.register(collector)?;
+        }
         Ok(RpcMetrics {
             inner: Arc::new(Inner {
                 registry,
+                conventions,
                 server,
                 client,
+                #[cfg(feature = "otel")]
+                otel: self.meter.as_ref().map(|meter| {
+                    [Side::Server, Side::Client].map(|side| {
+                        crate::otel::OtelSide::new(
+                            meter,
+                            side,
+                            conventions,
+                            &self.duration_buckets,
+                            &self.size_buckets,
+                        )
+                    })
+                }),
+                recognized,
                 cache: MethodCache::new(self.max_methods),
             }),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::encode_text;
-
-    fn series(metrics: &RpcMetrics, family: &str) -> usize {
-        encode_text(metrics.registry())
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with(family) && !l.starts_with('#'))
-            .count()
-    }
-
-    #[test]
-    fn junk_methods_never_become_series() {
-        let metrics = RpcMetrics::builder().build().unwrap();
-        for i in 0..10_000 {
-            let method = format!("Junk{i}");
-            metrics
-                .start_untrusted_call(Side::Server, RpcSystem::Grpc, "junk.Svc", &method, "")
-                .finish(rpc_ext_core::GrpcCode::UNIMPLEMENTED.as_label(), None);
-        }
-        metrics
-            .start_untrusted_call(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say", "")
-            .finish("0", None);
-        // One series for the overflow bucket, one for the real method.
-        assert_eq!(series(&metrics, "rpc_server_requests_total"), 2);
-        let text = encode_text(metrics.registry()).unwrap();
-        assert!(text.contains(r#"rpc_server_requests_total{rpc_method="_other",rpc_service="_other",rpc_system="grpc",status_code="12"} 10000"#), "{text}");
-    }
-
-    #[test]
-    fn the_cap_bounds_trusted_labels_too() {
-        let metrics = RpcMetrics::builder().max_methods(10).build().unwrap();
-        for i in 0..100 {
-            metrics
-                .start_call(
-                    Side::Client,
-                    RpcSystem::Http,
-                    &format!("/r{i}"),
-                    "GET",
-                    "peer",
-                )
-                .finish("200", Some(10));
-        }
-        assert_eq!(series(&metrics, "rpc_client_requests_total"), 11);
-    }
-
-    #[test]
-    fn dropped_calls_count_as_cancelled_and_leave_flight() {
-        let metrics = RpcMetrics::builder().build().unwrap();
-        let call = metrics.start_call(Side::Server, RpcSystem::Grpc, "s", "m", "");
-        assert!(encode_text(metrics.registry()).unwrap().contains(
-            r#"rpc_server_active_requests{rpc_method="m",rpc_service="s",rpc_system="grpc"} 1"#
-        ));
-        drop(call);
-        let text = encode_text(metrics.registry()).unwrap();
-        assert!(text.contains(
-            r#"rpc_server_active_requests{rpc_method="m",rpc_service="s",rpc_system="grpc"} 0"#
-        ));
-        assert!(text.contains(r#"status_code="1"} 1"#), "{text}");
     }
 }

@@ -2,28 +2,29 @@
 
 use std::{sync::Arc, time::Instant};
 
-use crate::{cache::MethodHandles, metrics::Inner, RpcSystem, Side};
+use crate::{
+    cache::{MethodHandles, OwnedKey},
+    call::{Call, Outcome},
+    metrics::Inner,
+};
 
-/// Labels not yet trusted: they came from the wire (a gRPC path) and become
-/// a series only if the server turns out to know the method.
+/// Labels not yet trusted: they came from the wire (a gRPC path, a Thrift
+/// method name) and become a series only if the call succeeds, which shows
+/// the server has the method and let the caller in.
 pub(crate) struct Pending {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) side: Side,
-    pub(crate) system: RpcSystem,
-    pub(crate) service: Box<str>,
-    pub(crate) method: Box<str>,
-    pub(crate) peer: Box<str>,
+    pub(crate) key: OwnedKey,
 }
 
-/// Records one call: in flight from creation, finished with a status.
+/// Records one call: in flight from creation, finished with an
+/// [`Outcome`].
 ///
-/// Dropping it unfinished records the call as cancelled (the caller went
-/// away), with the cancelled status of its RPC system.
+/// Dropping it unfinished records the call as [`Outcome::Cancelled`] (the
+/// caller went away).
 #[must_use = "a call is recorded when the recorder is finished or dropped"]
 pub struct CallRecorder {
     handles: Arc<MethodHandles>,
     start: Instant,
-    cancelled_status: &'static str,
     finished: bool,
     pending: Option<Box<Pending>>,
     relabeled: Option<Arc<MethodHandles>>,
@@ -39,12 +40,11 @@ impl std::fmt::Debug for CallRecorder {
 }
 
 impl CallRecorder {
-    pub(crate) fn start(handles: Arc<MethodHandles>, cancelled_status: &'static str) -> Self {
+    pub(crate) fn start(handles: Arc<MethodHandles>) -> Self {
         handles.started();
         Self {
             handles,
             start: Instant::now(),
-            cancelled_status,
             finished: false,
             pending: None,
             relabeled: None,
@@ -54,26 +54,31 @@ impl CallRecorder {
 
     /// In flight under `handles` (the overflow labels) until the outcome
     /// shows whether `pending` names a real method.
-    pub(crate) fn start_pending(
-        handles: Arc<MethodHandles>,
-        cancelled_status: &'static str,
-        pending: Pending,
-    ) -> Self {
-        let mut recorder = Self::start(handles, cancelled_status);
+    pub(crate) fn start_pending(handles: Arc<MethodHandles>, pending: Pending) -> Self {
+        let mut recorder = Self::start(handles);
         recorder.pending = Some(Box::new(pending));
         recorder
     }
 
-    /// Files the call under `service` and `method` once they are known —
-    /// an HTTP server learns the route template only after its router ran,
-    /// inside this layer. In flight, the call stays under the labels it
-    /// started with. The labels must come from the server's own route table,
-    /// never from the raw request (the method cap still applies).
-    pub fn relabel(&mut self, metrics: &crate::RpcMetrics, service: &str, method: &str) {
-        let (side, system, peer) = self.handles.origin();
-        let inner = &metrics.inner;
+    /// Files the call under `call` once its labels are known — an HTTP
+    /// server learns the route template only after its router ran, inside
+    /// this layer. In flight, the call stays under the labels it started
+    /// with. The labels must come from the server's own route table, never
+    /// from the raw request (the method cap still applies).
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Outcome, RpcMetrics, Side};
+    ///
+    /// let metrics = RpcMetrics::builder().build().unwrap();
+    /// let request = Call::http(Side::Server, &http::Method::GET);
+    /// let mut call = metrics.start_call(request);
+    /// // ... the router matched `/users/{id}`:
+    /// call.relabel(&metrics, request.route("/users/{id}"));
+    /// call.finish(Outcome::Http(200), None);
+    /// ```
+    pub fn relabel(&mut self, metrics: &crate::RpcMetrics, call: Call<'_>) {
         self.pending = None;
-        self.relabeled = Some(inner.cache.get(inner, side, system, service, method, peer));
+        self.relabeled = Some(metrics.handles(call));
     }
 
     /// Records the size of the request message (with the call, once its
@@ -82,13 +87,12 @@ impl CallRecorder {
         self.request_size = Some(bytes);
     }
 
-    /// Ends the call with `status` (see [`crate::status`]) and, where known,
-    /// the response size.
-    pub fn finish(mut self, status: &'static str, response_size: Option<u64>) {
-        self.complete(status, response_size);
+    /// Ends the call with `outcome` and, where known, the response size.
+    pub fn finish(mut self, outcome: impl Into<Outcome>, response_size: Option<u64>) {
+        self.complete(outcome.into(), response_size);
     }
 
-    fn complete(&mut self, status: &'static str, response_size: Option<u64>) {
+    fn complete(&mut self, outcome: Outcome, response_size: Option<u64>) {
         if self.finished {
             return;
         }
@@ -98,32 +102,25 @@ impl CallRecorder {
         let resolved;
         let target = match (&self.relabeled, self.pending.take()) {
             (Some(relabeled), _) => relabeled,
-            (None, Some(p)) if !names_unknown_method(p.system, status) => {
-                resolved = p
+            // Only a success shows the name is real: an unknown method
+            // (UNIMPLEMENTED), a caller an inner layer turned away
+            // (UNAUTHENTICATED) or a reset (CANCELLED) stay under `_OTHER`.
+            (None, Some(pending)) if outcome.is_ok() => {
+                resolved = pending
                     .inner
                     .cache
-                    .get(&p.inner, p.side, p.system, &p.service, &p.method, &p.peer);
+                    .get(&pending.inner, &pending.key.as_call());
                 &resolved
             }
             _ => &self.handles,
         };
         target.sizes(self.request_size, response_size);
-        target.record(status, seconds);
+        target.record(outcome, seconds);
     }
 }
 
 impl Drop for CallRecorder {
     fn drop(&mut self) {
-        let status = self.cancelled_status;
-        self.complete(status, None);
-    }
-}
-
-/// Whether `status` is how `system` answers a method it does not have.
-fn names_unknown_method(system: RpcSystem, status: &str) -> bool {
-    match system {
-        RpcSystem::Grpc => status == rpc_ext_core::GrpcCode::UNIMPLEMENTED.as_label(),
-        RpcSystem::Thrift => status == rpc_ext_core::thrift::APPLICATION_EXCEPTION,
-        RpcSystem::Http => false,
+        self.complete(Outcome::Cancelled, None);
     }
 }

@@ -1,13 +1,21 @@
 //! HTTP status label values, as static strings so that recording a call
-//! never allocates. gRPC codes are labelled by [`GrpcCode::as_label`] and
-//! Thrift outcomes by the [`thrift`] kinds.
+//! never allocates. gRPC codes are labelled by [`GrpcCode::name`] (and, in
+//! the old names, [`GrpcCode::as_label`]) and Thrift outcomes by the
+//! [`thrift`] kinds.
 //!
+//! [`GrpcCode::name`]: crate::GrpcCode::name
 //! [`GrpcCode::as_label`]: crate::GrpcCode::as_label
 //! [`thrift`]: crate::thrift
 
 use std::sync::OnceLock;
 
-/// The `status_code` label of an HTTP status (`"200"`, `"404"`...).
+/// The `http_response_status_code` label (and the old `status_code`
+/// label) of an HTTP status: `"200"`, `"404"`...; `"other"` outside
+/// 100–599.
+///
+/// ```
+/// assert_eq!(rpc_ext_metrics::status::http_status_label(503), "503");
+/// ```
 #[must_use]
 pub fn http_status_label(status: u16) -> &'static str {
     static LABELS: OnceLock<Vec<&'static str>> = OnceLock::new();

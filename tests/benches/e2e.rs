@@ -446,7 +446,7 @@ async fn build_cases(
                     stopped(),
                     [rpc_ext_metrics::tower::MetricsLayer::server(&metrics)],
                     [rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
-                        .peer_service("echo-tonic")]
+                        .server_address("echo-tonic")]
                 ),
                 ("tonic", Layers::Tracing | Layers::TracingDiscard) => tonic_case!(
                     stopped(),
@@ -462,7 +462,7 @@ async fn build_cases(
                     [
                         rpc_ext_tracing::tower::TracingLayer::client(&tracing),
                         rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
-                            .peer_service("echo-tonic")
+                            .server_address("echo-tonic")
                     ]
                 ),
                 (other, _) => anyhow::bail!("unknown stack {other:?} (volo or tonic)"),

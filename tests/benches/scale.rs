@@ -8,8 +8,9 @@
 //! ```
 //!
 //! **scrape**: records calls into one [`rpc_ext_metrics::RpcMetrics`] over
-//! 25 services x 4 methods x 4 status codes (11,100 series: every
-//! non-comment line of the text output, histogram buckets included), then
+//! 25 services x 4 methods x 4 status codes (10,700 series in the current
+//! conventions' families: every non-comment line of the text output,
+//! histogram buckets included), then
 //! times `encode_text`, `encode_openmetrics` and the registry's `gather`
 //! alone (median, p99, bytes, allocations per scrape). The peer is the same
 //! families, labels, buckets and help texts recorded through the `metrics`
@@ -50,7 +51,8 @@ use std::{
 use futures::{StreamExt, TryStreamExt};
 use harness::EtcdServer;
 use rpc_ext_metrics::{
-    RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS,
+    Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS,
+    DEFAULT_SIZE_BUCKETS,
 };
 use rpc_ext_registry::{
     etcd::{encode_instance, EtcdResolver},
@@ -118,7 +120,12 @@ fn main() -> anyhow::Result<()> {
 
 const SERVICES: usize = 25;
 const METHODS: usize = 4;
-const STATUSES: [&str; 4] = ["0", "2", "5", "14"];
+const STATUSES: [GrpcCode; 4] = [
+    GrpcCode::OK,
+    GrpcCode::UNKNOWN,
+    GrpcCode::NOT_FOUND,
+    GrpcCode::UNAVAILABLE,
+];
 const CALLS_PER_SERIES: u64 = 5;
 const SCRAPES: usize = 100;
 
@@ -182,15 +189,22 @@ fn scrape_part() -> anyhow::Result<()> {
         "== scrape: {SERVICES} services x {METHODS} methods x {} statuses, {CALLS_PER_SERIES} calls each, {SCRAPES} scrapes",
         STATUSES.len()
     );
-    let metrics = RpcMetrics::builder().max_methods(methods + 10).build()?;
+    let metrics = RpcMetrics::builder()
+        .conventions(Conventions::Current)
+        .max_methods(methods + 10)
+        .build()?;
     for s in 0..SERVICES {
         let service = format!("bench.Service{s:02}");
         for m in 0..METHODS {
             let method = format!("Method{m}");
             for status in STATUSES {
                 for c in 0..CALLS_PER_SERIES {
-                    let mut call =
-                        metrics.start_call(Side::Server, RpcSystem::Grpc, &service, &method, "");
+                    let mut call = metrics.start_call(Call::rpc(
+                        Side::Server,
+                        RpcSystem::Grpc,
+                        &service,
+                        &method,
+                    ));
                     call.request_size(100 + 300 * c);
                     call.finish(status, Some(200 + 700 * c));
                 }
@@ -214,12 +228,8 @@ fn scrape_part() -> anyhow::Result<()> {
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         metrics::describe_histogram!(
-            "rpc_server_duration_seconds",
+            "rpc_server_call_duration_seconds",
             "Duration of RPCs, from the request to the end of the response."
-        );
-        metrics::describe_counter!(
-            "rpc_server_requests_total",
-            "RPCs completed, by status code."
         );
         metrics::describe_gauge!("rpc_server_active_requests", "RPCs in progress.");
         metrics::describe_histogram!(
@@ -235,13 +245,21 @@ fn scrape_part() -> anyhow::Result<()> {
             for m in 0..METHODS {
                 let method = format!("Method{m}");
                 let per_method = vec![
-                    metrics::Label::new("rpc_system", "grpc"),
-                    metrics::Label::new("rpc_service", service.clone()),
-                    metrics::Label::new("rpc_method", method.clone()),
+                    metrics::Label::new("rpc_system_name", "grpc"),
+                    metrics::Label::new("rpc_method", format!("{service}/{method}")),
                 ];
                 for status in STATUSES {
                     let mut per_call = per_method.clone();
-                    per_call.push(metrics::Label::new("status_code", status));
+                    let error = if status.is_server_error() {
+                        status.name()
+                    } else {
+                        ""
+                    };
+                    per_call.push(metrics::Label::new(
+                        "rpc_response_status_code",
+                        status.name(),
+                    ));
+                    per_call.push(metrics::Label::new("error_type", error));
                     for c in 0..CALLS_PER_SERIES {
                         let start = Instant::now();
                         let in_flight =
@@ -252,10 +270,8 @@ fn scrape_part() -> anyhow::Result<()> {
                             .record((100 + 300 * c) as f64);
                         metrics::histogram!("rpc_server_response_size_bytes", per_method.clone())
                             .record((200 + 700 * c) as f64);
-                        metrics::histogram!("rpc_server_duration_seconds", per_call.clone())
+                        metrics::histogram!("rpc_server_call_duration_seconds", per_call.clone())
                             .record(start.elapsed().as_secs_f64());
-                        metrics::counter!("rpc_server_requests_total", per_call.clone())
-                            .increment(1);
                     }
                 }
             }

@@ -1,55 +1,51 @@
-//! The framework-free core: start a span for a call, end it with its outcome.
+//! The framework-free core: start a span for a call (its name and the
+//! attributes known at the start, per the conventions chosen); the
+//! [`ActiveCall`] it returns ends it.
 
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use opentelemetry::{
     global::BoxedTracer,
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer},
-    Context, KeyValue, StringValue,
+    trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer},
+    Context, KeyValue,
 };
+use rpc_ext_core::semconv::{self, Conventions};
 
 use crate::{
-    recent::{self, CallNames},
-    semconv::{self, Outcome, RpcSystem, Side},
+    active::{ActiveCall, Pending},
+    attributes::{self, Method},
+    methods::MethodSet,
+    recent, CallInfo, RpcSystem, Side,
 };
 
-/// What a layer knows about a call when it starts.
-#[derive(Debug, Clone)]
-pub struct CallInfo<'a> {
-    /// The RPC system.
-    pub system: RpcSystem,
-    /// `rpc.service` (gRPC: `package.Service`); for HTTP, the route template.
-    pub service: &'a str,
-    /// `rpc.method`; for HTTP, the request method.
-    pub method: &'a str,
-    /// The server's address (`server.address`/`server.port`), where known.
-    pub server_addr: Option<SocketAddr>,
-    /// The other end's address (`network.peer.*`), where known.
-    pub peer_addr: Option<SocketAddr>,
-    /// Request size in bytes, where known (recorded with `record_sizes`).
-    pub request_size: Option<u64>,
-}
-
-/// Formats span names from call info; the default follows the conventions:
-/// `package.Service/Method` for RPC, `GET /route` for HTTP.
+/// Formats span names from call info, instead of the conventional names
+/// (`package.Service/Method`, `GET /route`).
 pub type SpanNameFormatter = Arc<dyn Fn(&CallInfo<'_>) -> String + Send + Sync>;
 /// Extra attributes computed from call info.
 pub type ExtraAttributes = Arc<dyn Fn(&CallInfo<'_>) -> Vec<KeyValue> + Send + Sync>;
-/// Decides whether a call is traced at all (for example, skip health checks).
+/// Decides whether a call is traced at all.
 pub type CallFilter = Arc<dyn Fn(&CallInfo<'_>) -> bool + Send + Sync>;
 
 /// Tracing configuration shared by every layer of a process: the tracer, the
 /// propagator and the options. Cheap to clone.
+///
+/// Spans follow the OpenTelemetry semantic conventions
+/// ([`semconv::SEMCONV_VERSION`](crate::semconv::SEMCONV_VERSION)): an RPC
+/// span is named by its full method (`echo.Echo/Say`) and carries
+/// `rpc.system.name`, `rpc.method`, `rpc.response.status_code` (the gRPC
+/// status name), `server.address`/`server.port`, `network.peer.*` and, when
+/// the call failed, `error.type`. The names before v1.38 are available with
+/// [`RpcTracingBuilder::conventions`](crate::RpcTracingBuilder::conventions).
 ///
 /// ```
 /// use rpc_ext_tracing::RpcTracing;
 ///
 /// // Global tracer provider and propagators (OTEL_PROPAGATORS or W3C):
 /// let tracing = RpcTracing::builder().build();
-/// // Skip gRPC health checks, record sizes:
+/// // Leave out an internal service, record sizes:
 /// let tracing = RpcTracing::builder()
-///     .filter(|call| call.service != "grpc.health.v1.Health")
+///     .filter(|call| call.service != "echo.Internal")
 ///     .record_sizes(true)
 ///     .build();
 /// # let _ = tracing;
@@ -60,256 +56,249 @@ pub struct RpcTracing {
 }
 
 pub(crate) struct Inner {
-    tracer: CallTracer,
-    propagator: Box<dyn TextMapPropagator + Send + Sync>,
-    name: Option<SpanNameFormatter>,
-    extra: Option<ExtraAttributes>,
-    filter: Option<CallFilter>,
-    record_sizes: bool,
-    tracing_span: bool,
+    pub(crate) tracer: CallTracer,
+    pub(crate) propagator: Box<dyn TextMapPropagator + Send + Sync>,
+    pub(crate) name: Option<SpanNameFormatter>,
+    pub(crate) extra: Option<ExtraAttributes>,
+    pub(crate) filter: Option<CallFilter>,
+    pub(crate) record_sizes: bool,
+    pub(crate) tracing_span: bool,
+    pub(crate) conventions: Conventions,
+    pub(crate) methods: Arc<MethodSet>,
+    pub(crate) trace_health_checks: bool,
+    pub(crate) skip_http_routes: Box<[Box<str>]>,
 }
 
 impl std::fmt::Debug for RpcTracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcTracing")
+            .field("conventions", &self.inner.conventions)
             .field("record_sizes", &self.inner.record_sizes)
             .field("tracing_span", &self.inner.tracing_span)
+            .field("trace_health_checks", &self.inner.trace_health_checks)
+            .field("skip_http_routes", &self.inner.skip_http_routes)
             .finish_non_exhaustive()
     }
-}
-
-/// Builds [`RpcTracing`].
-#[must_use]
-pub struct RpcTracingBuilder {
-    tracer: Option<CallTracer>,
-    propagator: Option<Box<dyn TextMapPropagator + Send + Sync>>,
-    name: Option<SpanNameFormatter>,
-    extra: Option<ExtraAttributes>,
-    filter: Option<CallFilter>,
-    record_sizes: bool,
-    tracing_span: bool,
 }
 
 /// The instrumentation scope name of the spans.
 pub const INSTRUMENTATION_NAME: &str = "rpc-ext-tracing";
 
-impl RpcTracing {
-    /// Starts a builder: global tracer provider, propagators from
-    /// `OTEL_PROPAGATORS` (default W3C trace context + baggage).
-    pub fn builder() -> RpcTracingBuilder {
-        RpcTracingBuilder {
-            tracer: None,
-            propagator: None,
-            name: None,
-            extra: None,
-            filter: None,
-            record_sizes: false,
-            tracing_span: true,
-        }
-    }
-}
-
-impl RpcTracingBuilder {
-    /// Creates spans with this provider instead of the global one.
-    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
-    where
-        P: opentelemetry::trace::TracerProvider,
-        P::Tracer: Send + Sync + 'static,
-        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
-    {
-        let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build();
-        self.tracer = Some(CallTracer::new(provider.tracer_with_scope(scope)));
-        self
-    }
-
-    /// Reads and writes context with this propagator instead of the default.
-    pub fn propagator(
-        mut self,
-        propagator: impl TextMapPropagator + Send + Sync + 'static,
-    ) -> Self {
-        self.propagator = Some(Box::new(propagator));
-        self
-    }
-
-    /// Names spans with `formatter` instead of the conventional name.
-    pub fn span_name(
-        mut self,
-        formatter: impl Fn(&CallInfo<'_>) -> String + Send + Sync + 'static,
-    ) -> Self {
-        self.name = Some(Arc::new(formatter));
-        self
-    }
-
-    /// Adds attributes computed from each call.
-    pub fn extra_attributes(
-        mut self,
-        attributes: impl Fn(&CallInfo<'_>) -> Vec<KeyValue> + Send + Sync + 'static,
-    ) -> Self {
-        self.extra = Some(Arc::new(attributes));
-        self
-    }
-
-    /// Traces only calls for which `filter` returns true; the others still
-    /// carry the caller's context through.
-    pub fn filter(
-        mut self,
-        filter: impl Fn(&CallInfo<'_>) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.filter = Some(Arc::new(filter));
-        self
-    }
-
-    /// Records request and response sizes as span attributes where known.
-    pub fn record_sizes(mut self, record: bool) -> Self {
-        self.record_sizes = record;
-        self
-    }
-
-    /// Also enters a `tracing` span (`rpc.call`, with `trace_id` and
-    /// `span_id` fields) around each call, so log lines inside a call carry
-    /// the ids (default on; costs nothing when no subscriber wants it).
-    pub fn tracing_span(mut self, enabled: bool) -> Self {
-        self.tracing_span = enabled;
-        self
-    }
-
-    /// Finishes the configuration.
-    pub fn build(self) -> RpcTracing {
-        RpcTracing {
-            inner: Arc::new(Inner {
-                tracer: self.tracer.unwrap_or_else(|| {
-                    let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
-                        .with_version(env!("CARGO_PKG_VERSION"))
-                        .build();
-                    CallTracer::Boxed(opentelemetry::global::tracer_with_scope(scope))
-                }),
-                propagator: self.propagator.unwrap_or_else(crate::propagator_from_env),
-                name: self.name,
-                extra: self.extra,
-                filter: self.filter,
-                record_sizes: self.record_sizes,
-                tracing_span: self.tracing_span,
-            }),
-        }
-    }
-}
-
-/// A call being traced: its context (to run the call in) and, if traced,
-/// its span. End it with [`finish`](Self::finish); dropping it unfinished
-/// ends the span as cancelled.
-#[must_use = "a span ends when the call is finished or dropped"]
-pub struct ActiveCall {
-    cx: Context,
-    side: Side,
-    traced: bool,
-    record_sizes: bool,
-    tracing_span: tracing::Span,
-    finished: bool,
-}
-
-impl std::fmt::Debug for ActiveCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActiveCall")
-            .field("span", &self.cx.span().span_context())
-            .finish_non_exhaustive()
-    }
+/// How a server learns that the method a call names is real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recognition {
+    /// The name is not from the network (a client's own call, a server
+    /// configured with its service name, an HTTP route template).
+    Trusted,
+    /// From the network, unchecked: named from the start if the method set
+    /// holds it, else settled by the status the call ends with (gRPC).
+    AtEnd,
+    /// From the network but checked by the framework before the layer (a
+    /// decoded Thrift method; the service name may still be the caller's
+    /// word): added to the method set at the start while it has room.
+    AtStart,
 }
 
 impl RpcTracing {
     /// Starts the server span of a call, as a child of the context the
     /// caller sent in `carrier`. Junk or oversize fields start a new trace.
+    ///
+    /// A gRPC method the server is not yet known to serve is not named at
+    /// the start: the span is named `grpc` and gets its `rpc.method` when
+    /// the call ends ([`ActiveCall::finish`] with the gRPC status), the
+    /// method itself if the status says the server served it, else
+    /// `_OTHER` with the name in `rpc.method_original`.
     pub fn start_server(&self, info: &CallInfo<'_>, carrier: &dyn Extractor) -> ActiveCall {
+        let recognition = match info.system {
+            RpcSystem::Grpc => Recognition::AtEnd,
+            RpcSystem::Thrift => Recognition::AtStart,
+            RpcSystem::Http => Recognition::Trusted,
+        };
+        self.start_server_with(info, carrier, recognition)
+    }
+
+    pub(crate) fn start_server_with(
+        &self,
+        info: &CallInfo<'_>,
+        carrier: &dyn Extractor,
+        recognition: Recognition,
+    ) -> ActiveCall {
         let parent = self
             .inner
             .propagator
             .extract_with_context(&Context::new(), carrier);
-        self.start(info, parent, SpanKind::Server)
+        self.start(info, parent, Side::Server, recognition)
     }
 
     /// Starts the client span of a call as a child of the current context,
     /// and writes that span's context into `carrier` for the server.
     pub fn start_client(&self, info: &CallInfo<'_>, carrier: &mut dyn Injector) -> ActiveCall {
-        let call = self.start(info, Context::current(), SpanKind::Client);
-        self.inner.propagator.inject_context(&call.cx, carrier);
+        let call = self.start(info, Context::current(), Side::Client, Recognition::Trusted);
+        self.inner
+            .propagator
+            .inject_context(call.context(), carrier);
         call
     }
 
-    fn start(&self, info: &CallInfo<'_>, parent: Context, kind: SpanKind) -> ActiveCall {
-        let side = if kind == SpanKind::Server {
-            Side::Server
-        } else {
-            Side::Client
-        };
+    fn start(
+        &self,
+        info: &CallInfo<'_>,
+        parent: Context,
+        side: Side,
+        recognition: Recognition,
+    ) -> ActiveCall {
         let inner = &self.inner;
-        if inner.filter.as_ref().is_some_and(|filter| !filter(info)) {
-            return ActiveCall {
-                cx: parent,
-                side,
-                traced: false,
-                record_sizes: false,
-                tracing_span: tracing::Span::none(),
-                finished: false,
-            };
+        if inner.filter.as_ref().is_some_and(|filter| !filter(info))
+            || (side.is_server() && self.skips_route(info))
+        {
+            return ActiveCall::untraced(parent, side, info.system);
         }
-        let mut names = recent::call_names(
-            info.system,
-            info.service,
-            info.method,
-            inner.name.is_none().then_some(default_span_name),
-        );
-        let name: Cow<'static, str> = match &inner.name {
-            Some(formatter) => formatter(info).into(),
-            None => std::mem::take(&mut names.span_name),
+        let method = self.method(info, side, recognition);
+        if !inner.trace_health_checks && info.system == RpcSystem::Grpc {
+            let full = match &method {
+                Method::Known(names) => Some(&*names.full),
+                Method::Pending(full) => Some(full.as_str()),
+                Method::Other(_) | Method::Http(..) => None,
+            };
+            if full.is_some_and(semconv::is_grpc_health) {
+                return ActiveCall::untraced(parent, side, info.system);
+            }
+        }
+        let name: Cow<'static, str> = match (&inner.name, &method) {
+            (Some(formatter), _) => formatter(info).into(),
+            (None, Method::Known(names) | Method::Http(names, _)) => names.full.clone(),
+            (None, Method::Pending(_) | Method::Other(_)) => Cow::Borrowed(info.system.as_str()),
+        };
+        let kind = if side.is_server() {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
         };
         let builder = SpanBuilder::from_name(name).with_kind(kind);
-        let attributes = || self.attributes(info, &names);
-        let cx = match &inner.tracer {
+        let attributes = || {
+            let mut attributes = attributes::at_start(info, &method, side, inner.conventions);
+            if inner.record_sizes {
+                if let Some(size) = info.request_size {
+                    attributes.push(KeyValue::new(
+                        crate::semconv::RPC_REQUEST_SIZE,
+                        i64::try_from(size).unwrap_or(i64::MAX),
+                    ));
+                }
+            }
+            if let Some(extra) = &inner.extra {
+                attributes.extend(extra(info));
+            }
+            attributes
+        };
+        let (cx, recording) = match &inner.tracer {
             CallTracer::Sdk(tracer) => start_span(tracer, builder, &parent, attributes),
             CallTracer::Boxed(tracer) => start_span(tracer, builder, &parent, attributes),
         };
         let tracing_span = if inner.tracing_span {
             let context = cx.span().span_context().clone();
+            let logged = match &method {
+                Method::Known(names) | Method::Http(names, _) => &*names.full,
+                Method::Pending(full) => full,
+                Method::Other(raw) => raw,
+            };
             tracing::info_span!(
                 target: "rpc_ext_tracing::rpc",
                 "rpc.call",
-                rpc.service = info.service,
-                rpc.method = info.method,
+                rpc.method = logged,
                 trace_id = %context.trace_id(),
                 span_id = %context.span_id(),
             )
         } else {
             tracing::Span::none()
         };
-        ActiveCall {
-            cx,
-            side,
-            traced: true,
-            record_sizes: inner.record_sizes,
-            tracing_span,
-            finished: false,
+        let mut call = ActiveCall::traced(cx, side, info.system, inner.conventions, tracing_span);
+        call.recording = recording;
+        call.record_sizes = inner.record_sizes;
+        call.renames = inner.name.is_none();
+        call.peer_known = info.peer_addr.is_some();
+        if let Method::Http(_, normalized) = method {
+            call.http_method = normalized;
+            call.route_known = !info.service.is_empty() && side.is_server();
         }
+        if let Method::Pending(full) = method {
+            // Settled (and learned) even when the span records nothing, so
+            // that unsampled calls do not stay unknown for good.
+            // Boxed: the call is moved from future to body, and a pending
+            // method is the rare case.
+            call.pending = Some(Box::new(Pending {
+                service_len: info.service.len(),
+                full,
+                methods: Arc::clone(&inner.methods),
+            }));
+        }
+        call
+    }
+
+    /// How the span names the call's method.
+    fn method<'a>(&self, info: &CallInfo<'a>, side: Side, recognition: Recognition) -> Method<'a> {
+        if info.system == RpcSystem::Http {
+            let normalized = http_method(info.method);
+            // Clients know no route: the span is named by the method.
+            let route = if side.is_server() { info.service } else { "" };
+            return Method::Http(
+                recent::call_names(RpcSystem::Http, route, normalized),
+                normalized,
+            );
+        }
+        if info.service.is_empty() || info.method.is_empty() {
+            return Method::Other(Cow::Borrowed(info.method));
+        }
+        let methods = &self.inner.methods;
+        let recognized = |in_set: &dyn Fn(&str) -> bool| {
+            recent::recognized_names(info.system, info.service, info.method, methods.id(), in_set)
+        };
+        match (side, recognition) {
+            (Side::Client, _) | (_, Recognition::Trusted) => {
+                Method::Known(recent::call_names(info.system, info.service, info.method))
+            }
+            (Side::Server, Recognition::AtEnd) => {
+                match recognized(&|full| methods.contains(full)) {
+                    Ok(names) => Method::Known(names),
+                    Err(full) => Method::Pending(full),
+                }
+            }
+            (Side::Server, Recognition::AtStart) => match recognized(&|full| methods.learn(full)) {
+                Ok(names) => Method::Known(names),
+                Err(full) => Method::Other(Cow::Owned(full)),
+            },
+        }
+    }
+
+    /// Whether an HTTP server call is to a route left out: its route
+    /// template is listed or, before routing, its path is a listed
+    /// template without parameters.
+    fn skips_route(&self, info: &CallInfo<'_>) -> bool {
+        let routes = &self.inner.skip_http_routes;
+        if info.system != RpcSystem::Http || routes.is_empty() {
+            return false;
+        }
+        if !info.service.is_empty() {
+            return routes.iter().any(|route| **route == *info.service);
+        }
+        let Some(url) = &info.url else {
+            return false;
+        };
+        routes
+            .iter()
+            .any(|route| **route == *url.path && !route.contains(['{', '*', ':']))
     }
 }
 
-impl RpcTracing {
-    fn attributes(&self, info: &CallInfo<'_>, names: &CallNames) -> Vec<KeyValue> {
-        let mut attributes = attributes_of(info, names);
-        if self.inner.record_sizes {
-            if let Some(size) = info.request_size {
-                attributes.push(KeyValue::new(semconv::RPC_REQUEST_SIZE, size as i64));
-            }
-        }
-        if let Some(extra) = &self.inner.extra {
-            attributes.extend(extra(info));
-        }
-        attributes
+/// The `http.request.method` of a method as sent.
+fn http_method(method: &str) -> &'static str {
+    match http::Method::from_bytes(method.as_bytes()) {
+        Ok(method) => semconv::http_method(&method),
+        Err(_) => semconv::OTHER,
     }
 }
 
 /// The tracer spans start from.
-enum CallTracer {
+pub(crate) enum CallTracer {
     /// The SDK's, called directly: its spans are boxed once (by the
     /// context), not twice.
     Sdk(opentelemetry_sdk::trace::SdkTracer),
@@ -318,7 +307,7 @@ enum CallTracer {
 }
 
 impl CallTracer {
-    fn new<T>(tracer: T) -> Self
+    pub(crate) fn new<T>(tracer: T) -> Self
     where
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
@@ -331,12 +320,9 @@ impl CallTracer {
     }
 }
 
-/// Room for a span's attributes: the call's (at most 8), the size ones and
-/// those added at the end (status, error type), so the `Vec` never grows
-/// unless extra attributes are configured.
-const ATTRIBUTE_CAPACITY: usize = 12;
-
-/// Starts a span under `parent` and returns the context holding it.
+/// Starts a span under `parent` and returns the context holding it, and
+/// whether the span records (asked of the span while it is still ours: in
+/// the context, every question takes a lock).
 ///
 /// Under a sampled parent, a parent-based sampler (the SDK's default) keeps
 /// the span, so the attributes go into the builder, where the SDK takes the
@@ -353,7 +339,7 @@ fn start_span<T>(
     builder: SpanBuilder,
     parent: &Context,
     attributes: impl FnOnce() -> Vec<KeyValue>,
-) -> Context
+) -> (Context, bool)
 where
     T: Tracer,
     T::Span: Send + Sync + 'static,
@@ -364,159 +350,18 @@ where
         let span = builder
             .with_attributes(attributes())
             .start_with_context(tracer, parent);
-        return parent.with_span(span);
+        let recording = span.is_recording();
+        return (parent.with_span(span), recording);
     }
     let builder = if parent_span.is_valid() {
         builder
     } else {
-        builder.with_attributes(Vec::with_capacity(ATTRIBUTE_CAPACITY))
+        builder.with_attributes(Vec::with_capacity(attributes::CAPACITY))
     };
     let mut span = builder.start_with_context(tracer, parent);
-    if span.is_recording() {
+    let recording = span.is_recording();
+    if recording {
         span.set_attributes(attributes());
     }
-    parent.with_span(span)
-}
-
-fn default_span_name(system: RpcSystem, service: &str, method: &str) -> String {
-    // Joined by hand: `format!` costs several times the copy, per call.
-    let join = |first: &str, separator: char, second: &str| {
-        let mut name = String::with_capacity(first.len() + 1 + second.len());
-        name.push_str(first);
-        name.push(separator);
-        name.push_str(second);
-        name
-    };
-    match system {
-        // HTTP clients know no route: the method alone, per the conventions.
-        RpcSystem::Http if service.is_empty() => method.to_owned(),
-        RpcSystem::Http => join(method, ' ', service),
-        _ => join(service, '/', method),
-    }
-}
-
-fn attributes_of(info: &CallInfo<'_>, names: &CallNames) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(ATTRIBUTE_CAPACITY);
-    match info.system {
-        RpcSystem::Http => {
-            attributes.push(KeyValue::new(
-                semconv::HTTP_REQUEST_METHOD,
-                StringValue::from(names.method.clone()),
-            ));
-            attributes.push(KeyValue::new(
-                semconv::HTTP_ROUTE,
-                StringValue::from(names.service.clone()),
-            ));
-        }
-        system => {
-            attributes.push(KeyValue::new(semconv::RPC_SYSTEM, system.as_str()));
-            attributes.push(KeyValue::new(
-                semconv::RPC_SERVICE,
-                StringValue::from(names.service.clone()),
-            ));
-            attributes.push(KeyValue::new(
-                semconv::RPC_METHOD,
-                StringValue::from(names.method.clone()),
-            ));
-        }
-    }
-    if let Some(addr) = info.server_addr {
-        attributes.push(KeyValue::new(
-            semconv::SERVER_ADDRESS,
-            recent::ip(addr.ip()),
-        ));
-        attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(addr.port())));
-    }
-    if let Some(addr) = info.peer_addr {
-        attributes.push(KeyValue::new(
-            semconv::NETWORK_PEER_ADDRESS,
-            recent::ip(addr.ip()),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::NETWORK_PEER_PORT,
-            i64::from(addr.port()),
-        ));
-    }
-    attributes
-}
-
-impl ActiveCall {
-    /// The context to run the call in (holds the span as current).
-    #[must_use]
-    pub fn context(&self) -> &Context {
-        &self.cx
-    }
-
-    /// The `tracing` span to run the call in (`Span::none()` when disabled).
-    #[must_use]
-    pub fn tracing_span(&self) -> &tracing::Span {
-        &self.tracing_span
-    }
-
-    /// Names an HTTP span by the route template once the router has
-    /// matched it (`GET /users/{id}`), and records `http.route`.
-    pub fn set_http_route(&self, method: &str, route: &str) {
-        if !self.traced {
-            return;
-        }
-        let span = self.cx.span();
-        span.update_name(format!("{method} {route}"));
-        span.set_attribute(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
-    }
-
-    /// Ends the span with the call's outcome.
-    pub fn finish(mut self, outcome: &Outcome) {
-        self.end(outcome);
-    }
-
-    fn end(&mut self, outcome: &Outcome) {
-        if self.finished || !self.traced {
-            self.finished = true;
-            return;
-        }
-        self.finished = true;
-        let span = self.cx.span();
-        let mut error = None;
-        if let Some(code) = outcome.grpc_code {
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_GRPC_STATUS_CODE,
-                i64::from(code.as_i32()),
-            ));
-            if semconv::grpc_code_is_error(code, self.side) {
-                error = Some(Cow::Borrowed(code.as_label()));
-            }
-        }
-        if let Some(status) = outcome.http_status {
-            span.set_attribute(KeyValue::new(
-                semconv::HTTP_RESPONSE_STATUS_CODE,
-                i64::from(status),
-            ));
-            if semconv::http_status_is_error(status, self.side) {
-                error = Some(Cow::Owned(status.to_string()));
-            }
-        }
-        if let Some(error_type) = &outcome.error_type {
-            error = Some(error_type.clone());
-        }
-        if self.record_sizes {
-            if let Some(size) = outcome.response_size {
-                span.set_attribute(KeyValue::new(semconv::RPC_RESPONSE_SIZE, size as i64));
-            }
-        }
-        if let Some(error) = error {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error.to_string()));
-            span.set_status(Status::error(error));
-        }
-        span.end();
-    }
-}
-
-impl Drop for ActiveCall {
-    fn drop(&mut self) {
-        // Dropped unfinished: the caller went away (or the future was cancelled).
-        self.end(&Outcome {
-            error_type: Some(Cow::Borrowed("cancelled")),
-            ..Outcome::default()
-        });
-    }
+    (parent.with_span(span), recording)
 }

@@ -1,9 +1,23 @@
 //! OpenTelemetry tracing of every RPC for Volo and tower/tonic services.
 //!
 //! - One span per call, server and client side, named and attributed per the
-//!   OpenTelemetry semantic conventions for RPC (`rpc.system`,
-//!   `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `server.*`,
-//!   `network.peer.*`, `error.type`), status set from the outcome.
+//!   OpenTelemetry semantic conventions
+//!   ([`semconv::SEMCONV_VERSION`]): an RPC span is named by its full
+//!   method (`echo.Echo/Say`) and carries `rpc.system.name`, `rpc.method`,
+//!   `rpc.response.status_code` (the gRPC status name), `server.*`,
+//!   `network.peer.*` and `error.type`; an HTTP span is named
+//!   `GET /users/{id}` (by the route template, never the raw path) and
+//!   carries `http.*` and `url.*`. The names before v1.38 (`rpc.system`,
+//!   `rpc.service`, `rpc.grpc.status_code`) are one option away
+//!   ([`RpcTracingBuilder::conventions`], or
+//!   `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/old` / `rpc/dup`).
+//! - Method names from the network never become span names unchecked: a
+//!   server names a method once it is known to serve it, from a bounded
+//!   set ([`RpcTracingBuilder::recognized_methods`],
+//!   [`RpcTracingBuilder::max_methods`]); anything else is `_OTHER`.
+//! - gRPC health checks are left out by default
+//!   ([`RpcTracingBuilder::trace_health_checks`]), and so are HTTP routes
+//!   listed in [`RpcTracingBuilder::skip_http_routes`].
 //! - W3C `traceparent`/`tracestate` and baggage carried in gRPC metadata and
 //!   HTTP headers (and B3 with feature `b3`); junk or oversize headers start
 //!   a new trace, never an error.
@@ -22,13 +36,24 @@
 
 #![forbid(unsafe_code)]
 
+mod active;
+mod address;
+mod attributes;
+mod builder;
 mod call;
+#[cfg(test)]
+mod conventions_tests;
+mod info;
 mod intern;
+mod methods;
+mod outcome;
 mod processor;
 mod propagation;
 mod recent;
 mod scope;
 pub mod semconv;
+#[cfg(test)]
+mod testing;
 mod w3c;
 
 #[cfg(feature = "otlp")]
@@ -40,15 +65,17 @@ pub mod tower;
 #[cfg(feature = "volo")]
 pub mod volo;
 
-pub use call::{
-    ActiveCall, CallFilter, CallInfo, ExtraAttributes, RpcTracing, RpcTracingBuilder,
-    SpanNameFormatter, INSTRUMENTATION_NAME,
-};
+pub use active::ActiveCall;
+pub use builder::RpcTracingBuilder;
+pub use call::{CallFilter, ExtraAttributes, RpcTracing, SpanNameFormatter, INSTRUMENTATION_NAME};
+pub use info::{CallInfo, Host, UrlParts};
+pub use methods::DEFAULT_MAX_METHODS;
 pub use opentelemetry;
+pub use outcome::{grpc_code_is_error, http_status_is_error, Outcome};
 pub use processor::{BatchLimits, BoundedBatchProcessor, ExportStats};
 pub use propagation::{
     propagator_from_env, HeaderExtractor, HeaderInjector, W3cPropagator, MAX_BAGGAGE_LEN,
     MAX_OTHER_LEN, MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
 };
 pub use scope::{CallScope, InCall};
-pub use semconv::{Outcome, RpcSystem};
+pub use semconv::{GrpcCode, RpcSystem, Side, OTHER};

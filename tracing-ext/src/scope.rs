@@ -48,17 +48,10 @@ impl ActiveCall {
     ///
     /// ```
     /// use std::collections::HashMap;
-    /// use rpc_ext_tracing::{CallInfo, Outcome, RpcSystem, RpcTracing};
+    /// use rpc_ext_tracing::{CallInfo, Outcome, RpcTracing};
     ///
     /// let tracing = RpcTracing::builder().build();
-    /// let info = CallInfo {
-    ///     system: RpcSystem::Grpc,
-    ///     service: "echo.Echo",
-    ///     method: "Say",
-    ///     server_addr: None,
-    ///     peer_addr: None,
-    ///     request_size: None,
-    /// };
+    /// let info = CallInfo::grpc("/echo.Echo/Say");
     /// let call = tracing.start_server(&info, &HashMap::<String, String>::new());
     /// let reply = futures_executor::block_on(call.run(async {
     ///     // The handler: the call's span is the current context here.
@@ -120,14 +113,7 @@ mod tests {
     async fn the_call_context_is_current_while_its_future_runs() {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let tracing = RpcTracing::builder().tracer_provider(&provider).build();
-        let info = CallInfo {
-            system: RpcSystem::Grpc,
-            service: "echo.Echo",
-            method: "Say",
-            server_addr: None,
-            peer_addr: None,
-            request_size: None,
-        };
+        let info = CallInfo::rpc(RpcSystem::Grpc, "echo.Echo", "Say");
         let call = tracing.start_server(&info, &std::collections::HashMap::<String, String>::new());
         let expected = call.context().span().span_context().span_id();
         let seen = call

@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         ServiceBuilder::new()
             .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))
             .layer(
-                rpc_ext_metrics::tower::MetricsLayer::client(&metrics).peer_service("echo-tonic"),
+                rpc_ext_metrics::tower::MetricsLayer::client(&metrics).server_address("echo-tonic"),
             )
             .service(channel),
     );
@@ -164,7 +164,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     for line in text.lines().filter(|l| {
-        l.starts_with("rpc_server_requests_total") || l.starts_with("rpc_client_requests_total")
+        // The call counts: each duration histogram's `_count`.
+        l.starts_with("rpc_server_call_duration_seconds_count")
+            || l.starts_with("rpc_client_call_duration_seconds_count")
     }) {
         println!("  {line}");
     }

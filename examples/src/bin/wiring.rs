@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics));
     let tonic_client = EchoClient::new(
         tower::ServiceBuilder::new()
-            .layer(rpc_ext_metrics::tower::MetricsLayer::client(&metrics).peer_service("echo"))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::client(&metrics).server_address("echo"))
             .service(channel.clone()),
     );
 
@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let calls = text
         .lines()
-        .filter(|l| l.starts_with("rpc_client_requests_total"))
+        .filter(|l| l.starts_with("rpc_client_call_duration_seconds_count"))
         .count();
     println!("client series: {calls}");
     endpoint.shutdown().await;

@@ -1,32 +1,35 @@
 //! [`MetricsLayer`] and the [`MetricsService`] it wraps around a service.
 
-use std::task::{Context, Poll};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use rpc_ext_core::{
     grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
 };
 
 use super::RouteTemplate;
-use crate::{status, CallRecorder, GrpcCode, RpcMetrics, RpcSystem, Side, OTHER};
+use crate::{Call, CallRecorder, Outcome, RpcMetrics, RpcSystem, Side, OTHER};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
 /// On a server (`tonic::transport::Server::builder().layer(...)`, an axum
 /// `Router::layer`, or any tower `ServiceBuilder`); a client is the same
-/// with `MetricsLayer::client(&metrics).peer_service("echo")` around its
-/// channel:
+/// with `MetricsLayer::client(&metrics)` around its channel. gRPC calls go
+/// to the RPC families, other HTTP requests to the HTTP ones:
 ///
 /// ```
 /// use std::convert::Infallible;
 ///
 /// use http_body_util::Full;
-/// use rpc_ext_metrics::{tower::{MetricsLayer, RouteTemplate}, RpcMetrics};
+/// use rpc_ext_metrics::{tower::{MetricsLayer, RouteTemplate}, Conventions, RpcMetrics};
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let metrics = RpcMetrics::builder().build()?;
+/// let metrics = RpcMetrics::builder().conventions(Conventions::Current).build()?;
 /// let server = ServiceBuilder::new()
 ///     .layer(MetricsLayer::server(&metrics))
 ///     .service(service_fn(|_: http::Request<Full<bytes::Bytes>>| async {
@@ -41,45 +44,56 @@ use crate::{status, CallRecorder, GrpcCode, RpcMetrics, RpcSystem, Side, OTHER};
 /// http_body_util::BodyExt::collect(response.into_body()).await?;
 ///
 /// let text = rpc_ext_metrics::encode_text(metrics.registry())?;
-/// assert!(text.contains(r#"rpc_server_requests_total{rpc_method="GET",rpc_service="/hello",rpc_system="http",status_code="200"} 1"#));
+/// assert!(text.contains(r#"http_server_request_duration_seconds_count{error_type="",http_request_method="GET",http_response_status_code="200",http_route="/hello",url_scheme="http"} 1"#));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
-    peer_service: std::sync::Arc<str>,
+    server_address: Option<Arc<str>>,
 }
 
 impl MetricsLayer {
-    /// Server side: `rpc_server_*`.
+    /// Server side: `rpc_server_*` and `http_server_*`.
     #[must_use]
     pub fn server(metrics: &RpcMetrics) -> Self {
         Self {
             metrics: metrics.clone(),
             side: Side::Server,
-            peer_service: "".into(),
+            server_address: None,
         }
     }
 
-    /// Client side: `rpc_client_*`. A tower service does not know whom it
-    /// calls: name the callee with [`peer_service`](Self::peer_service),
-    /// else the `peer_service` label is `_other`.
+    /// Client side: `rpc_client_*` and `http_client_*`. `server_address`
+    /// and `server_port` are the host and port of the request URI; a tonic
+    /// client made with `Client::new(service)` sends URIs without a host
+    /// (the channel adds it further in), so name the target with
+    /// [`server_address`](Self::server_address) or build the client
+    /// `with_origin`.
     #[must_use]
     pub fn client(metrics: &RpcMetrics) -> Self {
         Self {
             metrics: metrics.clone(),
             side: Side::Client,
-            peer_service: OTHER.into(),
+            server_address: None,
         }
     }
 
-    /// The `peer_service` label of a client's calls: the callee's service
-    /// name as the client knows it (ignored on servers).
+    /// The `server_address` of a client's calls (and the `peer_service` of
+    /// [`Conventions::Old`](crate::Conventions::Old)) instead of the
+    /// request URI's host, with no `server_port`: the name the client
+    /// calls the server by. Ignored on servers.
+    ///
+    /// ```
+    /// let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+    /// let layer = rpc_ext_metrics::tower::MetricsLayer::client(&metrics).server_address("echo");
+    /// # let _ = layer;
+    /// ```
     #[must_use]
-    pub fn peer_service(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
+    pub fn server_address(mut self, name: impl Into<Arc<str>>) -> Self {
         if self.side == Side::Client {
-            self.peer_service = name.into();
+            self.server_address = Some(name.into());
         }
         self
     }
@@ -123,40 +137,54 @@ where
         if let Some(size) = request_size(&request, grpc) {
             recorder.request_size(size);
         }
-        ObservedFuture::new(
-            self.inner.call(request),
-            MetricsObserver { recorder, grpc },
-            grpc,
-        )
+        ObservedFuture::new(self.inner.call(request), MetricsObserver { recorder }, grpc)
     }
 }
 
 impl<S> MetricsService<S> {
     fn start<B>(&self, request: &Request<B>, grpc: bool) -> CallRecorder {
-        let MetricsLayer {
-            metrics,
-            side,
-            peer_service,
-        } = &self.layer;
+        let MetricsLayer { metrics, side, .. } = &self.layer;
+        let uri = request.uri();
         if grpc {
-            let (service, method) =
-                grpc_service_method(request.uri().path()).unwrap_or((OTHER, OTHER));
-            return metrics.start_untrusted_call(
-                *side,
-                RpcSystem::Grpc,
-                service,
-                method,
-                peer_service,
-            );
+            let (service, method) = grpc_service_method(uri.path()).unwrap_or((OTHER, OTHER));
+            let call = Call::rpc(*side, RpcSystem::Grpc, service, method);
+            return match side {
+                Side::Server => metrics.start_untrusted_call(call),
+                Side::Client => metrics.start_call(self.target(call, uri, None)),
+            };
         }
-        let route = route_template(request);
-        metrics.start_call(
-            *side,
-            RpcSystem::Http,
-            route,
-            request.method().as_str(),
-            peer_service,
-        )
+        let call = Call::http(*side, request.method());
+        match side {
+            Side::Server => metrics.start_call(
+                call.route(route_template(request))
+                    .url_scheme(uri.scheme_str().unwrap_or("http")),
+            ),
+            Side::Client => {
+                let default_port = match uri.scheme_str() {
+                    Some("https") => Some(443),
+                    Some("http") => Some(80),
+                    _ => None,
+                };
+                metrics.start_call(self.target(call, uri, default_port))
+            }
+        }
+    }
+
+    /// A client call's target: the configured name, else the URI's host
+    /// and port (`default_port` when the URI has none).
+    fn target<'a>(&'a self, call: Call<'a>, uri: &'a Uri, default_port: Option<u16>) -> Call<'a> {
+        if let Some(name) = &self.layer.server_address {
+            return call.server_address(name, None).peer_service(name);
+        }
+        match uri.host() {
+            Some(host) => {
+                // `server.address` is the bare IPv6 address, without brackets.
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                call.server_address(host, uri.port_u16().or(default_port))
+                    .peer_service(host)
+            }
+            None => call.peer_service(OTHER),
+        }
     }
 }
 
@@ -178,7 +206,6 @@ fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<
 #[derive(Debug)]
 pub struct MetricsObserver {
     recorder: CallRecorder,
-    grpc: bool,
 }
 
 impl CallObserver for MetricsObserver {
@@ -187,15 +214,8 @@ impl CallObserver for MetricsObserver {
     fn scope(&self) {}
 
     fn end(self, end: CallEnd, response_bytes: u64) {
-        let status = match end {
-            CallEnd::Grpc(code) => code.as_label(),
-            CallEnd::Http(code) => status::http_status_label(code),
-            // No response: UNAVAILABLE for gRPC, a fixed label for HTTP.
-            CallEnd::Failed if self.grpc => GrpcCode::UNAVAILABLE.as_label(),
-            CallEnd::Failed => "error",
-        };
         let size = (end != CallEnd::Failed).then_some(response_bytes);
-        self.recorder.finish(status, size);
+        self.recorder.finish(Outcome::from(end), size);
     }
 }
 

@@ -1,12 +1,12 @@
-//! Volo HTTP. Servers: labels are the route template the router matched
-//! (`rpc_service = "/users/{id}"`, `rpc_method = "GET"`), never the raw path;
-//! unmatched requests are recorded under [`OTHER`]. Clients: a
-//! client knows no route template, so `rpc_service` is [`OTHER`],
-//! `rpc_method` the HTTP method and `peer_service` the target host.
+//! Volo HTTP. Servers: `http_route` is the route template the router
+//! matched (`/users/{id}`), never the raw path; unmatched requests are
+//! recorded under [`OTHER`](crate::OTHER). Clients: `server_address` and
+//! `server_port` are the request URI's host and port, else the callee's
+//! static address, else its name.
 
 use http_body::Body as _;
 use motore::{layer::Layer, service::Service};
-use volo::context::Context as _;
+use volo::{context::Context as _, net::Address};
 use volo_http::{
     context::{ClientContext, ServerContext},
     error::ClientError,
@@ -15,7 +15,8 @@ use volo_http::{
     server::{route::MatchedPath, IntoResponse},
 };
 
-use crate::{status, RpcMetrics, RpcSystem, Side, OTHER};
+use super::address::IpText;
+use crate::{Call, Outcome, RpcMetrics, Side};
 
 /// Records every request through a Volo HTTP server or client (the side
 /// follows from the context type).
@@ -38,7 +39,9 @@ pub struct HttpMetricsLayer {
 }
 
 impl HttpMetricsLayer {
-    /// Records into `metrics` (`rpc_server_*` or `rpc_client_*`, `rpc_system = "http"`).
+    /// Records into `metrics` (`http_server_*` or `http_client_*`; with
+    /// [`Conventions::Old`](crate::Conventions::Old), `rpc_server_*` or
+    /// `rpc_client_*` with `rpc_system="http"`).
     #[must_use]
     pub fn new(metrics: &RpcMetrics) -> Self {
         Self {
@@ -78,9 +81,10 @@ where
         request: Request<B>,
     ) -> Result<Response, Self::Error> {
         let metrics = &self.layer.metrics;
-        let method = request.method().clone();
-        let mut recorder =
-            metrics.start_call(Side::Server, RpcSystem::Http, OTHER, method.as_str(), "");
+        // Normalized at once: `call` borrows nothing from the request.
+        let call = Call::http(Side::Server, request.method())
+            .url_scheme(request.uri().scheme_str().unwrap_or("http"));
+        let mut recorder = metrics.start_call(call);
         if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
@@ -89,10 +93,10 @@ where
             Err(error) => error.into_response(),
         };
         if let Some(route) = cx.extensions().get::<MatchedPath>() {
-            recorder.relabel(metrics, route.as_str(), method.as_str());
+            recorder.relabel(metrics, call.route(route.as_str()));
         }
         let size = response.body().size_hint().exact();
-        recorder.finish(status::http_status_label(response.status().as_u16()), size);
+        recorder.finish(Outcome::Http(response.status().as_u16()), size);
         Ok(response)
     }
 }
@@ -115,28 +119,40 @@ where
         cx: &mut ClientContext,
         request: Request<B>,
     ) -> Result<Response<RB>, ClientError> {
-        let host = request
-            .uri()
-            .host()
-            .map(str::to_owned)
-            .unwrap_or_else(|| cx.rpc_info().callee().service_name_ref().to_owned());
-        let mut recorder = self.layer.metrics.start_call(
-            Side::Client,
-            RpcSystem::Http,
-            OTHER,
-            request.method().as_str(),
-            &host,
-        );
+        let mut recorder = {
+            let uri = request.uri();
+            let callee = cx.rpc_info().callee();
+            let name = callee.service_name_ref();
+            let mut ip = IpText::default();
+            let host = uri
+                .host()
+                .map(|host| host.trim_start_matches('[').trim_end_matches(']'));
+            let (address, port) = match (host, &callee.address) {
+                (Some(host), _) => {
+                    let default_port = match uri.scheme_str() {
+                        Some("https") => 443,
+                        _ => 80,
+                    };
+                    (host, Some(uri.port_u16().unwrap_or(default_port)))
+                }
+                (None, Some(Address::Ip(addr))) => (ip.format(addr.ip()), Some(addr.port())),
+                (None, _) => (name, None),
+            };
+            let call = Call::http(Side::Client, request.method())
+                .server_address(address, port)
+                .peer_service(host.unwrap_or(name));
+            self.layer.metrics.start_call(call)
+        };
         if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
         let result = self.inner.call(cx, request).await;
         match &result {
             Ok(response) => recorder.finish(
-                status::http_status_label(response.status().as_u16()),
+                Outcome::Http(response.status().as_u16()),
                 response.body().size_hint().exact(),
             ),
-            Err(_) => recorder.finish("error", None),
+            Err(_) => recorder.finish(Outcome::Failed, None),
         }
         result
     }

@@ -1,6 +1,8 @@
 //! motore layers (feature `volo`): [`MetricsLayer`] for Volo gRPC and Volo
-//! Thrift, servers and clients; [`HttpMetricsLayer`] for Volo HTTP servers.
+//! Thrift, servers and clients; [`HttpMetricsLayer`] for Volo HTTP servers
+//! and clients.
 
+mod address;
 mod http;
 mod rpc;
 

@@ -2,51 +2,53 @@
 //!
 //! Labels come from Volo's `RpcInfo`: for gRPC the method path
 //! (`/package.Service/Method`), for Thrift the callee's service name and the
-//! method name. On the server these come from the wire, so a method the
-//! server does not know never becomes a series.
+//! method name. On the server these come from the wire, so a method becomes
+//! a series only once a call to it succeeded
+//! ([`RpcMetrics::start_untrusted_call`]).
 
 use motore::{layer::Layer, service::Service};
-use volo::context::Context;
+use volo::{context::Context, net::Address};
 
+use super::address::IpText;
 use crate::{
     thrift::{self, ThriftErrorKind},
-    GrpcCode, RpcMetrics, RpcSystem, Side,
+    Call, GrpcCode, Outcome, RpcMetrics, RpcSystem, Side,
 };
 
-/// How an RPC error of a Volo framework maps to the `status_code` label.
+/// How the errors of a Volo framework map to an [`Outcome`].
 pub trait RpcOutcome {
     /// The RPC system of this error type.
     const SYSTEM: RpcSystem;
-    /// The label of a successful call.
-    const OK: &'static str;
-    /// The label of this error.
-    fn status_label(&self) -> &'static str;
+    /// The outcome of a successful call.
+    const OK: Outcome;
+    /// The outcome of a call that ended with this error.
+    fn outcome(&self) -> Outcome;
 }
 
 impl RpcOutcome for volo_grpc::Status {
     const SYSTEM: RpcSystem = RpcSystem::Grpc;
-    const OK: &'static str = "0";
+    const OK: Outcome = Outcome::Grpc(GrpcCode::OK);
 
-    fn status_label(&self) -> &'static str {
-        GrpcCode::new(self.code() as i32).as_label()
+    fn outcome(&self) -> Outcome {
+        Outcome::Grpc(GrpcCode::new(self.code() as i32))
     }
 }
 
 impl RpcOutcome for volo_thrift::ServerError {
     const SYSTEM: RpcSystem = RpcSystem::Thrift;
-    const OK: &'static str = thrift::OK;
+    const OK: Outcome = Outcome::Thrift(thrift::OK);
 
-    fn status_label(&self) -> &'static str {
-        self.error_kind()
+    fn outcome(&self) -> Outcome {
+        Outcome::Thrift(self.error_kind())
     }
 }
 
 impl RpcOutcome for volo_thrift::ClientError {
     const SYSTEM: RpcSystem = RpcSystem::Thrift;
-    const OK: &'static str = thrift::OK;
+    const OK: Outcome = Outcome::Thrift(thrift::OK);
 
-    fn status_label(&self) -> &'static str {
-        self.error_kind()
+    fn outcome(&self) -> Outcome {
+        Outcome::Thrift(self.error_kind())
     }
 }
 
@@ -67,8 +69,9 @@ impl RpcOutcome for volo_thrift::ClientError {
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
-    /// Set by [`MetricsLayer::peer_service`]; else the callee's name.
-    peer_service: Option<std::sync::Arc<str>>,
+    /// Set by [`MetricsLayer::server_address`]; else the callee's address
+    /// or name.
+    server_address: Option<std::sync::Arc<str>>,
 }
 
 impl MetricsLayer {
@@ -78,29 +81,39 @@ impl MetricsLayer {
         Self {
             metrics: metrics.clone(),
             side: Side::Server,
-            peer_service: None,
+            server_address: None,
         }
     }
 
-    /// Client side: `rpc_client_*`; the `peer_service` label is the
-    /// callee's service name as the client knows it (the name given to the
-    /// client builder), unless [`peer_service`](Self::peer_service) says
-    /// otherwise.
+    /// Client side: `rpc_client_*`. `server_address` and `server_port` are
+    /// the callee's static address when the client has one at call start
+    /// (`.address(..)` on the client builder), else `server_address` is the
+    /// callee's service name (the name given to the client builder, which
+    /// discovery resolves), unless
+    /// [`server_address`](Self::server_address) says otherwise. The old
+    /// names' `peer_service` is the callee's service name.
     #[must_use]
     pub fn client(metrics: &RpcMetrics) -> Self {
         Self {
             metrics: metrics.clone(),
             side: Side::Client,
-            peer_service: None,
+            server_address: None,
         }
     }
 
-    /// The `peer_service` label of a client's calls, instead of the
-    /// callee's service name (ignored on servers).
+    /// The `server_address` of a client's calls (and the old names'
+    /// `peer_service`), with no `server_port`, instead of the callee's
+    /// address or name. Ignored on servers.
+    ///
+    /// ```
+    /// let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+    /// let layer = rpc_ext_metrics::volo::MetricsLayer::client(&metrics).server_address("echo");
+    /// # let _ = layer;
+    /// ```
     #[must_use]
-    pub fn peer_service(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
+    pub fn server_address(mut self, name: impl Into<std::sync::Arc<str>>) -> Self {
         if self.side == Side::Client {
-            self.peer_service = Some(name.into());
+            self.server_address = Some(name.into());
         }
         self
     }
@@ -135,30 +148,37 @@ where
         let recorder = {
             let info = cx.rpc_info();
             let path = info.method().as_str();
-            let callee = info.callee().service_name_ref();
-            let (service, method) =
-                rpc_ext_core::grpc_service_method(path).unwrap_or((callee, path));
+            let callee = info.callee();
+            let (service, method) = rpc_ext_core::grpc_service_method(path)
+                .unwrap_or((callee.service_name_ref(), path));
             let MetricsLayer {
                 metrics,
                 side,
-                peer_service,
+                server_address,
             } = &self.layer;
-            match side {
-                Side::Server => {
-                    metrics.start_untrusted_call(*side, S::Error::SYSTEM, service, method, "")
+            let call = Call::rpc(*side, S::Error::SYSTEM, service, method);
+            match (side, server_address) {
+                (Side::Server, _) => metrics.start_untrusted_call(call),
+                (Side::Client, Some(name)) => {
+                    metrics.start_call(call.server_address(name, None).peer_service(name))
                 }
-                Side::Client => {
-                    let peer = peer_service.as_deref().unwrap_or(callee);
-                    metrics.start_call(*side, S::Error::SYSTEM, service, method, peer)
+                (Side::Client, None) => {
+                    let mut ip = IpText::default();
+                    let name = callee.service_name_ref();
+                    let (address, port) = match &callee.address {
+                        Some(Address::Ip(addr)) => (ip.format(addr.ip()), Some(addr.port())),
+                        _ => (name, None),
+                    };
+                    metrics.start_call(call.server_address(address, port).peer_service(name))
                 }
             }
         };
         let result = self.inner.call(cx, req).await;
-        let status = match &result {
+        let outcome = match &result {
             Ok(_) => S::Error::OK,
-            Err(error) => error.status_label(),
+            Err(error) => error.outcome(),
         };
-        recorder.finish(status, None);
+        recorder.finish(outcome, None);
         result
     }
 }

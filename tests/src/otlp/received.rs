@@ -28,12 +28,25 @@ pub struct ReceivedSpan {
     pub attributes: HashMap<String, String>,
     /// OTLP status code (0 unset, 1 ok, 2 error).
     pub status_code: i32,
+    /// When the span started, in nanoseconds since the Unix epoch.
+    pub start_time_unix_nano: u64,
+    /// When the span ended, in nanoseconds since the Unix epoch.
+    pub end_time_unix_nano: u64,
 }
 
 impl ReceivedSpan {
     /// An attribute's value, or "" when absent.
     pub fn attr(&self, key: &str) -> &str {
         self.attributes.get(key).map_or("", String::as_str)
+    }
+
+    /// How long the span lasted: end minus start (zero if the end is
+    /// before the start).
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            self.end_time_unix_nano
+                .saturating_sub(self.start_time_unix_nano),
+        )
     }
 }
 
@@ -78,6 +91,8 @@ pub(super) fn spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     kind: span.kind,
                     attributes: attributes(&span.attributes),
                     status_code: span.status.map_or(0, |s| s.code),
+                    start_time_unix_nano: span.start_time_unix_nano,
+                    end_time_unix_nano: span.end_time_unix_nano,
                 });
             }
         }

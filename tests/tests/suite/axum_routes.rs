@@ -41,7 +41,7 @@ async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
 
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
-        text.contains(r#"rpc_server_requests_total{rpc_method="GET",rpc_service="/orders/{id}",rpc_system="http",status_code="200"} 3"#),
+        text.contains(r#"http_server_request_duration_seconds_count{error_type="",http_request_method="GET",http_response_status_code="200",http_route="/orders/{id}",url_scheme="http"} 3"#),
         "{text}"
     );
     assert!(!text.contains("/orders/1"), "a raw path became a label");
@@ -60,6 +60,12 @@ async fn axum_routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
             == 3,
         "{spans:#?}"
     );
+    for span in spans.iter().filter(|s| s.name == "GET /orders/{id}") {
+        assert_eq!(span.attr("http.route"), "/orders/{id}");
+        assert_eq!(span.attr("url.scheme"), "http");
+        assert!(span.attr("url.path").starts_with("/orders/"), "{span:#?}");
+        assert_eq!(span.attr("server.address"), "127.0.0.1");
+    }
     server.abort();
     Ok(())
 }

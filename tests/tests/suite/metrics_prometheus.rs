@@ -118,7 +118,7 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         ServiceBuilder::new()
             .layer(
                 rpc_ext_metrics::tower::MetricsLayer::client(&tonic_metrics)
-                    .peer_service("echo-tonic"),
+                    .server_address("echo-tonic"),
             )
             .service(channel),
     );
@@ -161,7 +161,7 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         .starts_with("application/openmetrics-text"));
     let body = scrape.text().await?;
     assert!(
-        body.contains("# TYPE rpc_server_requests counter\n"),
+        body.contains("# TYPE rpc_server_call_duration_seconds histogram\n"),
         "{body}"
     );
     assert!(body.ends_with("# EOF\n"));
@@ -173,38 +173,43 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
     .await?;
     for endpoint in [&tonic_endpoint, &volo_endpoint] {
         let instance = endpoint.local_addr();
-        let server = format!(
-            r#"rpc_system="grpc",rpc_service="echo.Echo",rpc_method="Say",instance="{instance}""#
-        );
+        let server =
+            format!(r#"rpc_system_name="grpc",rpc_method="echo.Echo/Say",instance="{instance}""#);
+        // The histogram's `_count` is the call count, by status name.
         scrape_count(
             &prometheus,
-            &format!(r#"rpc_server_requests_total{{{server},status_code="0"}}"#),
+            &format!(
+                r#"rpc_server_call_duration_seconds_count{{{server},rpc_response_status_code="OK",error_type=""}}"#
+            ),
             OK_CALLS as f64,
         )
         .await?;
-        // INVALID_ARGUMENT is code 3: the real code, not just "error".
+        // INVALID_ARGUMENT: the real status, and the caller's mistake, not a
+        // server error (no error_type).
         scrape_count(
             &prometheus,
-            &format!(r#"rpc_server_requests_total{{{server},status_code="3"}}"#),
+            &format!(
+                r#"rpc_server_call_duration_seconds_count{{{server},rpc_response_status_code="INVALID_ARGUMENT",error_type=""}}"#
+            ),
             FAILED_CALLS as f64,
         )
         .await?;
         scrape_count(
             &prometheus,
-            &format!(r#"sum(rpc_server_duration_seconds_count{{{server}}})"#),
+            &format!(r#"sum(rpc_server_call_duration_seconds_count{{{server}}})"#),
             (OK_CALLS + FAILED_CALLS) as f64,
         )
         .await?;
         scrape_count(
             &prometheus,
-            &format!(r#"sum(rpc_server_duration_seconds_bucket{{{server},le="+Inf"}})"#),
+            &format!(r#"sum(rpc_server_call_duration_seconds_bucket{{{server},le="+Inf"}})"#),
             (OK_CALLS + FAILED_CALLS) as f64,
         )
         .await?;
         // Sub-millisecond buckets exist (loopback calls land there).
         let fast = prometheus
             .query_value(&format!(
-                r#"sum(rpc_server_duration_seconds_bucket{{{server},le="0.001"}})"#
+                r#"sum(rpc_server_call_duration_seconds_bucket{{{server},le="0.001"}})"#
             ))
             .await?;
         assert!(fast.is_some(), "no 1 ms bucket");
@@ -216,20 +221,27 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
         .await?;
         scrape_count(
             &prometheus,
-            &format!(r#"sum(rpc_client_requests_total{{instance="{instance}",rpc_method="Say"}})"#),
+            &format!(
+                r#"sum(rpc_client_call_duration_seconds_count{{instance="{instance}",rpc_method="echo.Echo/Say"}})"#
+            ),
             (OK_CALLS + FAILED_CALLS) as f64,
         )
         .await?;
     }
+    // A client counts every non-OK status as a failure. The tonic client's
+    // target is the name it was given; the Volo client's its static address.
     scrape_count(
         &prometheus,
-        r#"sum(rpc_client_requests_total{peer_service="echo-tonic",status_code="3"})"#,
+        r#"sum(rpc_client_call_duration_seconds_count{server_address="echo-tonic",server_port="",error_type="INVALID_ARGUMENT"})"#,
         FAILED_CALLS as f64,
     )
     .await?;
     scrape_count(
         &prometheus,
-        r#"sum(rpc_client_requests_total{peer_service="echo-volo",status_code="3"})"#,
+        &format!(
+            r#"sum(rpc_client_call_duration_seconds_count{{server_address="127.0.0.1",server_port="{}",error_type="INVALID_ARGUMENT"}})"#,
+            volo_addr.port()
+        ),
         FAILED_CALLS as f64,
     )
     .await?;
@@ -237,7 +249,7 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
     scrape_count(
         &prometheus,
         &format!(
-            r#"rpc_server_response_size_bytes_count{{instance="{}"}}"#,
+            r#"rpc_server_response_size_bytes_count{{instance="{}",rpc_method="echo.Echo/Say"}}"#,
             tonic_endpoint.local_addr()
         ),
         (OK_CALLS + FAILED_CALLS) as f64,
@@ -255,7 +267,7 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
                 .expect("expr")
                 .replace("$__rate_interval", "1m")
                 .replace("$system", ".*")
-                .replace("$service", ".*");
+                .replace("$method", ".*");
             prometheus.query(&expr).await?; // fails on invalid PromQL
             if panel["title"]
                 .as_str()
@@ -319,11 +331,23 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let series: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("rpc_server_requests_total"))
+        .filter(|l| l.starts_with("rpc_server_call_duration_seconds_count"))
         .collect();
     assert!(series.len() <= 4, "series grew: {series:#?}");
-    assert!(series.iter().any(|s| s.contains(r#"rpc_method="Say""#)));
-    assert!(text.contains(r#"rpc_server_requests_total{rpc_method="_other",rpc_service="_other",rpc_system="grpc",status_code="12"} 5000"#), "{text}");
+    assert!(series
+        .iter()
+        .any(|s| s.contains(r#"rpc_method="echo.Echo/Say""#)));
+    assert!(text.contains(r#"rpc_server_call_duration_seconds_count{error_type="UNIMPLEMENTED",rpc_method="_OTHER",rpc_response_status_code="UNIMPLEMENTED",rpc_system_name="grpc"} 5000"#), "{text}");
+    let http: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+        .collect();
+    assert!(http.len() <= 2, "series grew: {http:#?}");
+    assert!(
+        http.iter().all(|s| s.contains(r#"http_route="_OTHER""#)),
+        "{http:#?}"
+    );
+    assert!(!text.contains("/no/such/page"), "a raw path became a label");
     Ok(())
 }
 
@@ -394,26 +418,39 @@ async fn exported_as_opentelemetry_metrics_over(
             .iter()
             .filter(|p| {
                 p.metric == "rpc.server.call.duration"
-                    && p.attributes.get("rpc.grpc.status_code").map(String::as_str) == Some(code)
+                    && p.attributes
+                        .get("rpc.response.status_code")
+                        .map(String::as_str)
+                        == Some(code)
             })
             .map(|p| p.value)
             .fold(0.0, f64::max)
     };
-    assert_eq!(calls("0"), OK_CALLS as f64, "{points:#?}");
-    assert_eq!(calls("3"), FAILED_CALLS as f64, "{points:#?}");
+    assert_eq!(calls("OK"), OK_CALLS as f64, "{points:#?}");
+    assert_eq!(
+        calls("INVALID_ARGUMENT"),
+        FAILED_CALLS as f64,
+        "{points:#?}"
+    );
     let duration = points
         .iter()
         .find(|p| p.metric == "rpc.server.call.duration")
         .expect("duration");
     assert_eq!(duration.unit, "s");
-    assert_eq!(duration.attributes["rpc.service"], "echo.Echo");
-    assert_eq!(duration.attributes["rpc.method"], "Say");
-    assert_eq!(duration.attributes["rpc.system"], "grpc");
+    // The attributes of the Prometheus labels; absent, not empty, when a
+    // label would be empty (no error.type on calls that did not fail).
+    assert_eq!(duration.attributes["rpc.method"], "echo.Echo/Say");
+    assert_eq!(duration.attributes["rpc.system.name"], "grpc");
+    assert!(!duration.attributes.contains_key("rpc.service"));
+    assert!(points
+        .iter()
+        .filter(|p| p.metric == "rpc.server.call.duration")
+        .all(|p| !p.attributes.contains_key("error.type")));
     let active = points
         .iter()
         .rfind(|p| {
             p.metric == "rpc.server.active_requests"
-                && p.attributes.get("rpc.method").map(String::as_str) == Some("Say")
+                && p.attributes.get("rpc.method").map(String::as_str) == Some("echo.Echo/Say")
         })
         .expect("active requests");
     assert_eq!(active.value, 0.0);
@@ -468,8 +505,8 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
                 let total: f64 = body
                     .lines()
                     .filter(|l| {
-                        l.starts_with("rpc_server_requests_total{")
-                            && l.contains(r#"status_code="0""#)
+                        l.starts_with("rpc_server_call_duration_seconds_count{")
+                            && l.contains(r#"rpc_response_status_code="OK""#)
                     })
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum();
@@ -485,7 +522,7 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
         text.contains(&format!(
-            r#"rpc_server_requests_total{{rpc_method="Say",rpc_service="echo.Echo",rpc_system="grpc",status_code="0"}} {}"#,
+            r#"rpc_server_call_duration_seconds_count{{error_type="",rpc_method="echo.Echo/Say",rpc_response_status_code="OK",rpc_system_name="grpc"}} {}"#,
             CALLERS * CALLS
         )),
         "{text}"

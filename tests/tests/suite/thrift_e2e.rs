@@ -157,27 +157,41 @@ async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> an
     );
     assert_eq!(relay.parent_span_id, thrift_server.span_id);
     assert_eq!(backend.parent_span_id, relay.span_id);
+    // The IDL service name: the generated client sets it and sends it in
+    // the TTHeader, so both ends name the method `ThriftEcho/say`.
     for span in [caller, thrift_server] {
-        assert_eq!(span.attr("rpc.system"), "apache_thrift");
-        assert_eq!(span.attr("rpc.method"), "say");
+        assert_eq!(span.name, "ThriftEcho/say");
+        assert_eq!(span.attr("rpc.system.name"), "apache_thrift");
+        assert_eq!(span.attr("rpc.method"), "ThriftEcho/say");
+        assert_eq!(span.attr("rpc.response.status_code"), "", "Thrift has none");
         assert_ne!(span.status_code, STATUS_ERROR);
     }
+    assert_eq!(caller.attr("server.address"), "127.0.0.1");
+    assert_eq!(caller.attr("server.port"), frontend_addr.port().to_string());
+    assert_eq!(caller.attr("network.peer.address"), "127.0.0.1");
 
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let server_ok = text
         .lines()
         .find(|l| {
-            l.starts_with("rpc_server_requests_total")
-                && l.contains(r#"rpc_system="apache_thrift""#)
+            l.starts_with("rpc_server_call_duration_seconds_count")
+                && l.contains(r#"rpc_system_name="apache_thrift""#)
         })
         .unwrap_or_else(|| panic!("no thrift server series: {text}"));
+    // Thrift has no status codes; a declared exception is not an error.
     assert!(
-        server_ok.contains(r#"rpc_method="say""#) && server_ok.contains(r#"status_code="ok""#),
+        server_ok.contains(r#"rpc_method="frontend/say""#)
+            && server_ok.contains(r#"rpc_response_status_code="""#)
+            && server_ok.contains(r#"error_type="""#),
         "{server_ok}"
     );
     assert!(server_ok.ends_with(" 2"), "{server_ok}");
+    // The client's target: its static address.
     assert!(
-        text.contains(r#"rpc_client_requests_total{peer_service="frontend""#),
+        text.contains(&format!(
+            r#"rpc_client_call_duration_seconds_count{{error_type="",rpc_method="frontend/say",rpc_response_status_code="",rpc_system_name="apache_thrift",server_address="127.0.0.1",server_port="{}"}} 2"#,
+            frontend_addr.port()
+        )),
         "{text}"
     );
 

@@ -43,6 +43,29 @@ impl volo_gen::echo::Echo for VoloRelay {
             served_by: reply.served_by.into(),
         }))
     }
+
+    // Only `Say` is relayed: these tests make no streaming calls
+    // (streaming.rs does).
+    async fn count(
+        &self,
+        _: volo_grpc::Request<volo_gen::echo::CountRequest>,
+    ) -> Result<volo_grpc::Response<echo::servers::VoloReplies>, volo_grpc::Status> {
+        Err(volo_grpc::Status::unimplemented("not relayed"))
+    }
+
+    async fn collect(
+        &self,
+        _: volo_grpc::Request<volo_grpc::RecvStream<volo_gen::echo::SayRequest>>,
+    ) -> Result<volo_grpc::Response<volo_gen::echo::SayReply>, volo_grpc::Status> {
+        Err(volo_grpc::Status::unimplemented("not relayed"))
+    }
+
+    async fn chat(
+        &self,
+        _: volo_grpc::Request<volo_grpc::RecvStream<volo_gen::echo::SayRequest>>,
+    ) -> Result<volo_grpc::Response<echo::servers::VoloReplies>, volo_grpc::Status> {
+        Err(volo_grpc::Status::unimplemented("not relayed"))
+    }
 }
 
 struct Topology {
@@ -197,13 +220,24 @@ async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> a
         frontend_client,
         backend_server,
     ] {
+        // Semantic conventions v1.44: the full method, the status name.
         assert_eq!(span.name, "echo.Echo/Say");
-        assert_eq!(span.attr("rpc.system"), "grpc");
-        assert_eq!(span.attr("rpc.service"), "echo.Echo");
-        assert_eq!(span.attr("rpc.method"), "Say");
-        assert_eq!(span.attr("rpc.grpc.status_code"), "0");
+        assert_eq!(span.attr("rpc.system.name"), "grpc");
+        assert_eq!(span.attr("rpc.method"), "echo.Echo/Say");
+        assert_eq!(span.attr("rpc.response.status_code"), "OK");
+        assert_eq!(span.attr("rpc.system"), "", "no names before v1.38");
+        assert_eq!(span.attr("rpc.service"), "");
+        assert_eq!(span.attr("error.type"), "");
         assert_ne!(span.status_code, STATUS_ERROR);
     }
+    // The Volo caller names its target, its static address. (The tonic
+    // relay's requests carry no authority: its channel adds it further in.)
+    assert_eq!(caller_client.attr("server.address"), "127.0.0.1");
+    assert_eq!(
+        caller_client.attr("server.port"),
+        topology.frontend.port().to_string()
+    );
+    assert_eq!(caller_client.attr("network.peer.address"), "127.0.0.1");
     // The server knows its own address from the request's authority.
     assert_eq!(backend_server.attr("server.address"), "127.0.0.1");
     assert_eq!(
@@ -268,21 +302,41 @@ async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
             .unwrap_or_else(|| panic!("no {service}/{kind}/{method} span: {spans:#?}"))
             .clone()
     };
-    let backend_say = by("backend", SPAN_KIND_SERVER, "Say");
-    assert_eq!(backend_say.attr("rpc.grpc.status_code"), "3");
+    let backend_say = by("backend", SPAN_KIND_SERVER, "echo.Echo/Say");
+    assert_eq!(
+        backend_say.attr("rpc.response.status_code"),
+        "INVALID_ARGUMENT"
+    );
     assert_ne!(
         backend_say.status_code, STATUS_ERROR,
-        "3 is the caller's fault, not the server's"
+        "INVALID_ARGUMENT is the caller's fault, not the server's"
     );
-    let relay_client = by("frontend", SPAN_KIND_CLIENT, "Say");
+    assert_eq!(backend_say.attr("error.type"), "");
+    let relay_client = by("frontend", SPAN_KIND_CLIENT, "echo.Echo/Say");
     assert_eq!(relay_client.status_code, STATUS_ERROR);
-    assert_eq!(relay_client.attr("error.type"), "3");
-    let frontend_say = by("frontend", SPAN_KIND_SERVER, "Say");
-    assert_eq!(frontend_say.attr("rpc.grpc.status_code"), "3");
-    let missing_server = by("backend", SPAN_KIND_SERVER, "Missing");
+    assert_eq!(relay_client.attr("error.type"), "INVALID_ARGUMENT");
+    let frontend_say = by("frontend", SPAN_KIND_SERVER, "echo.Echo/Say");
+    assert_eq!(
+        frontend_say.attr("rpc.response.status_code"),
+        "INVALID_ARGUMENT"
+    );
+    // A method the server does not serve: `_OTHER`, never the name the
+    // client made up, which is kept in `rpc.method_original`.
+    let missing_server = by("backend", SPAN_KIND_SERVER, "_OTHER");
+    assert_eq!(missing_server.name, "grpc");
+    assert_eq!(
+        missing_server.attr("rpc.method_original"),
+        "echo.Echo/Missing"
+    );
     assert_eq!(missing_server.status_code, STATUS_ERROR);
-    assert_eq!(missing_server.attr("rpc.grpc.status_code"), "12");
-    let missing_client = by("frontend", SPAN_KIND_CLIENT, "Missing");
+    assert_eq!(
+        missing_server.attr("rpc.response.status_code"),
+        "UNIMPLEMENTED"
+    );
+    assert_eq!(missing_server.attr("error.type"), "UNIMPLEMENTED");
+    // The client named the method itself (its own code's).
+    let missing_client = by("frontend", SPAN_KIND_CLIENT, "echo.Echo/Missing");
+    assert_eq!(missing_client.name, "echo.Echo/Missing");
     assert_eq!(missing_client.status_code, STATUS_ERROR);
     Ok(())
 }

@@ -58,10 +58,12 @@ async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
     for (route, status, count) in [
         ("/users/{id}", "200", 2),
         ("/boom", "500", 1),
-        ("_other", "404", 1),
+        ("_OTHER", "404", 1),
     ] {
+        // A server's 5xx is an error; the 404 is the caller's.
+        let error = if status == "500" { status } else { "" };
         let series = format!(
-            r#"rpc_server_requests_total{{rpc_method="GET",rpc_service="{route}",rpc_system="http",status_code="{status}"}} {count}"#
+            r#"http_server_request_duration_seconds_count{{error_type="{error}",http_request_method="GET",http_response_status_code="{status}",http_route="{route}",url_scheme="http"}} {count}"#
         );
         assert!(text.contains(&series), "missing {series} in\n{text}");
     }
@@ -82,21 +84,28 @@ async fn routes_label_metrics_and_name_spans() -> anyhow::Result<()> {
         assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
         assert_eq!(span.attr("http.route"), "/users/{id}");
+        assert_eq!(span.attr("http.request.method"), "GET");
         assert_eq!(span.attr("http.response.status_code"), "200");
+        assert_eq!(span.attr("url.scheme"), "http");
+        assert!(span.attr("url.path").starts_with("/users/"), "{span:#?}");
+        assert_eq!(span.attr("server.address"), "127.0.0.1");
+        assert_eq!(span.attr("server.port"), addr.port().to_string());
     }
     let boom = spans
         .iter()
         .find(|s| s.name == "GET /boom")
         .expect("boom span");
     assert_eq!(boom.status_code, STATUS_ERROR, "5xx is a server error");
-    let unmatched = spans
-        .iter()
-        .find(|s| s.name == "GET _other")
-        .expect("404 span");
+    // No route matched: the method alone, never the raw path (that is
+    // `url.path`), and no `http.route`.
+    let unmatched = spans.iter().find(|s| s.name == "GET").expect("404 span");
     assert_ne!(
         unmatched.status_code, STATUS_ERROR,
         "4xx is the caller's error"
     );
+    assert_eq!(unmatched.attr("http.route"), "");
+    assert_eq!(unmatched.attr("url.path"), "/no/such/page");
+    assert_eq!(unmatched.attr("http.response.status_code"), "404");
     server.abort();
     Ok(())
 }
@@ -156,6 +165,14 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
         .find(|s| s.service == "caller" && s.kind == harness::otlp::SPAN_KIND_CLIENT)
         .expect("client span");
     assert_eq!(client_span.name, "GET");
+    assert_eq!(
+        client_span.attr("url.full"),
+        format!("http://{addr}/users/7")
+    );
+    assert_eq!(client_span.attr("server.address"), "127.0.0.1");
+    assert_eq!(client_span.attr("server.port"), addr.port().to_string());
+    assert_eq!(client_span.attr("network.peer.address"), "127.0.0.1");
+    assert_eq!(client_span.attr("http.route"), "", "server spans only");
     let server_span = spans
         .iter()
         .find(|s| s.service == "web" && s.kind == SPAN_KIND_SERVER)
@@ -165,7 +182,10 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
 
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
-        text.contains(r#"rpc_client_requests_total{peer_service="127.0.0.1",rpc_method="GET",rpc_service="_other",rpc_system="http",status_code="200"} 1"#),
+        text.contains(&format!(
+            r#"http_client_request_duration_seconds_count{{error_type="",http_request_method="GET",http_response_status_code="200",server_address="127.0.0.1",server_port="{}"}} 1"#,
+            addr.port()
+        )),
         "{text}"
     );
     server.abort();

@@ -1,16 +1,18 @@
 //! [`TracingLayer`] and the [`TracingService`] it wraps around a service.
 
-use std::task::{Context, Poll};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use http::{Request, Response};
-use rpc_ext_core::{
-    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture, Side, OTHER,
-};
+use rpc_ext_core::{is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture, Side};
 
 use super::RouteTemplate;
 use crate::{
-    propagation::RequestHeaders, ActiveCall, CallInfo, CallScope, HeaderInjector, Outcome,
-    RpcSystem, RpcTracing,
+    address, propagation::RequestHeaders, ActiveCall, CallInfo, CallScope, HeaderInjector, Host,
+    Outcome, RpcTracing, UrlParts,
 };
 
 /// Traces every call through the wrapped service.
@@ -53,25 +55,54 @@ use crate::{
 pub struct TracingLayer {
     tracing: RpcTracing,
     side: Side,
+    server_address: Option<Arc<str>>,
 }
 
 impl TracingLayer {
     /// Server side: extract the caller's context, run the call in the span.
+    /// `server.address` and `server.port` are read from the request's
+    /// `:authority` or `Host`.
     #[must_use]
     pub fn server(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
             side: Side::Server,
+            server_address: None,
         }
     }
 
-    /// Client side: a child of the current context, injected into the request.
+    /// Client side: a child of the current context, injected into the
+    /// request. `server.address` and `server.port` are the host and port of
+    /// the request URI; a tonic client made with `Client::new(channel)`
+    /// sends URIs without a host (the channel adds it further in), so name
+    /// the target with [`server_address`](Self::server_address) or build
+    /// the client `with_origin`.
     #[must_use]
     pub fn client(tracing: &RpcTracing) -> Self {
         Self {
             tracing: tracing.clone(),
             side: Side::Client,
+            server_address: None,
         }
+    }
+
+    /// The `server.address` of a client's calls instead of the request
+    /// URI's host, with no `server.port`: the name the client calls the
+    /// server by. Ignored on servers.
+    ///
+    /// ```
+    /// use rpc_ext_tracing::{tower::TracingLayer, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().build();
+    /// let layer = TracingLayer::client(&tracing).server_address("echo");
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn server_address(mut self, name: impl Into<Arc<str>>) -> Self {
+        if !self.side.is_server() {
+            self.server_address = Some(name.into());
+        }
+        self
     }
 }
 
@@ -161,17 +192,21 @@ where
         // Headers are taken out so the client side can write into them while
         // the call info borrows the rest of the request.
         let mut headers = std::mem::take(request.headers_mut());
-        let call = {
-            let info = call_info(&request, &headers, grpc, self.layer.side);
-            if self.layer.side.is_server() {
-                self.layer
-                    .tracing
-                    .start_server(&info, &RequestHeaders::new(&headers))
-            } else {
-                self.layer
-                    .tracing
-                    .start_client(&info, &mut HeaderInjector(&mut headers))
+        let call = if self.layer.side.is_server() {
+            let authority = address::request_authority(request.uri(), &headers);
+            let info = call_info(&request, authority, grpc, Side::Server);
+            self.layer
+                .tracing
+                .start_server(&info, &RequestHeaders::new(&headers))
+        } else {
+            let authority = request.uri().authority().map(http::uri::Authority::as_str);
+            let mut info = call_info(&request, authority, grpc, Side::Client);
+            if let Some(name) = &self.layer.server_address {
+                info = info.with_server(Host::Name(name), None);
             }
+            self.layer
+                .tracing
+                .start_client(&info, &mut HeaderInjector(&mut headers))
         };
         *request.headers_mut() = headers;
         let observer = TracingObserver {
@@ -187,26 +222,39 @@ where
     }
 }
 
+/// What the layer knows of a request: gRPC by its path, HTTP by its
+/// method and, on servers, the route template when the router already
+/// matched it. `authority` is where the request was addressed: a server's
+/// `:authority` or `Host`, a client's URI authority.
 fn call_info<'a, B: http_body::Body>(
     request: &'a Request<B>,
-    headers: &http::HeaderMap,
+    authority: Option<&'a str>,
     grpc: bool,
     side: Side,
 ) -> CallInfo<'a> {
-    let (system, service, method) = if grpc {
-        let (service, method) = grpc_service_method(request.uri().path()).unwrap_or((OTHER, OTHER));
-        (RpcSystem::Grpc, service, method)
+    let uri = request.uri();
+    let mut info = if grpc {
+        CallInfo::grpc(uri.path())
     } else {
-        let route = RouteTemplate::of(request.extensions()).unwrap_or(OTHER);
-        (RpcSystem::Http, route, request.method().as_str())
+        let route = if side.is_server() {
+            RouteTemplate::of(request.extensions()).unwrap_or("")
+        } else {
+            ""
+        };
+        CallInfo::http(request.method().as_str(), route).with_url(UrlParts::of(uri))
     };
-    let server_addr = rpc_ext_core::server_addr(request.uri(), headers);
-    CallInfo {
-        system,
-        service,
-        method,
-        server_addr,
-        peer_addr: if side.is_server() { None } else { server_addr },
-        request_size: request.body().size_hint().exact(),
+    info = info.with_request_size(request.body().size_hint().exact());
+    let Some(authority) = authority else {
+        return info;
+    };
+    let (host, port) = address::split_authority(authority);
+    if host.is_empty() {
+        return info;
     }
+    if !side.is_server() {
+        // A client connects to the address its URI names, when that is one.
+        let peer = port.and_then(|port| Some(SocketAddr::new(host.parse().ok()?, port)));
+        info = info.with_peer(peer);
+    }
+    info.with_server(Host::Name(host), port)
 }

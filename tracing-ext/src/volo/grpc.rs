@@ -5,18 +5,22 @@
 use motore::{layer::Layer, service::Service};
 use volo::context::Context;
 
-use super::ip;
+use super::{client_target, ip};
 
 use rpc_ext_core::{GrpcCode, Side};
 
-use crate::{
-    propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
-};
+use crate::{propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcTracing};
 
 /// Traces every call through a Volo gRPC service. A client takes it the
 /// same way, on the generated client builder:
 /// `EchoClientBuilder::new("echo").layer_outer(GrpcTracingLayer::client(&tracing))`
 /// (`examples/src/bin/wiring.rs` runs both and makes a call).
+///
+/// Spans are named by the full method (`echo.Echo/Say`). A server span
+/// carries the caller's address as `network.peer.*`; a client span the
+/// target as `server.address` (the static address the client was given,
+/// else the name it discovers, without a port) and, once the call is
+/// done, the address load balancing picked as `network.peer.*`.
 ///
 /// ```
 /// use rpc_ext_tracing::{volo::GrpcTracingLayer, RpcTracing};
@@ -82,34 +86,18 @@ where
         cx: &mut Cx,
         mut request: volo_grpc::Request<T>,
     ) -> Result<Self::Response, Self::Error> {
+        let server = self.layer.side.is_server();
         let call = {
             let rpc = cx.rpc_info();
-            let path = rpc.method().as_str();
-            let (service, method) = rpc_ext_core::grpc_service_method(path)
-                .unwrap_or((rpc.callee().service_name_ref(), path));
-            let info = CallInfo {
-                system: RpcSystem::Grpc,
-                service,
-                method,
-                server_addr: if self.layer.side.is_server() {
-                    None
-                } else {
-                    ip(rpc.callee().address())
-                },
-                peer_addr: if self.layer.side.is_server() {
-                    ip(rpc.caller().address())
-                } else {
-                    ip(rpc.callee().address())
-                },
-                request_size: None,
-            };
-            if self.layer.side.is_server() {
-                self.layer
-                    .tracing
-                    .start_server(&info, &RequestHeaders::new(request.metadata().headers()))
+            let info = CallInfo::grpc(rpc.method().as_str());
+            if server {
+                self.layer.tracing.start_server(
+                    &info.with_peer(ip(rpc.caller().address())),
+                    &RequestHeaders::new(request.metadata().headers()),
+                )
             } else {
                 self.layer.tracing.start_client(
-                    &info,
+                    &client_target(info, rpc.callee()),
                     &mut HeaderInjector(request.metadata_mut().headers_mut()),
                 )
             }
@@ -121,6 +109,12 @@ where
         };
         call.finish(&Outcome {
             grpc_code: Some(code),
+            // Load balancing chose the address during the call.
+            peer_addr: if server {
+                None
+            } else {
+                ip(cx.rpc_info().callee().address())
+            },
             ..Outcome::default()
         });
         result

@@ -1,8 +1,9 @@
 //! Volo HTTP: on servers the caller's context comes from the request
 //! headers and spans are named `METHOD route`, with the route template the
-//! router matched (`GET /users/{id}`), never the raw path; on clients the
-//! span (named by the method) is a child of the current context, which is
-//! written into the request headers.
+//! router matched (`GET /users/{id}`), the method alone when none did,
+//! never the raw path (that is `url.path`); on clients the span (named by
+//! the method, with `url.full`) is a child of the current context, which
+//! is written into the request headers.
 
 use motore::{layer::Layer, service::Service};
 use volo::context::Context as _;
@@ -14,12 +15,28 @@ use volo_http::{
     server::{route::MatchedPath, IntoResponse},
 };
 
-use rpc_ext_core::OTHER;
+use volo_http::client::target::{RemoteHost, RemoteTarget, Target};
 
 use super::ip;
 use crate::{
-    propagation::RequestHeaders, CallInfo, HeaderInjector, Outcome, RpcSystem, RpcTracing,
+    address, propagation::RequestHeaders, CallInfo, HeaderInjector, Host, Outcome, RpcTracing,
+    UrlParts,
 };
+
+/// `host[:port]` of a client's target, as its URL names it (IPv6 in
+/// brackets, the scheme's default port left out).
+fn authority_of(remote: &RemoteTarget) -> String {
+    let host = match &remote.host {
+        RemoteHost::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        RemoteHost::Ip(ip) => ip.to_string(),
+        RemoteHost::Name(name) => name.to_string(),
+    };
+    if address::default_port(remote.scheme.as_str()) == Some(remote.port) {
+        host
+    } else {
+        format!("{host}:{}", remote.port)
+    }
+}
 
 /// Traces every request through a Volo HTTP server or client (the side
 /// follows from the context type).
@@ -78,16 +95,15 @@ where
         cx: &mut ServerContext,
         request: Request<B>,
     ) -> Result<Response, Self::Error> {
-        let method = request.method().clone();
         let call = {
-            let info = CallInfo {
-                system: RpcSystem::Http,
-                service: OTHER,
-                method: method.as_str(),
-                server_addr: rpc_ext_core::server_addr(request.uri(), request.headers()),
-                peer_addr: ip(cx.rpc_info().caller().address()),
-                request_size: None,
-            };
+            let (host, port) = address::request_authority(request.uri(), request.headers())
+                .map_or(("", None), address::split_authority);
+            let mut info = CallInfo::http(request.method().as_str(), "")
+                .with_url(UrlParts::of(request.uri()))
+                .with_peer(ip(cx.rpc_info().caller().address()));
+            if !host.is_empty() {
+                info = info.with_server(Host::Name(host), port);
+            }
             self.layer
                 .tracing
                 .start_server(&info, &RequestHeaders::new(request.headers()))
@@ -97,11 +113,10 @@ where
             Ok(response) => response.into_response(),
             Err(error) => error.into_response(),
         };
-        let route = cx
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(OTHER, MatchedPath::as_str);
-        call.set_http_route(method.as_str(), route);
+        // The router ran inside: the route it matched is known only now.
+        if let Some(route) = cx.extensions().get::<MatchedPath>() {
+            call.set_http_route(route.as_str());
+        }
         call.finish(&Outcome {
             http_status: Some(response.status().as_u16()),
             response_size: http_body::Body::size_hint(response.body()).exact(),
@@ -128,21 +143,29 @@ where
         cx: &mut ClientContext,
         mut request: Request<B>,
     ) -> Result<Response<RB>, ClientError> {
-        let method = request.method().clone();
         let mut headers = std::mem::take(request.headers_mut());
         let call = {
-            let server_addr = request
-                .uri()
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .or_else(|| ip(cx.rpc_info().callee().address()));
-            let info = CallInfo {
-                system: RpcSystem::Http,
-                service: "",
-                method: method.as_str(),
-                server_addr,
-                peer_addr: server_addr,
-                request_size: None,
+            // The request carries only the path: the target is in the context.
+            let target = match cx.target() {
+                Target::Remote(remote) => Some(remote),
+                _ => None,
+            };
+            let authority = target.map(authority_of);
+            let mut url = UrlParts::of(request.uri());
+            if let Some(remote) = target {
+                url.scheme = Some(remote.scheme.as_str());
+                url.authority = authority.as_deref();
+            }
+            let info = CallInfo::http(request.method().as_str(), "").with_url(url);
+            let info = match target {
+                Some(remote) => {
+                    let host = match &remote.host {
+                        RemoteHost::Ip(ip) => Host::Ip(*ip),
+                        RemoteHost::Name(name) => Host::Name(name.as_str()),
+                    };
+                    info.with_server(host, Some(remote.port))
+                }
+                None => super::client_target(info, cx.rpc_info().callee()),
             };
             self.layer
                 .tracing
@@ -150,7 +173,7 @@ where
         };
         *request.headers_mut() = headers;
         let result = call.run(self.inner.call(cx, request)).await;
-        let outcome = match &result {
+        let mut outcome = match &result {
             Ok(response) => Outcome {
                 http_status: Some(response.status().as_u16()),
                 ..Outcome::default()
@@ -160,6 +183,8 @@ where
                 ..Outcome::default()
             },
         };
+        // Name resolution and load balancing chose the address during the call.
+        outcome.peer_addr = ip(cx.rpc_info().callee().address());
         call.finish(&outcome);
         result
     }

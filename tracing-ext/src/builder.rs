@@ -1,0 +1,253 @@
+//! [`RpcTracingBuilder`]: the options of [`RpcTracing`].
+
+use std::sync::Arc;
+
+use opentelemetry::{propagation::TextMapPropagator, trace::Tracer, KeyValue};
+use rpc_ext_core::semconv::Conventions;
+
+use crate::{
+    call::{CallFilter, CallTracer, ExtraAttributes, Inner, SpanNameFormatter},
+    methods::{MethodSet, DEFAULT_MAX_METHODS},
+    CallInfo, RpcTracing, INSTRUMENTATION_NAME,
+};
+
+/// Builds [`RpcTracing`].
+#[must_use]
+pub struct RpcTracingBuilder {
+    tracer: Option<CallTracer>,
+    propagator: Option<Box<dyn TextMapPropagator + Send + Sync>>,
+    name: Option<SpanNameFormatter>,
+    extra: Option<ExtraAttributes>,
+    filter: Option<CallFilter>,
+    record_sizes: bool,
+    tracing_span: bool,
+    conventions: Option<Conventions>,
+    recognized_methods: Vec<String>,
+    max_methods: usize,
+    trace_health_checks: bool,
+    skip_http_routes: Vec<Box<str>>,
+}
+
+impl std::fmt::Debug for RpcTracingBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcTracingBuilder")
+            .field("conventions", &self.conventions)
+            .field("max_methods", &self.max_methods)
+            .field("trace_health_checks", &self.trace_health_checks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcTracing {
+    /// Starts a builder: global tracer provider, propagators from
+    /// `OTEL_PROPAGATORS` (default W3C trace context + baggage), the
+    /// conventions `OTEL_SEMCONV_STABILITY_OPT_IN` asks for (default the
+    /// current ones), gRPC health checks left out.
+    pub fn builder() -> RpcTracingBuilder {
+        RpcTracingBuilder {
+            tracer: None,
+            propagator: None,
+            name: None,
+            extra: None,
+            filter: None,
+            record_sizes: false,
+            tracing_span: true,
+            conventions: None,
+            recognized_methods: Vec::new(),
+            max_methods: DEFAULT_MAX_METHODS,
+            trace_health_checks: false,
+            skip_http_routes: Vec::new(),
+        }
+    }
+}
+
+impl RpcTracingBuilder {
+    /// Creates spans with this provider instead of the global one.
+    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
+    {
+        let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        self.tracer = Some(CallTracer::new(provider.tracer_with_scope(scope)));
+        self
+    }
+
+    /// Reads and writes context with this propagator instead of the default.
+    pub fn propagator(
+        mut self,
+        propagator: impl TextMapPropagator + Send + Sync + 'static,
+    ) -> Self {
+        self.propagator = Some(Box::new(propagator));
+        self
+    }
+
+    /// Which RPC attribute names spans carry, instead of what
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` asks for
+    /// ([`Conventions::from_env`]; unset: the current ones).
+    ///
+    /// - [`Conventions::Current`]: `rpc.system.name`, `rpc.method` as the
+    ///   full method (`echo.Echo/Say`), `rpc.response.status_code` as the
+    ///   status name (`DEADLINE_EXCEEDED`), `error.type` the status name.
+    /// - [`Conventions::Old`]: the names before v1.38, as this crate wrote
+    ///   them before: `rpc.system`, `rpc.service`, `rpc.method` the short
+    ///   method (`Say`), `rpc.grpc.status_code` the number, `error.type`
+    ///   the number.
+    /// - [`Conventions::Dup`]: both sets. The one key they share,
+    ///   `rpc.method`, carries the current value (the full method), as
+    ///   does `error.type`.
+    ///
+    /// Span names are the same in every mode: the full method.
+    ///
+    /// ```
+    /// use rpc_ext_tracing::{semconv::Conventions, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().conventions(Conventions::Dup).build();
+    /// # let _ = tracing;
+    /// ```
+    pub fn conventions(mut self, conventions: Conventions) -> Self {
+        self.conventions = Some(conventions);
+        self
+    }
+
+    /// gRPC methods the servers serve, known up front (`echo.Echo/Say`, a
+    /// leading `/` allowed): their server spans carry `rpc.method` from the
+    /// start, where samplers see it, from the first call on. Other methods
+    /// are learned from traffic: a server span whose method is not known
+    /// yet is named `grpc` and gets `rpc.method` when the call ends, the
+    /// method if the server answered with a status other than
+    /// UNIMPLEMENTED, else `_OTHER` (with the name the client sent in
+    /// `rpc.method_original`). These methods do not count towards
+    /// [`max_methods`](Self::max_methods).
+    ///
+    /// ```
+    /// use rpc_ext_tracing::RpcTracing;
+    ///
+    /// let tracing = RpcTracing::builder()
+    ///     .recognized_methods(["echo.Echo/Say", "echo.Echo/Count"])
+    ///     .build();
+    /// # let _ = tracing;
+    /// ```
+    pub fn recognized_methods(
+        mut self,
+        methods: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.recognized_methods
+            .extend(methods.into_iter().map(Into::into));
+        self
+    }
+
+    /// Most gRPC methods learned from traffic (default 1,000): the set is
+    /// kept for the life of the process, and method names come from the
+    /// network. Past it, calls to methods not learned by then are recorded
+    /// as `_OTHER`.
+    pub fn max_methods(mut self, max: usize) -> Self {
+        self.max_methods = max;
+        self
+    }
+
+    /// Traces calls to the standard gRPC health service
+    /// (`grpc.health.v1.Health/*`), which are left out by default: a
+    /// probe every few seconds is noise in every trace store.
+    pub fn trace_health_checks(mut self, trace: bool) -> Self {
+        self.trace_health_checks = trace;
+        self
+    }
+
+    /// Leaves out HTTP server calls to these route templates (`/healthz`,
+    /// `/metrics`). A layer that runs before the router (Volo HTTP, a
+    /// tower layer outside axum's `Router::layer`) knows no route when the
+    /// call starts; it leaves out requests whose path is one of the listed
+    /// templates that have no parameters.
+    ///
+    /// ```
+    /// use rpc_ext_tracing::RpcTracing;
+    ///
+    /// let tracing = RpcTracing::builder().skip_http_routes(["/healthz", "/metrics"]).build();
+    /// # let _ = tracing;
+    /// ```
+    pub fn skip_http_routes(mut self, routes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.skip_http_routes.extend(
+            routes
+                .into_iter()
+                .map(|route| route.into().into_boxed_str()),
+        );
+        self
+    }
+
+    /// Names spans with `formatter` instead of the conventional name.
+    /// Spans keep the name it gives: a server method settled at the end or
+    /// a route matched later does not rename them.
+    pub fn span_name(
+        mut self,
+        formatter: impl Fn(&CallInfo<'_>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.name = Some(Arc::new(formatter));
+        self
+    }
+
+    /// Adds attributes computed from each call.
+    pub fn extra_attributes(
+        mut self,
+        attributes: impl Fn(&CallInfo<'_>) -> Vec<KeyValue> + Send + Sync + 'static,
+    ) -> Self {
+        self.extra = Some(Arc::new(attributes));
+        self
+    }
+
+    /// Traces only calls for which `filter` returns true, on top of the
+    /// calls left out by [`trace_health_checks`](Self::trace_health_checks)
+    /// and [`skip_http_routes`](Self::skip_http_routes); the others still
+    /// carry the caller's context through.
+    pub fn filter(
+        mut self,
+        filter: impl Fn(&CallInfo<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// Records request and response sizes as span attributes where known
+    /// (`rpc.request.size`, `rpc.response.size`: this crate's, not
+    /// semantic conventions).
+    pub fn record_sizes(mut self, record: bool) -> Self {
+        self.record_sizes = record;
+        self
+    }
+
+    /// Also enters a `tracing` span (`rpc.call`, with `rpc.method`,
+    /// `trace_id` and `span_id` fields) around each call, so log lines
+    /// inside a call carry the ids (default on; costs nothing when no
+    /// subscriber wants it).
+    pub fn tracing_span(mut self, enabled: bool) -> Self {
+        self.tracing_span = enabled;
+        self
+    }
+
+    /// Finishes the configuration.
+    pub fn build(self) -> RpcTracing {
+        RpcTracing {
+            inner: Arc::new(Inner {
+                tracer: self.tracer.unwrap_or_else(|| {
+                    let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
+                        .with_version(env!("CARGO_PKG_VERSION"))
+                        .build();
+                    CallTracer::Boxed(opentelemetry::global::tracer_with_scope(scope))
+                }),
+                propagator: self.propagator.unwrap_or_else(crate::propagator_from_env),
+                name: self.name,
+                extra: self.extra,
+                filter: self.filter,
+                record_sizes: self.record_sizes,
+                tracing_span: self.tracing_span,
+                conventions: self.conventions.unwrap_or_else(Conventions::from_env),
+                methods: Arc::new(MethodSet::new(self.recognized_methods, self.max_methods)),
+                trace_health_checks: self.trace_health_checks,
+                skip_http_routes: self.skip_http_routes.into_boxed_slice(),
+            }),
+        }
+    }
+}

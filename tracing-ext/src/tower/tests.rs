@@ -1,0 +1,422 @@
+//! The tower layer's spans, recorded in memory: names and attributes per
+//! the conventions, methods settled on servers, health checks left out.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry::trace::{SpanKind, Status};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+use super::{RouteTemplate, TracingLayer};
+use crate::{
+    testing::{attr, Recorded, SAMPLED_PARENT},
+    RpcTracing,
+};
+
+type Body = Full<Bytes>;
+
+/// A gRPC server answering every call with `grpc-status: code`
+/// (trailers-only).
+fn grpc_server(
+    tracing: &RpcTracing,
+    code: u8,
+) -> impl Service<http::Request<Body>, Response = http::Response<impl http_body::Body>, Error = Infallible>
+{
+    TracingLayer::server(tracing).layer(service_fn(move |_: http::Request<Body>| async move {
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", code.to_string())
+                .body(Body::default())
+                .unwrap(),
+        )
+    }))
+}
+
+fn grpc_request(authority_and_path: &str, sampled_parent: bool) -> http::Request<Body> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{authority_and_path}"))
+        .header("content-type", "application/grpc");
+    if sampled_parent {
+        request = request.header("traceparent", SAMPLED_PARENT);
+    }
+    request.body(Body::default()).unwrap()
+}
+
+async fn call<S, B>(service: &mut S, request: http::Request<Body>)
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    B: http_body::Body,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    // Reading the body to its end ends the span.
+    assert!(response.into_body().collect().await.is_ok());
+}
+
+#[tokio::test]
+async fn an_unknown_server_method_is_other_with_the_name_sent() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut server = grpc_server(&tracing, 12);
+    call(
+        &mut server,
+        grpc_request("127.0.0.1:50051/echo.Echo/Missing", true),
+    )
+    .await;
+    let (started_as, at_start) = recorded.last_started();
+    assert_eq!(started_as, "grpc");
+    assert_eq!(
+        attr(&at_start, "rpc.method"),
+        None,
+        "not named before it is known"
+    );
+    let span = recorded.only();
+    assert_eq!(span.name, "grpc");
+    assert_eq!(span.span_kind, SpanKind::Server);
+    let attributes = &span.attributes;
+    assert_eq!(attr(attributes, "rpc.method").as_deref(), Some("_OTHER"));
+    assert_eq!(
+        attr(attributes, "rpc.method_original").as_deref(),
+        Some("echo.Echo/Missing")
+    );
+    assert_eq!(
+        attr(attributes, "rpc.response.status_code").as_deref(),
+        Some("UNIMPLEMENTED")
+    );
+    assert_eq!(
+        attr(attributes, "error.type").as_deref(),
+        Some("UNIMPLEMENTED")
+    );
+    assert_eq!(
+        attr(attributes, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(attr(attributes, "server.port").as_deref(), Some("50051"));
+    assert!(matches!(span.status, Status::Error { .. }));
+}
+
+#[tokio::test]
+async fn a_recognized_method_is_named_at_the_start() {
+    let (tracing, recorded) =
+        Recorded::tracing(|builder| builder.recognized_methods(["/echo.Echo/Say"]));
+    let mut server = grpc_server(&tracing, 0);
+    call(
+        &mut server,
+        grpc_request("echo.internal/echo.Echo/Say", true),
+    )
+    .await;
+    let (started_as, at_start) = recorded.last_started();
+    assert_eq!(started_as, "echo.Echo/Say");
+    assert_eq!(
+        attr(&at_start, "rpc.method").as_deref(),
+        Some("echo.Echo/Say")
+    );
+    assert_eq!(attr(&at_start, "rpc.system.name").as_deref(), Some("grpc"));
+    assert_eq!(
+        attr(&at_start, "server.address").as_deref(),
+        Some("echo.internal")
+    );
+    assert_eq!(
+        attr(&at_start, "server.port"),
+        None,
+        "no port in the authority"
+    );
+    let span = recorded.only();
+    assert_eq!(span.name, "echo.Echo/Say");
+    assert_eq!(
+        attr(&span.attributes, "rpc.response.status_code").as_deref(),
+        Some("OK")
+    );
+    assert_eq!(attr(&span.attributes, "error.type"), None);
+}
+
+#[tokio::test]
+async fn a_method_the_server_answers_is_learned() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    // INVALID_ARGUMENT: the method exists, the caller erred.
+    let mut server = grpc_server(&tracing, 3);
+    call(&mut server, grpc_request("127.0.0.1:1/echo.Echo/Say", true)).await;
+    assert_eq!(recorded.last_started().0, "grpc");
+    call(&mut server, grpc_request("127.0.0.1:1/echo.Echo/Say", true)).await;
+    let (started_as, at_start) = recorded.last_started();
+    assert_eq!(started_as, "echo.Echo/Say");
+    assert_eq!(
+        attr(&at_start, "rpc.method").as_deref(),
+        Some("echo.Echo/Say")
+    );
+    for span in recorded.ended() {
+        assert_eq!(span.name, "echo.Echo/Say", "renamed once known");
+        assert_eq!(
+            attr(&span.attributes, "rpc.method").as_deref(),
+            Some("echo.Echo/Say")
+        );
+        assert_eq!(
+            attr(&span.attributes, "error.type"),
+            None,
+            "the caller's error"
+        );
+        assert_eq!(span.status, Status::Unset);
+    }
+}
+
+#[tokio::test]
+async fn past_the_cap_new_methods_are_other() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder.max_methods(1));
+    let mut server = grpc_server(&tracing, 0);
+    call(&mut server, grpc_request("h/a.B/First", false)).await;
+    call(&mut server, grpc_request("h/a.B/Second", false)).await;
+    let ended = recorded.ended();
+    assert_eq!(ended[0].name, "a.B/First");
+    assert_eq!(ended[1].name, "grpc");
+    assert_eq!(
+        attr(&ended[1].attributes, "rpc.method").as_deref(),
+        Some("_OTHER")
+    );
+    assert_eq!(
+        attr(&ended[1].attributes, "rpc.method_original").as_deref(),
+        Some("a.B/Second")
+    );
+}
+
+#[tokio::test]
+async fn a_junk_path_is_other_from_the_start() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut server = grpc_server(&tracing, 12);
+    call(&mut server, grpc_request("h/not/a/method", true)).await;
+    let (_, at_start) = recorded.last_started();
+    assert_eq!(attr(&at_start, "rpc.method").as_deref(), Some("_OTHER"));
+    assert_eq!(
+        attr(&at_start, "rpc.method_original").as_deref(),
+        Some("not/a/method")
+    );
+    assert_eq!(recorded.only().name, "grpc");
+}
+
+#[tokio::test]
+async fn health_checks_are_left_out_unless_asked_for() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut server = grpc_server(&tracing, 0);
+    call(
+        &mut server,
+        grpc_request("h/grpc.health.v1.Health/Check", true),
+    )
+    .await;
+    let mut client = TracingLayer::client(&tracing).layer(grpc_server(&tracing, 0));
+    call(
+        &mut client,
+        grpc_request("h/grpc.health.v1.Health/Watch", false),
+    )
+    .await;
+    assert!(recorded.ended().is_empty(), "{:#?}", recorded.ended());
+
+    let (tracing, recorded) = Recorded::tracing(|builder| builder.trace_health_checks(true));
+    let mut server = grpc_server(&tracing, 0);
+    call(
+        &mut server,
+        grpc_request("h/grpc.health.v1.Health/Check", true),
+    )
+    .await;
+    assert_eq!(recorded.only().name, "grpc.health.v1.Health/Check");
+    assert_eq!(
+        attr(&recorded.only().attributes, "rpc.method").as_deref(),
+        Some("grpc.health.v1.Health/Check")
+    );
+}
+
+/// An HTTP server answering 200 to everything, optionally behind a router
+/// that matched `route`.
+fn http_server(
+    tracing: &RpcTracing,
+    route: Option<&'static str>,
+) -> impl Service<http::Request<Body>, Response = http::Response<impl http_body::Body>, Error = Infallible>
+{
+    let traced = TracingLayer::server(tracing).layer(service_fn(|_: http::Request<Body>| async {
+        Ok::<_, Infallible>(http::Response::new(Body::from("ok")))
+    }));
+    // The router runs before the layer (axum's `Router::layer`).
+    tower::util::MapRequestLayer::new(move |mut request: http::Request<Body>| {
+        if let Some(route) = route {
+            request.extensions_mut().insert(RouteTemplate(route.into()));
+        }
+        request
+    })
+    .layer(traced)
+}
+
+fn http_request(method: &str, uri: &str) -> http::Request<Body> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "shop.example:8080")
+        .body(Body::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http_server_spans_are_named_by_route_or_method() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut matched = http_server(&tracing, Some("/users/{id}"));
+    call(&mut matched, http_request("GET", "/users/7?full=1")).await;
+    let mut unmatched = http_server(&tracing, None);
+    call(&mut unmatched, http_request("GET", "/no/such/page")).await;
+    call(&mut unmatched, http_request("PURGE", "/cache")).await;
+
+    let ended = recorded.ended();
+    let [users, nowhere, purge] = &ended[..] else {
+        panic!("{ended:#?}")
+    };
+    assert_eq!(users.name, "GET /users/{id}");
+    let attributes = &users.attributes;
+    assert_eq!(
+        attr(attributes, "http.route").as_deref(),
+        Some("/users/{id}")
+    );
+    assert_eq!(
+        attr(attributes, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(attr(attributes, "url.scheme").as_deref(), Some("http"));
+    assert_eq!(attr(attributes, "url.path").as_deref(), Some("/users/7"));
+    assert_eq!(attr(attributes, "url.query").as_deref(), Some("full=1"));
+    assert_eq!(
+        attr(attributes, "server.address").as_deref(),
+        Some("shop.example")
+    );
+    assert_eq!(attr(attributes, "server.port").as_deref(), Some("8080"));
+    assert_eq!(
+        attr(attributes, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attr(attributes, "rpc.system.name"), None);
+
+    assert_eq!(nowhere.name, "GET", "never the raw path");
+    assert_eq!(attr(&nowhere.attributes, "http.route"), None);
+    assert_eq!(
+        attr(&nowhere.attributes, "url.path").as_deref(),
+        Some("/no/such/page")
+    );
+    assert_eq!(attr(&nowhere.attributes, "url.query"), None);
+
+    assert_eq!(purge.name, "HTTP");
+    assert_eq!(
+        attr(&purge.attributes, "http.request.method").as_deref(),
+        Some("_OTHER")
+    );
+    assert_eq!(
+        attr(&purge.attributes, "http.request.method_original").as_deref(),
+        Some("PURGE")
+    );
+}
+
+#[tokio::test]
+async fn listed_http_routes_are_left_out() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder.skip_http_routes(["/healthz"]));
+    let mut matched = http_server(&tracing, Some("/healthz"));
+    call(&mut matched, http_request("GET", "/healthz")).await;
+    // Before routing, the path is compared with the templates.
+    let mut unrouted = http_server(&tracing, None);
+    call(&mut unrouted, http_request("GET", "/healthz")).await;
+    call(&mut unrouted, http_request("GET", "/orders")).await;
+    assert_eq!(recorded.only().name, "GET");
+}
+
+#[tokio::test]
+async fn http_client_spans_carry_the_full_url_without_credentials() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut client = TracingLayer::client(&tracing).layer(service_fn(
+        |request: http::Request<Body>| async move {
+            assert!(request.headers().contains_key("traceparent"));
+            Ok::<_, Infallible>(
+                http::Response::builder()
+                    .status(503)
+                    .body(Body::default())
+                    .unwrap(),
+            )
+        },
+    ));
+    let request = http::Request::builder()
+        .uri("https://alice:secret@api.example/v1/items?page=2")
+        .body(Body::default())
+        .unwrap();
+    call(&mut client, request).await;
+    let span = recorded.only();
+    assert_eq!(span.name, "GET");
+    assert_eq!(span.span_kind, SpanKind::Client);
+    let attributes = &span.attributes;
+    assert_eq!(
+        attr(attributes, "url.full").as_deref(),
+        Some("https://REDACTED:REDACTED@api.example/v1/items?page=2")
+    );
+    assert_eq!(
+        attr(attributes, "server.address").as_deref(),
+        Some("api.example")
+    );
+    assert_eq!(attr(attributes, "server.port").as_deref(), Some("443"));
+    assert_eq!(attr(attributes, "url.path"), None, "servers only");
+    assert_eq!(attr(attributes, "http.route"), None, "servers only");
+    assert_eq!(attr(attributes, "error.type").as_deref(), Some("503"));
+}
+
+#[tokio::test]
+async fn a_grpc_client_names_its_target_and_peer() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut client = TracingLayer::client(&tracing).layer(grpc_server(&tracing, 5));
+    call(
+        &mut client,
+        grpc_request("10.0.0.7:50051/echo.Echo/Say", false),
+    )
+    .await;
+    // The inner server is traced too: the client's span ends last.
+    let span = recorded
+        .ended()
+        .into_iter()
+        .find(|span| span.span_kind == SpanKind::Client)
+        .unwrap();
+    let attributes = &span.attributes;
+    assert_eq!(span.name, "echo.Echo/Say");
+    assert_eq!(
+        attr(attributes, "rpc.method").as_deref(),
+        Some("echo.Echo/Say")
+    );
+    assert_eq!(
+        attr(attributes, "server.address").as_deref(),
+        Some("10.0.0.7")
+    );
+    assert_eq!(attr(attributes, "server.port").as_deref(), Some("50051"));
+    assert_eq!(
+        attr(attributes, "network.peer.address").as_deref(),
+        Some("10.0.0.7")
+    );
+    assert_eq!(
+        attr(attributes, "network.peer.port").as_deref(),
+        Some("50051")
+    );
+    // NOT_FOUND: an error for the client.
+    assert_eq!(attr(attributes, "error.type").as_deref(), Some("NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn a_client_can_name_its_target() {
+    let (tracing, recorded) = Recorded::tracing(|builder| builder);
+    let mut client = TracingLayer::client(&tracing)
+        .server_address("echo-backend")
+        .layer(grpc_server(&tracing, 0));
+    // What a tonic client sends: the path only.
+    let request = http::Request::builder()
+        .uri("/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .body(Body::default())
+        .unwrap();
+    call(&mut client, request).await;
+    let span = recorded
+        .ended()
+        .into_iter()
+        .find(|span| span.span_kind == SpanKind::Client)
+        .unwrap();
+    assert_eq!(
+        attr(&span.attributes, "server.address").as_deref(),
+        Some("echo-backend")
+    );
+    assert_eq!(attr(&span.attributes, "server.port"), None);
+}
