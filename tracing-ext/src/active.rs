@@ -223,8 +223,7 @@ impl ActiveCall {
     }
 
     /// The method of a server call that started unknown: the method itself
-    /// if the server answered with any status but UNIMPLEMENTED (and the
-    /// set has room for it), else `_OTHER`. Returns the span's new name.
+    /// if the call ended OK (and the set has room for it), else `_OTHER`. Returns the span's new name.
     fn settle(
         &self,
         pending: Pending,
@@ -262,10 +261,13 @@ impl ActiveCall {
     }
 }
 
-/// Whether a gRPC server's answer shows it serves the method called: any
-/// status but UNIMPLEMENTED (no status at all shows nothing).
+/// Whether a call showed that the server serves its method: it ended OK.
+/// Any other status may come from a layer in front of the router (an auth
+/// layer's UNAUTHENTICATED, a reset's CANCELLED) for whatever path was
+/// sent, so only OK teaches a name; the metrics layers apply the same rule,
+/// so span and series name a method alike.
 fn served(code: Option<GrpcCode>) -> bool {
-    code.is_some_and(|code| code != GrpcCode::UNIMPLEMENTED)
+    code == Some(GrpcCode::OK)
 }
 
 impl Drop for ActiveCall {

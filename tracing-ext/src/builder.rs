@@ -118,8 +118,9 @@ impl RpcTracingBuilder {
     /// start, where samplers see it, from the first call on. Other methods
     /// are learned from traffic: a server span whose method is not known
     /// yet is named `grpc` and gets `rpc.method` when the call ends, the
-    /// method if the server answered with a status other than
-    /// UNIMPLEMENTED, else `_OTHER` (with the name the client sent in
+    /// method if the call ended OK (any other status may come from a layer
+    /// in front of the router, for any path), else `_OTHER` (with the name
+    /// the client sent in
     /// `rpc.method_original`). These methods do not count towards
     /// [`max_methods`](Self::max_methods).
     ///

@@ -144,7 +144,7 @@ fn a_server_method_settled_at_the_end_in_every_mode() {
         let info = CallInfo::grpc("/echo.Echo/Say");
         let call = tracing.start_server(&info, &carrier());
         call.finish(&Outcome {
-            grpc_code: Some(GrpcCode::NOT_FOUND),
+            grpc_code: Some(GrpcCode::OK),
             ..Outcome::default()
         });
         let span = recorded.only();
@@ -264,6 +264,15 @@ fn unsampled_calls_teach_the_server_its_methods_too() {
             grpc_code: Some(GrpcCode::UNIMPLEMENTED),
             ..Outcome::default()
         });
+    // An auth layer in front of the router answers any path.
+    let refused = CallInfo::grpc("/junk.Junk/Refused");
+    tracing
+        .start_server(&refused, &HashMap::<String, String>::new())
+        .finish(&Outcome {
+            grpc_code: Some(GrpcCode::UNAUTHENTICATED),
+            ..Outcome::default()
+        });
     assert!(tracing.inner.methods.contains("echo.Echo/Say"));
     assert!(!tracing.inner.methods.contains("echo.Echo/Missing"));
+    assert!(!tracing.inner.methods.contains("junk.Junk/Refused"));
 }

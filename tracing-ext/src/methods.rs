@@ -4,8 +4,8 @@
 //! A gRPC server's tracing layer runs before the router: the path it sees
 //! is whatever the client sent. Named by it, spans would carry as many
 //! names as clients care to make up. A method joins the set when a call to
-//! it ends with a status other than `UNIMPLEMENTED` (or when the
-//! application lists it up front), and from then on its spans carry
+//! it ends OK (or when the application lists it up front: then its failed
+//! first calls are named too), and from then on its spans carry
 //! `rpc.method` from the start. The set is bounded: past its cap, new
 //! methods are recorded as `_OTHER` with the name in `rpc.method_original`.
 

@@ -50,6 +50,11 @@ impl Recorded {
         self.ended.lock().unwrap().clone()
     }
 
+    /// Forgets the spans ended so far.
+    pub(crate) fn clear(&self) {
+        self.ended.lock().unwrap().clear();
+    }
+
     /// The one span ended.
     pub(crate) fn only(&self) -> SpanData {
         let ended = self.ended();

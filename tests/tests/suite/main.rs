@@ -15,6 +15,7 @@ mod metrics_endpoint;
 mod metrics_prometheus;
 mod otlp_export;
 mod readme_wiring;
+mod semconv_conformance;
 mod streaming;
 mod support;
 mod thrift_e2e;
