@@ -22,6 +22,7 @@ mod grpc_code;
 mod route;
 pub mod semconv;
 mod side;
+mod target;
 pub mod thrift;
 #[cfg(feature = "volo-grpc")]
 pub mod volo_grpc;
@@ -35,6 +36,7 @@ pub use future::ObservedFuture;
 pub use grpc_code::GrpcCode;
 pub use route::RouteTemplate;
 pub use side::Side;
+pub use target::ServerTarget;
 
 pub use semconv::OTHER;
 

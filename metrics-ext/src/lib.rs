@@ -91,6 +91,8 @@ mod error;
 mod families;
 mod labels;
 mod metrics;
+#[cfg(any(feature = "tower", feature = "volo"))]
+mod observer;
 #[cfg(feature = "otel")]
 mod otel;
 mod recorder;

@@ -46,6 +46,8 @@ mod conventions_tests;
 mod info;
 mod intern;
 mod methods;
+#[cfg(any(feature = "tower", feature = "volo"))]
+mod observer;
 mod outcome;
 mod processor;
 mod propagation;

@@ -1,17 +1,13 @@
 //! [`MetricsLayer`] and the [`MetricsService`] it wraps around a service.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use http::{Request, Response, Uri};
-use rpc_ext_core::{
-    grpc_service_method, is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture,
-};
+use rpc_ext_core::{grpc_service_method, is_grpc, ObservedBody, ObservedFuture, ServerTarget};
 
 use super::RouteTemplate;
-use crate::{Call, CallRecorder, Outcome, RpcMetrics, RpcSystem, Side, OTHER};
+pub use crate::observer::MetricsObserver;
+use crate::{Call, CallRecorder, RpcMetrics, RpcSystem, Side, OTHER};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
@@ -51,7 +47,7 @@ use crate::{Call, CallRecorder, Outcome, RpcMetrics, RpcSystem, Side, OTHER};
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
-    server_address: Option<Arc<str>>,
+    server_address: Option<ServerTarget>,
 }
 
 impl MetricsLayer {
@@ -80,20 +76,54 @@ impl MetricsLayer {
         }
     }
 
-    /// The `server_address` of a client's calls (and the `peer_service` of
-    /// [`Conventions::Old`](crate::Conventions::Old)) instead of the
-    /// request URI's host, with no `server_port`: the name the client
-    /// calls the server by. Ignored on servers.
+    /// The target of a client's calls, as the client was configured with
+    /// it, instead of the request URI's host and port: an authority, parsed
+    /// into `server_address` and `server_port` — a name (`echo`: no port),
+    /// an address and port (`127.0.0.1:50051`), a bracketed IPv6 address
+    /// (`[::1]:50051`, recorded as `::1`). Text that is not an authority is
+    /// the address as it stands. The host is also the `peer_service` of
+    /// [`Conventions::Old`](crate::Conventions::Old). Ignored on servers.
     ///
     /// ```
-    /// let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
-    /// let layer = rpc_ext_metrics::tower::MetricsLayer::client(&metrics).server_address("echo");
-    /// # let _ = layer;
+    /// use std::convert::Infallible;
+    ///
+    /// use http_body_util::Empty;
+    /// use rpc_ext_metrics::{tower::MetricsLayer, Conventions, RpcMetrics};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let metrics = RpcMetrics::builder().conventions(Conventions::Current).build()?;
+    /// let addr: std::net::SocketAddr = "[::1]:50051".parse()?;
+    /// let client = MetricsLayer::client(&metrics)
+    ///     .server_address(addr.to_string())
+    ///     .layer(service_fn(|_: http::Request<Empty<bytes::Bytes>>| async {
+    ///         let reply = http::Response::builder()
+    ///             .header("content-type", "application/grpc")
+    ///             .header("grpc-status", "0")
+    ///             .body(Empty::<bytes::Bytes>::new());
+    ///         Ok::<_, Infallible>(reply.unwrap())
+    ///     }));
+    ///
+    /// // What a tonic client made with `Client::new(channel)` sends: a path only.
+    /// let request = http::Request::builder()
+    ///     .uri("/echo.Echo/Say")
+    ///     .header("content-type", "application/grpc")
+    ///     .body(Empty::new())?;
+    /// let response = client.oneshot(request).await?;
+    /// http_body_util::BodyExt::collect(response.into_body()).await?;
+    ///
+    /// let text = rpc_ext_metrics::encode_text(metrics.registry())?;
+    /// assert!(text.contains(r#"server_address="::1",server_port="50051""#), "{text}");
+    /// // A name has no port.
+    /// let by_name = MetricsLayer::client(&metrics).server_address("echo");
+    /// # let _ = by_name;
+    /// # Ok(()) }
     /// ```
     #[must_use]
-    pub fn server_address(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn server_address(mut self, authority: impl AsRef<str>) -> Self {
         if self.side == Side::Client {
-            self.server_address = Some(name.into());
+            self.server_address = Some(ServerTarget::parse(authority.as_ref()));
         }
         self
     }
@@ -137,7 +167,11 @@ where
         if let Some(size) = request_size(&request, grpc) {
             recorder.request_size(size);
         }
-        ObservedFuture::new(self.inner.call(request), MetricsObserver { recorder }, grpc)
+        ObservedFuture::new(
+            self.inner.call(request),
+            MetricsObserver::new(recorder),
+            grpc,
+        )
     }
 }
 
@@ -173,8 +207,10 @@ impl<S> MetricsService<S> {
     /// A client call's target: the configured name, else the URI's host
     /// and port (`default_port` when the URI has none).
     fn target<'a>(&'a self, call: Call<'a>, uri: &'a Uri, default_port: Option<u16>) -> Call<'a> {
-        if let Some(name) = &self.layer.server_address {
-            return call.server_address(name, None).peer_service(name);
+        if let Some(target) = &self.layer.server_address {
+            return call
+                .server_address(target.address(), target.port())
+                .peer_service(target.address());
         }
         match uri.host() {
             Some(host) => {
@@ -199,24 +235,6 @@ fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<
         return exact;
     }
     exact.or_else(|| rpc_ext_core::content_length(request.headers()))
-}
-
-/// Finishes the call record when [`rpc_ext_core`] reports the call's end;
-/// dropped unended (the caller went away), the record is a cancellation.
-#[derive(Debug)]
-pub struct MetricsObserver {
-    recorder: CallRecorder,
-}
-
-impl CallObserver for MetricsObserver {
-    type Scope<'a> = ();
-
-    fn scope(&self) {}
-
-    fn end(self, end: CallEnd, response_bytes: u64) {
-        let size = (end != CallEnd::Failed).then_some(response_bytes);
-        self.recorder.finish(Outcome::from(end), size);
-    }
 }
 
 /// The future of [`MetricsService`].

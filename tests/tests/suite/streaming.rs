@@ -21,7 +21,7 @@ use echo::{
     tonic_gen, volo_gen,
 };
 use harness::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
-use rpc_ext_core::volo_grpc::ObservedStream;
+use rpc_ext_metrics::volo::ObservedStream;
 use rpc_ext_metrics::RpcMetrics;
 use rpc_ext_tracing::{otlp::TracingGuard, RpcTracing};
 use tokio::{net::TcpListener, sync::mpsc, sync::watch};
@@ -84,15 +84,6 @@ enum Framework {
 }
 
 macro_rules! scenarios {
-    (ignore = $reason:literal; $($name:ident: $framework:ident $method:ident $ending:ident;)*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = $reason]
-            async fn $name() -> anyhow::Result<()> {
-                run(Framework::$framework, Method::$method, Ending::$ending).await
-            }
-        )*
-    };
     ($($name:ident: $framework:ident $method:ident $ending:ident;)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +107,6 @@ scenarios! {
 }
 
 scenarios! {
-    ignore = "until the Volo layers use rpc_ext_core::volo_grpc";
     volo_server_streaming_ends_ok: Volo Count Normal;
     volo_server_streaming_fails_mid_stream: Volo Count Error;
     volo_server_streaming_cancelled_by_the_client: Volo Count Cancel;

@@ -257,6 +257,13 @@ async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
         .address(topology.frontend)
         .build();
 
+    // A call that succeeds first: servers learn a method's name from an OK
+    // call (a failed one may come from any layer, for any path).
+    caller
+        .say(volo_gen::echo::SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
     // INVALID_ARGUMENT (3): an error for clients, not for servers.
     let status = caller
         .say(volo_gen::echo::SayRequest {
@@ -291,14 +298,20 @@ async fn errors_set_status_per_the_conventions() -> anyhow::Result<()> {
     backend_guard.provider().force_flush()?;
 
     let spans = receiver
-        .wait_for(Duration::from_secs(10), "five spans", |spans| {
-            spans.len() >= 5
+        .wait_for(Duration::from_secs(10), "eight spans", |spans| {
+            spans.len() >= 8
         })
         .await?;
+    // The spans of the failed calls.
     let by = |service: &str, kind: i32, method: &str| {
         spans
             .iter()
-            .find(|s| s.service == service && s.kind == kind && s.attr("rpc.method") == method)
+            .find(|s| {
+                s.service == service
+                    && s.kind == kind
+                    && s.attr("rpc.method") == method
+                    && s.attr("rpc.response.status_code") != "OK"
+            })
             .unwrap_or_else(|| panic!("no {service}/{kind}/{method} span: {spans:#?}"))
             .clone()
     };
@@ -384,74 +397,6 @@ async fn junk_trace_headers_start_a_new_trace_and_the_call_succeeds() -> anyhow:
         );
         assert_ne!(span.trace_id, "0".repeat(32));
     }
-    Ok(())
-}
-
-/// Log lines written inside a call carry the call's trace and span ids.
-#[tokio::test(flavor = "current_thread")]
-async fn log_lines_inside_a_call_carry_the_trace_id() -> anyhow::Result<()> {
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Buffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("info")
-        .finish();
-    // Current-thread runtime: the servers run on this thread, under this subscriber.
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let receiver = OtlpReceiver::start().await?;
-    let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;
-    let (backend_guard, backend_tracing) = pipeline("backend", &receiver, Protocol::HttpProtobuf)?;
-    let topology = start_topology(&frontend_tracing, &backend_tracing).await?;
-    let caller = volo_gen::echo::EchoClientBuilder::new("frontend")
-        .address(topology.frontend)
-        .build();
-    caller
-        .say(volo_gen::echo::SayRequest {
-            message: "log me".into(),
-        })
-        .await?;
-    // The exporter needs this (only) runtime thread: flush from another one.
-    let providers = [
-        frontend_guard.provider().clone(),
-        backend_guard.provider().clone(),
-    ];
-    tokio::task::spawn_blocking(move || providers.iter().try_for_each(|p| p.force_flush()))
-        .await??;
-    let spans = receiver
-        .wait_for(Duration::from_secs(10), "backend span", |spans| {
-            spans
-                .iter()
-                .any(|s| s.service == "backend" && s.kind == SPAN_KIND_SERVER)
-        })
-        .await?;
-    let backend = one(&spans, "backend", SPAN_KIND_SERVER);
-
-    let text = String::from_utf8(logs.0.lock().unwrap().clone())?;
-    let line = text
-        .lines()
-        .find(|l| l.contains("tonic echo handling a request"))
-        .unwrap_or_else(|| panic!("handler did not log: {text}"));
-    assert!(
-        line.contains(&format!("trace_id={}", backend.trace_id)),
-        "{line}"
-    );
-    assert!(
-        line.contains(&format!("span_id={}", backend.span_id)),
-        "{line}"
-    );
     Ok(())
 }
 

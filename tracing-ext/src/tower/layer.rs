@@ -2,17 +2,16 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
     task::{Context, Poll},
 };
 
 use http::{Request, Response};
-use rpc_ext_core::{is_grpc, CallEnd, CallObserver, ObservedBody, ObservedFuture, Side};
+use rpc_ext_core::{is_grpc, CallObserver, ObservedBody, ObservedFuture, ServerTarget, Side};
 
 use super::RouteTemplate;
+pub use crate::observer::TracingObserver;
 use crate::{
-    address, propagation::RequestHeaders, ActiveCall, CallInfo, CallScope, HeaderInjector, Host,
-    Outcome, RpcTracing, UrlParts,
+    address, propagation::RequestHeaders, CallInfo, HeaderInjector, Host, RpcTracing, UrlParts,
 };
 
 /// Traces every call through the wrapped service.
@@ -55,7 +54,7 @@ use crate::{
 pub struct TracingLayer {
     tracing: RpcTracing,
     side: Side,
-    server_address: Option<Arc<str>>,
+    server_address: Option<ServerTarget>,
 }
 
 impl TracingLayer {
@@ -86,21 +85,28 @@ impl TracingLayer {
         }
     }
 
-    /// The `server.address` of a client's calls instead of the request
-    /// URI's host, with no `server.port`: the name the client calls the
-    /// server by. Ignored on servers.
+    /// The target of a client's calls, as the client was configured with
+    /// it, instead of the request URI's host and port: an authority, parsed
+    /// into `server.address` and `server.port` — a name (`echo`: no port),
+    /// an address and port (`127.0.0.1:50051`), a bracketed IPv6 address
+    /// (`[::1]:50051`, recorded as `::1`). Text that is not an authority is
+    /// the address as it stands. Ignored on servers.
     ///
     /// ```
     /// use rpc_ext_tracing::{tower::TracingLayer, RpcTracing};
     ///
     /// let tracing = RpcTracing::builder().build();
-    /// let layer = TracingLayer::client(&tracing).server_address("echo");
-    /// # let _ = layer;
+    /// // server.address = "echo", no server.port:
+    /// let by_name = TracingLayer::client(&tracing).server_address("echo");
+    /// // server.address = "::1", server.port = 50051:
+    /// let addr: std::net::SocketAddr = "[::1]:50051".parse().unwrap();
+    /// let by_address = TracingLayer::client(&tracing).server_address(addr.to_string());
+    /// # let _ = (by_name, by_address);
     /// ```
     #[must_use]
-    pub fn server_address(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn server_address(mut self, authority: impl AsRef<str>) -> Self {
         if !self.side.is_server() {
-            self.server_address = Some(name.into());
+            self.server_address = Some(ServerTarget::parse(authority.as_ref()));
         }
         self
     }
@@ -122,50 +128,6 @@ impl<S> tower::Layer<S> for TracingLayer {
 pub struct TracingService<S> {
     inner: S,
     layer: TracingLayer,
-}
-
-/// Ends the span when [`rpc_ext_core`] reports the call's end, and keeps
-/// the span's context current while the call's future is polled, and on
-/// the server side while the response body is (a streaming handler's code
-/// runs there). A client's response body is read in the caller's context:
-/// nothing below it runs on the caller's behalf.
-pub struct TracingObserver {
-    call: ActiveCall,
-    side: Side,
-}
-
-impl std::fmt::Debug for TracingObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.call.fmt(f)
-    }
-}
-
-impl CallObserver for TracingObserver {
-    type Scope<'a> = Option<CallScope<'a>>;
-
-    fn scope(&self) -> Self::Scope<'_> {
-        Some(self.call.enter())
-    }
-
-    fn body_scope(&self) -> Self::Scope<'_> {
-        self.side.is_server().then(|| self.call.enter())
-    }
-
-    fn end(self, end: CallEnd, response_bytes: u64) {
-        let mut outcome = Outcome {
-            response_size: Some(response_bytes),
-            ..Outcome::default()
-        };
-        match end {
-            CallEnd::Grpc(code) => outcome.grpc_code = Some(code),
-            CallEnd::Http(status) => outcome.http_status = Some(status),
-            CallEnd::Failed => {
-                outcome.error_type = Some("transport".into());
-                outcome.response_size = None;
-            }
-        }
-        self.call.finish(&outcome);
-    }
 }
 
 /// The future of [`TracingService`].
@@ -201,18 +163,15 @@ where
         } else {
             let authority = request.uri().authority().map(http::uri::Authority::as_str);
             let mut info = call_info(&request, authority, grpc, Side::Client);
-            if let Some(name) = &self.layer.server_address {
-                info = info.with_server(Host::Name(name), None);
+            if let Some(target) = &self.layer.server_address {
+                info = info.with_server(Host::Name(target.address()), target.port());
             }
             self.layer
                 .tracing
                 .start_client(&info, &mut HeaderInjector(&mut headers))
         };
         *request.headers_mut() = headers;
-        let observer = TracingObserver {
-            call,
-            side: self.layer.side,
-        };
+        let observer = TracingObserver::new(call, self.layer.side);
         // The inner `call` may already do work: run it in the span too.
         let future = {
             let _scope = observer.scope();
@@ -257,4 +216,57 @@ fn call_info<'a, B: http_body::Body>(
         info = info.with_peer(peer);
     }
     info.with_server(Host::Name(host), port)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use opentelemetry::trace::SpanKind;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::TracingLayer;
+    use crate::testing::{attr, Recorded};
+
+    /// `server.address` and `server.port` of a tonic client's call (a
+    /// path-only URI) through a client layer told `authority`.
+    async fn target(authority: &str) -> (Option<String>, Option<String>) {
+        let (tracing, recorded) = Recorded::tracing(|builder| builder);
+        let client = TracingLayer::client(&tracing)
+            .server_address(authority)
+            .layer(service_fn(|_: http::Request<Empty<Bytes>>| async {
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "0")
+                    .body(Empty::<Bytes>::new());
+                Ok::<_, Infallible>(response.unwrap())
+            }));
+        let request = http::Request::builder()
+            .uri("/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .body(Empty::new())
+            .unwrap();
+        let response = client.oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let span = recorded.only();
+        assert_eq!(span.span_kind, SpanKind::Client);
+        (
+            attr(&span.attributes, "server.address"),
+            attr(&span.attributes, "server.port"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_configured_target_is_read_as_an_authority() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(target("echo").await, (some("echo"), None));
+        assert_eq!(
+            target("127.0.0.1:50051").await,
+            (some("127.0.0.1"), some("50051"))
+        );
+        assert_eq!(target("[::1]:50051").await, (some("::1"), some("50051")));
+        assert_eq!(target("not a host").await, (some("not a host"), None));
+    }
 }

@@ -2,6 +2,11 @@
 //! [`GrpcTracingLayer`] for Volo gRPC and
 //! [`ThriftTracingLayer`] for Volo Thrift, each for servers and clients, and
 //! [`HttpTracingLayer`] for Volo HTTP servers and clients.
+//!
+//! A Volo gRPC client's streaming reply is traced to its end only when the
+//! application wraps it in an [`ObservedStream`] (re-exported here from
+//! `rpc_ext_core::volo_grpc`):
+//! `let replies = ObservedStream::new(client.count(request).await?);`.
 
 mod grpc;
 mod http;
@@ -10,6 +15,7 @@ mod thrift;
 pub use grpc::{GrpcTracingLayer, GrpcTracingService};
 pub use http::{HttpTracingLayer, HttpTracingService};
 pub use rpc_ext_core::thrift::ThriftErrorKind;
+pub use rpc_ext_core::volo_grpc::ObservedStream;
 pub use thrift::{MetaInfoExtractor, MetaInfoInjector, ThriftTracingLayer, ThriftTracingService};
 
 fn ip(address: Option<volo::net::Address>) -> Option<std::net::SocketAddr> {
