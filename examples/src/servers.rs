@@ -199,6 +199,40 @@ fn tonic_reply(message: String, served_by: SocketAddr) -> tonic_gen::SayReply {
     }
 }
 
+/// Volo Thrift implementation of `ThriftEcho`: a declared `EchoError` for
+/// the message [`FAIL`].
+#[derive(Clone)]
+pub struct ThriftEcho {
+    pub served_by: SocketAddr,
+}
+
+impl crate::thrift::volo_thrift_gen::echo::ThriftEcho for ThriftEcho {
+    async fn say(
+        &self,
+        request: crate::thrift::volo_thrift_gen::echo::SayRequest,
+    ) -> Result<
+        volo_thrift::MaybeException<
+            crate::thrift::volo_thrift_gen::echo::SayReply,
+            crate::thrift::volo_thrift_gen::echo::ThriftEchoSayException,
+        >,
+        volo_thrift::ServerError,
+    > {
+        use crate::thrift::volo_thrift_gen::echo as gen;
+        tracing::info!(message = %request.message, "thrift echo handling a request");
+        if request.message == FAIL {
+            return Ok(volo_thrift::MaybeException::Exception(
+                gen::ThriftEchoSayException::Error(gen::EchoError {
+                    reason: "asked to fail".into(),
+                }),
+            ));
+        }
+        Ok(volo_thrift::MaybeException::Ok(gen::SayReply {
+            message: request.message,
+            served_by: self.served_by.to_string().into(),
+        }))
+    }
+}
+
 /// Serves Volo Echo on `listener`, traced with `tracing`, until `shutdown`
 /// resolves.
 pub async fn serve_volo(

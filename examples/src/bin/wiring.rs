@@ -3,7 +3,7 @@
 //! program that serves and calls.
 //!
 //! ```text
-//! cargo run -p examples --bin wiring                      # metrics and tracing, Volo and tonic
+//! cargo run -p examples --bin wiring                      # metrics and tracing: Volo gRPC, Thrift and HTTP, tonic
 //! cargo run -p examples --features etcd --bin wiring -- etcd   # + registry wiring (etcd on 127.0.0.1:2379)
 //! ```
 //!
@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use echo::{
-    servers::{TonicEcho, VoloEcho},
+    servers::{ThriftEcho, TonicEcho, VoloEcho},
     tonic_gen::{echo_client::EchoClient, echo_server::EchoServer, SayRequest},
     volo_gen::echo::EchoClientBuilder,
 };
@@ -27,6 +27,14 @@ async fn main() -> anyhow::Result<()> {
     let tonic_addr = tonic_listener.local_addr()?;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{tonic_addr}"))?.connect_lazy();
+    let thrift_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let thrift_addr = thrift_listener.local_addr()?;
+    let http_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http_listener.local_addr()?;
+    let router: volo_http::server::route::Router = volo_http::server::route::Router::new().route(
+        "/users/{id}",
+        volo_http::server::route::get(|| async { "a user" }),
+    );
 
     // README: rpc-ext-metrics with Volo and with tonic
     use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
@@ -75,6 +83,27 @@ async fn main() -> anyhow::Result<()> {
             .service(channel),
     );
 
+    // README: Volo Thrift and Volo HTTP
+    use echo::thrift::volo_thrift_gen::echo::{ThriftEchoClientBuilder, ThriftEchoServer};
+
+    let thrift_server = ThriftEchoServer::new(ThriftEcho {
+        served_by: thrift_addr,
+    })
+    .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics))
+    .layer_front(rpc_ext_tracing::volo::ThriftTracingLayer::server(&tracing));
+    let thrift_client = ThriftEchoClientBuilder::new("echo-thrift")
+        .layer_outer(rpc_ext_tracing::volo::ThriftTracingLayer::client(&tracing))
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics))
+        .address(thrift_addr)
+        .build();
+    let http_server = volo_http::server::Server::new(router)
+        .layer(rpc_ext_tracing::volo::HttpTracingLayer::new(&tracing))
+        .layer(rpc_ext_metrics::volo::HttpMetricsLayer::new(&metrics));
+    let http_client = volo_http::client::Client::builder()
+        .layer_outer(rpc_ext_tracing::volo::HttpTracingLayer::new(&tracing))
+        .layer_outer(rpc_ext_metrics::volo::HttpMetricsLayer::new(&metrics))
+        .build()?;
+
     // README: export counters next to the RPC metrics
     metrics.registry().register(Box::new(
         rpc_ext_tracing::prometheus::ExportStatsCollector::new(guard.stats().clone()),
@@ -111,12 +140,44 @@ async fn main() -> anyhow::Result<()> {
                 },
             ),
     );
+    let thrift = tokio::spawn(
+        thrift_server.run(volo::net::incoming::DefaultIncoming::from(thrift_listener)),
+    );
+    let http =
+        tokio::spawn(http_server.run(volo::net::incoming::DefaultIncoming::from(http_listener)));
     let reply = volo_client
         .say(echo::volo_gen::echo::SayRequest {
             message: "hi".into(),
         })
         .await?;
     println!("volo  -> served by {}", reply.into_inner().served_by);
+
+    // README: a Volo client's streaming reply
+    use rpc_ext_tracing::volo::ObservedStream;
+
+    let request = echo::volo_gen::echo::CountRequest {
+        message: "tick".into(),
+        count: 3,
+        interval_ms: 10,
+    };
+    let mut replies = ObservedStream::new(volo_client.count(request).await?);
+    while let Some(reply) = replies.message().await? {
+        println!("volo  stream -> {}", reply.message);
+    }
+
+    let reply = thrift_client
+        .say(echo::thrift::volo_thrift_gen::echo::SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    if let volo_thrift::MaybeException::Ok(reply) = reply {
+        println!("thrift -> served by {}", reply.served_by);
+    }
+    let response = http_client
+        .get(format!("http://{http_addr}/users/7"))
+        .send::<volo_http::body::Body>()
+        .await?;
+    println!("http  -> served by {http_addr} ({})", response.status());
     let reply = tonic_client
         .clone()
         .say(SayRequest {
@@ -139,6 +200,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = volo.await;
     let _ = tonic.await;
+    thrift.abort();
+    http.abort();
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     let calls = text
         .lines()

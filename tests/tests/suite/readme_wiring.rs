@@ -70,8 +70,20 @@ async fn the_wiring_example_serves_and_calls() -> anyhow::Result<()> {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches(" -> served by ").count(), 3, "{stdout}");
-    // Three client spans and three server spans, printed by the stdout exporter.
-    assert!(stdout.contains("echo.Echo/Say"), "{stdout}");
+    // Volo gRPC, Volo Thrift, Volo HTTP and tonic (twice).
+    assert_eq!(stdout.matches(" -> served by ").count(), 5, "{stdout}");
+    assert!(stdout.contains("volo  stream -> tick 3"), "{stdout}");
+    // Client and server spans of each, printed by the stdout exporter.
+    for name in [
+        "echo.Echo/Say",
+        "echo.Echo/Count",
+        "ThriftEcho/say",
+        "GET /users/{id}",
+    ] {
+        assert!(
+            stdout.contains(&format!("Name         : {name}")),
+            "{name}: {stdout}"
+        );
+    }
     Ok(())
 }

@@ -41,14 +41,44 @@ fn authority_of(remote: &RemoteTarget) -> String {
 /// Traces every request through a Volo HTTP server or client (the side
 /// follows from the context type).
 ///
-/// ```
-/// use rpc_ext_tracing::{volo::HttpTracingLayer, RpcTracing};
+/// A server and a client, one call between them: the client's span is the
+/// parent of the server's, which is named by the matched route.
 ///
-/// let tracing = RpcTracing::builder().build();
-/// // server: volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing))
-/// // client: volo_http::client::Client::builder().layer_outer(HttpTracingLayer::new(&tracing))
-/// let layer = HttpTracingLayer::new(&tracing);
-/// # let _ = layer;
+/// ```
+/// use opentelemetry::trace::TraceContextExt;
+/// use rpc_ext_tracing::{volo::HttpTracingLayer, RpcTracing};
+/// use volo_http::{
+///     body::BodyConversion,
+///     server::route::{get, Router},
+/// };
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+/// let tracing = RpcTracing::builder().tracer_provider(&provider).build();
+///
+/// // The handler answers with the trace id its span belongs to.
+/// let router: Router = Router::new().route(
+///     "/users/{id}",
+///     get(|| async {
+///         opentelemetry::Context::current().span().span_context().trace_id().to_string()
+///     }),
+/// );
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let server = volo_http::server::Server::new(router).layer(HttpTracingLayer::new(&tracing));
+/// tokio::spawn(server.run(volo::net::incoming::DefaultIncoming::from(listener)));
+///
+/// let client = volo_http::client::Client::builder()
+///     .layer_outer(HttpTracingLayer::new(&tracing))
+///     .build()?;
+/// let response = client
+///     .get(format!("http://{addr}/users/7"))
+///     .send::<volo_http::body::Body>()
+///     .await?;
+/// let trace_id = response.into_body().into_string().await?;
+/// assert_eq!(trace_id.len(), 32, "the server's span continued the client's trace");
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct HttpTracingLayer {

@@ -64,12 +64,17 @@ impl Injector for MetaInfoInjector<'_> {
 /// application, transport and protocol errors, and business errors, mark
 /// the span as an error (`error.type` the error kind).
 ///
+/// A server and a client need code generated from an IDL, so the complete
+/// wiring — a `ThriftEchoServer` and a `ThriftEchoClientBuilder` with this
+/// layer and the metrics layer, and a call between them — is in
+/// `examples/src/bin/wiring.rs`, which CI builds and runs:
+/// `ThriftEchoServer::new(handler).layer_front(ThriftTracingLayer::server(&tracing))`,
+/// `ThriftEchoClientBuilder::new("echo").layer_outer(ThriftTracingLayer::client(&tracing))`.
+///
 /// ```
 /// use rpc_ext_tracing::{volo::ThriftTracingLayer, RpcTracing};
 ///
 /// let tracing = RpcTracing::builder().build();
-/// // server: ThriftEchoServer::new(handler).layer_front(ThriftTracingLayer::server(&tracing))
-/// // client: ThriftEchoClientBuilder::new("echo").layer_outer(ThriftTracingLayer::client(&tracing))
 /// let (server, client) = (ThriftTracingLayer::server(&tracing), ThriftTracingLayer::client(&tracing));
 /// // For callers that do not send the IDL service name in the TTHeader:
 /// let server = server.service_name("ThriftEcho");
