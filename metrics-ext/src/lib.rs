@@ -71,6 +71,12 @@
 //! [`OTHER`]; HTTP methods are normalized and raw paths never used; so
 //! clients cannot grow the series count.
 //!
+//! # Left out on request
+//!
+//! gRPC health checks ([`RpcMetricsBuilder::skip_health_checks`]) and
+//! listed HTTP server routes ([`RpcMetricsBuilder::skip_http_routes`])
+//! record nothing when asked; by default every call is recorded.
+//!
 //! ```
 //! use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 //!
@@ -96,6 +102,7 @@ mod observer;
 #[cfg(feature = "otel")]
 mod otel;
 mod recorder;
+mod skip;
 pub mod status;
 
 #[cfg(feature = "tower")]

@@ -10,6 +10,7 @@ use crate::{
     call::Call,
     families::{side_families, SideFamilies},
     recorder::{CallRecorder, Pending},
+    skip::Skips,
     Error, RpcSystem, Side,
 };
 
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     #[cfg(feature = "otel")]
     otel: Option<[crate::otel::OtelSide; 2]>,
     recognized: Recognized,
+    /// What is left out, if anything: the one test a call pays otherwise.
+    skips: Option<Skips>,
     pub(crate) cache: MethodCache,
 }
 
@@ -106,6 +109,7 @@ impl std::fmt::Debug for RpcMetrics {
             .field("conventions", &self.inner.conventions)
             .field("server_methods", &cache.len(Side::Server))
             .field("client_methods", &cache.len(Side::Client))
+            .field("skips", &self.inner.skips)
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +141,14 @@ impl RpcMetrics {
     ///
     /// Framework layers call this; use it directly to instrument another
     /// framework.
+    ///
+    /// A call left out by [`RpcMetricsBuilder::skip_health_checks`] or
+    /// [`RpcMetricsBuilder::skip_http_routes`] gets a recorder that records
+    /// nothing.
     pub fn start_call(&self, call: Call<'_>) -> CallRecorder {
+        if self.skips(&call) {
+            return CallRecorder::skipped();
+        }
         CallRecorder::start(self.handles(call))
     }
 
@@ -164,7 +175,11 @@ impl RpcMetrics {
     /// ```
     pub fn start_untrusted_call(&self, call: Call<'_>) -> CallRecorder {
         let inner = &self.inner;
+        // Normalizing keeps what the skips look at (side, system, names).
         let call = inner.normalize(call);
+        if self.skips(&call) {
+            return CallRecorder::skipped();
+        }
         if let Some(handles) = inner.cache.find(&call) {
             return CallRecorder::start(handles);
         }
@@ -179,6 +194,26 @@ impl RpcMetrics {
                 key: crate::cache::OwnedKey::new(&call),
             },
         )
+    }
+
+    /// Whether `call` is left out: it records nothing.
+    #[inline]
+    pub(crate) fn skips(&self, call: &Call<'_>) -> bool {
+        self.inner
+            .skips
+            .as_ref()
+            .is_some_and(|skips| skips.call(call))
+    }
+
+    /// Whether an HTTP server request with this path is left out before
+    /// routing (the path is a listed route template without parameters).
+    #[inline]
+    #[cfg_attr(not(any(feature = "tower", feature = "volo")), allow(dead_code))]
+    pub(crate) fn skips_http_path(&self, path: &str) -> bool {
+        self.inner
+            .skips
+            .as_ref()
+            .is_some_and(|skips| skips.path(path))
     }
 
     pub(crate) fn handles(&self, call: Call<'_>) -> Arc<MethodHandles> {
@@ -230,6 +265,8 @@ pub struct RpcMetricsBuilder {
     max_methods: usize,
     conventions: Option<Conventions>,
     recognized: Vec<String>,
+    skip_health_checks: bool,
+    skip_http_routes: Vec<Box<str>>,
     #[cfg(feature = "otel")]
     meter: Option<opentelemetry::metrics::Meter>,
 }
@@ -242,6 +279,8 @@ impl std::fmt::Debug for RpcMetricsBuilder {
             .field("max_methods", &self.max_methods)
             .field("conventions", &self.conventions)
             .field("recognized_methods", &self.recognized)
+            .field("skip_health_checks", &self.skip_health_checks)
+            .field("skip_http_routes", &self.skip_http_routes)
             .finish_non_exhaustive()
     }
 }
@@ -255,6 +294,8 @@ impl Default for RpcMetricsBuilder {
             max_methods: 1000,
             conventions: None,
             recognized: Vec::new(),
+            skip_health_checks: false,
+            skip_http_routes: Vec::new(),
             #[cfg(feature = "otel")]
             meter: None,
         }
@@ -333,6 +374,93 @@ impl RpcMetricsBuilder {
         self
     }
 
+    /// Leaves out calls to the standard gRPC health service
+    /// (`grpc.health.v1.Health/*`, as
+    /// [`semconv::is_grpc_health`](rpc_ext_core::semconv::is_grpc_health)
+    /// tells them), on servers and clients, on every layer: such a call
+    /// records nothing — no in-flight, no duration, no size, nothing in
+    /// the OpenTelemetry mirror.
+    ///
+    /// Off by default: health checks are recorded, so the probes' rate and
+    /// latency stay visible. (Spans are the other way round:
+    /// `rpc-ext-tracing` leaves health checks out unless
+    /// `RpcTracingBuilder::trace_health_checks(true)`.)
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+    ///
+    /// let metrics = RpcMetrics::builder()
+    ///     .conventions(Conventions::Current)
+    ///     .skip_health_checks(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let probe = Call::rpc(Side::Server, RpcSystem::Grpc, "grpc.health.v1.Health", "Check");
+    /// metrics.start_untrusted_call(probe).finish(GrpcCode::OK, Some(2));
+    /// let call = Call::rpc(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say");
+    /// metrics.start_untrusted_call(call).finish(GrpcCode::OK, Some(2));
+    ///
+    /// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
+    /// assert!(!text.contains("grpc.health"));
+    /// assert!(text.contains(r#"rpc_method="echo.Echo/Say""#));
+    /// ```
+    pub fn skip_health_checks(mut self, skip: bool) -> Self {
+        self.skip_health_checks = skip;
+        self
+    }
+
+    /// Leaves out HTTP server calls to these route templates (`/healthz`,
+    /// `/metrics`): such a call records nothing — no in-flight, no
+    /// duration, no size, nothing in the OpenTelemetry mirror. Clients and
+    /// `_OTHER` (no route matched) are never left out. The same option as
+    /// `rpc-ext-tracing`'s `RpcTracingBuilder::skip_http_routes`; none by
+    /// default.
+    ///
+    /// A call is left out by its route template where the layer knows it
+    /// when the call starts: a tower layer inside axum's `Router::layer`
+    /// (feature `axum`), one given a
+    /// [`RouteTemplate`](rpc_ext_core::RouteTemplate), or
+    /// [`RpcMetrics::start_call`] given [`Call::route`]. A layer in front of
+    /// the router knows no route then — Volo HTTP's `HttpMetricsLayer`, a
+    /// tower layer outside axum's `Router::layer` — and, as the tracing
+    /// side does, leaves out the requests whose path is one of the listed
+    /// templates without parameters (no `{`, `*` or `:`), `/healthz` for
+    /// `/healthz`. A template with parameters (`/debug/{name}`) cannot be
+    /// matched against a path, so there:
+    ///
+    /// - Volo HTTP, which reads the route the router matched once it has
+    ///   run, records no duration and no size for the call, but counted it
+    ///   in flight while it ran (the gauge, by method and scheme only, is
+    ///   back where it was when the call ends);
+    /// - a tower layer outside axum's router never learns the route (it
+    ///   records every HTTP call as `http_route="_OTHER"`), so it records
+    ///   the call: add the layer with `Router::layer` to leave such routes
+    ///   out.
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Conventions, Outcome, RpcMetrics, Side};
+    ///
+    /// let metrics = RpcMetrics::builder()
+    ///     .conventions(Conventions::Current)
+    ///     .skip_http_routes(["/healthz", "/metrics"])
+    ///     .build()
+    ///     .unwrap();
+    /// let get = Call::http(Side::Server, &http::Method::GET);
+    /// metrics.start_call(get.route("/healthz")).finish(Outcome::Http(200), None);
+    /// metrics.start_call(get.route("/users/{id}")).finish(Outcome::Http(200), None);
+    ///
+    /// let text = rpc_ext_metrics::encode_text(metrics.registry()).unwrap();
+    /// assert!(!text.contains("/healthz"));
+    /// assert!(text.contains(r#"http_route="/users/{id}""#));
+    /// ```
+    pub fn skip_http_routes(mut self, routes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.skip_http_routes.extend(
+            routes
+                .into_iter()
+                .map(|route| route.into().into_boxed_str()),
+        );
+        self
+    }
+
     /// Also records every call into OpenTelemetry instruments from `meter`
     /// (feature `otel`), with the same names and attributes as the
     /// Prometheus families of the chosen [`conventions`](Self::conventions):
@@ -394,6 +522,7 @@ impl RpcMetricsBuilder {
                     })
                 }),
                 recognized,
+                skips: Skips::new(self.skip_health_checks, &self.skip_http_routes),
                 cache: MethodCache::new(self.max_methods),
             }),
         })

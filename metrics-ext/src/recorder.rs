@@ -20,21 +20,40 @@ pub(crate) struct Pending {
 /// [`Outcome`].
 ///
 /// Dropping it unfinished records the call as [`Outcome::Cancelled`] (the
-/// caller went away).
+/// caller went away). A call left out
+/// ([`RpcMetricsBuilder::skip_health_checks`](crate::RpcMetricsBuilder::skip_health_checks),
+/// [`skip_http_routes`](crate::RpcMetricsBuilder::skip_http_routes)) gets
+/// a recorder that records nothing.
 #[must_use = "a call is recorded when the recorder is finished or dropped"]
 pub struct CallRecorder {
+    /// `None` once finished, or from the start for a call left out.
+    active: Option<Active>,
+}
+
+struct Active {
     handles: Arc<MethodHandles>,
     start: Instant,
-    finished: bool,
-    pending: Option<Box<Pending>>,
-    relabeled: Option<Arc<MethodHandles>>,
+    settle: Settle,
     request_size: Option<u64>,
+}
+
+/// Where the call is recorded when it ends.
+enum Settle {
+    /// Under the handles it started with.
+    Started,
+    /// Under its own labels if it succeeds, else under the overflow
+    /// handles it started with.
+    Pending(Box<Pending>),
+    /// Under the labels given by [`CallRecorder::relabel`].
+    Relabeled(Arc<MethodHandles>),
+    /// Nowhere: its labels, known late, are left out. It was in flight.
+    Dropped,
 }
 
 impl std::fmt::Debug for CallRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallRecorder")
-            .field("start", &self.start)
+            .field("start", &self.active.as_ref().map(|active| active.start))
             .finish_non_exhaustive()
     }
 }
@@ -43,20 +62,34 @@ impl CallRecorder {
     pub(crate) fn start(handles: Arc<MethodHandles>) -> Self {
         handles.started();
         Self {
-            handles,
-            start: Instant::now(),
-            finished: false,
-            pending: None,
-            relabeled: None,
-            request_size: None,
+            active: Some(Active {
+                handles,
+                start: Instant::now(),
+                settle: Settle::Started,
+                request_size: None,
+            }),
         }
+    }
+
+    /// A call left out: records nothing, not even in flight.
+    pub(crate) fn skipped() -> Self {
+        Self { active: None }
+    }
+
+    /// Whether the call is recorded: false for a call left out from the
+    /// start.
+    #[cfg_attr(not(any(feature = "tower", feature = "volo")), allow(dead_code))]
+    pub(crate) fn is_recording(&self) -> bool {
+        self.active.is_some()
     }
 
     /// In flight under `handles` (the overflow labels) until the outcome
     /// shows whether `pending` names a real method.
     pub(crate) fn start_pending(handles: Arc<MethodHandles>, pending: Pending) -> Self {
         let mut recorder = Self::start(handles);
-        recorder.pending = Some(Box::new(pending));
+        if let Some(active) = &mut recorder.active {
+            active.settle = Settle::Pending(Box::new(pending));
+        }
         recorder
     }
 
@@ -65,6 +98,11 @@ impl CallRecorder {
     /// this layer. In flight, the call stays under the labels it started
     /// with. The labels must come from the server's own route table, never
     /// from the raw request (the method cap still applies).
+    ///
+    /// If `metrics` leaves `call` out (its route is listed in
+    /// [`RpcMetricsBuilder::skip_http_routes`](crate::RpcMetricsBuilder::skip_http_routes)),
+    /// the call records nothing when it ends, though it was counted in
+    /// flight until then. A recorder that records nothing stays so.
     ///
     /// ```
     /// use rpc_ext_metrics::{Call, Outcome, RpcMetrics, Side};
@@ -77,42 +115,56 @@ impl CallRecorder {
     /// call.finish(Outcome::Http(200), None);
     /// ```
     pub fn relabel(&mut self, metrics: &crate::RpcMetrics, call: Call<'_>) {
-        self.pending = None;
-        self.relabeled = Some(metrics.handles(call));
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        active.settle = if metrics.skips(&call) {
+            Settle::Dropped
+        } else {
+            Settle::Relabeled(metrics.handles(call))
+        };
     }
 
     /// Records the size of the request message (with the call, once its
     /// labels are settled).
     pub fn request_size(&mut self, bytes: u64) {
-        self.request_size = Some(bytes);
+        if let Some(active) = &mut self.active {
+            active.request_size = Some(bytes);
+        }
     }
 
     /// Ends the call with `outcome` and, where known, the response size.
+    #[inline]
     pub fn finish(mut self, outcome: impl Into<Outcome>, response_size: Option<u64>) {
-        self.complete(outcome.into(), response_size);
-    }
-
-    fn complete(&mut self, outcome: Outcome, response_size: Option<u64>) {
-        if self.finished {
-            return;
+        if let Some(active) = self.active.take() {
+            active.complete(outcome.into(), response_size);
         }
-        self.finished = true;
+    }
+}
+
+impl Active {
+    fn complete(self, outcome: Outcome, response_size: Option<u64>) {
         let seconds = self.start.elapsed().as_secs_f64();
         self.handles.ended();
         let resolved;
-        let target = match (&self.relabeled, self.pending.take()) {
-            (Some(relabeled), _) => relabeled,
+        let target = match self.settle {
+            Settle::Started => &self.handles,
+            Settle::Relabeled(relabeled) => {
+                resolved = relabeled;
+                &resolved
+            }
             // Only a success shows the name is real: an unknown method
             // (UNIMPLEMENTED), a caller an inner layer turned away
             // (UNAUTHENTICATED) or a reset (CANCELLED) stay under `_OTHER`.
-            (None, Some(pending)) if outcome.is_ok() => {
+            Settle::Pending(pending) if outcome.is_ok() => {
                 resolved = pending
                     .inner
                     .cache
                     .get(&pending.inner, &pending.key.as_call());
                 &resolved
             }
-            _ => &self.handles,
+            Settle::Pending(_) => &self.handles,
+            Settle::Dropped => return,
         };
         target.sizes(self.request_size, response_size);
         target.record(outcome, seconds);
@@ -121,6 +173,8 @@ impl CallRecorder {
 
 impl Drop for CallRecorder {
     fn drop(&mut self) {
-        self.complete(Outcome::Cancelled, None);
+        if let Some(active) = self.active.take() {
+            active.complete(Outcome::Cancelled, None);
+        }
     }
 }

@@ -318,3 +318,127 @@ fn conventions_come_from_the_environment_by_default() {
     let built = RpcMetrics::builder().build().unwrap();
     assert_eq!(built.conventions(), Conventions::from_env());
 }
+
+/// The samples recorded (no `# HELP`, `# TYPE`).
+fn samples(metrics: &RpcMetrics) -> Vec<String> {
+    text(metrics)
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+const HEALTH: &str = "grpc.health.v1.Health";
+
+#[test]
+fn health_checks_are_recorded_unless_skipped() {
+    let metrics = metrics(Conventions::Current);
+    metrics
+        .start_call(grpc(Side::Client, HEALTH, "Check"))
+        .finish(GrpcCode::OK, None);
+    metrics
+        .start_untrusted_call(grpc(Side::Server, HEALTH, "Check"))
+        .finish(GrpcCode::OK, Some(2));
+    let text = text(&metrics);
+    for family in [
+        "rpc_client_call_duration_seconds_count",
+        "rpc_server_call_duration_seconds_count",
+    ] {
+        let series = format!(
+            r#"{family}{{error_type="",rpc_method="grpc.health.v1.Health/Check",rpc_response_status_code="OK",rpc_system_name="grpc""#
+        );
+        assert!(text.contains(&series), "missing {series} in\n{text}");
+    }
+
+    let metrics = RpcMetrics::builder()
+        .conventions(Conventions::Dup)
+        .skip_health_checks(true)
+        .build()
+        .unwrap();
+    let mut calls = vec![
+        metrics.start_call(grpc(Side::Client, HEALTH, "Check")),
+        metrics.start_call(grpc(Side::Server, HEALTH, "Watch")),
+        metrics.start_untrusted_call(grpc(Side::Server, HEALTH, "Check")),
+    ];
+    for call in &mut calls {
+        call.request_size(5);
+    }
+    // Not in flight (not even under `_OTHER`, as an untrusted name would be).
+    assert_eq!(samples(&metrics), Vec::<String>::new());
+    let mut ends = calls.into_iter();
+    ends.next().unwrap().finish(GrpcCode::OK, Some(1));
+    ends.next().unwrap().finish(GrpcCode::UNAVAILABLE, None);
+    // Dropped: not recorded as cancelled either.
+    drop(ends);
+    assert_eq!(samples(&metrics), Vec::<String>::new());
+    // Other calls are, and a Thrift service of that name is no health check.
+    metrics
+        .start_call(grpc(Side::Server, "echo.Echo", "Say"))
+        .finish(GrpcCode::OK, None);
+    metrics
+        .start_call(Call::rpc(Side::Server, RpcSystem::Thrift, HEALTH, "Check"))
+        .finish(Outcome::Thrift(thrift::OK), None);
+    let recorded = samples(&metrics);
+    assert!(
+        recorded
+            .iter()
+            .any(|line| line.contains(r#"rpc_method="echo.Echo/Say""#)),
+        "{recorded:#?}"
+    );
+    let health: Vec<_> = recorded
+        .iter()
+        .filter(|line| line.contains("grpc.health"))
+        .collect();
+    assert!(!health.is_empty(), "{recorded:#?}");
+    assert!(
+        health.iter().all(|line| line.contains("apache_thrift")),
+        "{health:#?}"
+    );
+}
+
+#[test]
+fn skipped_http_routes_record_nothing() {
+    let metrics = RpcMetrics::builder()
+        .conventions(Conventions::Current)
+        .skip_http_routes(["/healthz", "/debug/{name}"])
+        .build()
+        .unwrap();
+    let get = Call::http(Side::Server, &http::Method::GET);
+    let in_flight = metrics.start_call(get.route("/healthz"));
+    assert_eq!(samples(&metrics), Vec::<String>::new());
+    in_flight.finish(Outcome::Http(200), Some(2));
+    assert_eq!(samples(&metrics), Vec::<String>::new());
+
+    // A route known only once the router ran: counted in flight, then
+    // nothing recorded.
+    let mut late = metrics.start_call(get);
+    late.request_size(3);
+    let active = r#"http_server_active_requests{http_request_method="GET",url_scheme="http"}"#;
+    assert!(text(&metrics).contains(&format!("{active} 1")));
+    late.relabel(&metrics, get.route("/debug/{name}"));
+    late.finish(Outcome::Http(200), Some(2));
+    let after = text(&metrics);
+    assert!(after.contains(&format!("{active} 0")), "{after}");
+    assert!(!after.contains("http_server_request_duration"), "{after}");
+
+    // Clients, other routes and `_OTHER` are recorded.
+    let client = Call::http(Side::Client, &http::Method::GET).route("/healthz");
+    metrics.start_call(client).finish(Outcome::Http(200), None);
+    metrics
+        .start_call(get.route("/users/{id}"))
+        .finish(Outcome::Http(200), None);
+    let mut unmatched = metrics.start_call(get);
+    unmatched.relabel(&metrics, get);
+    unmatched.finish(Outcome::Http(404), None);
+    let text = crate::encode_text(metrics.registry()).unwrap();
+    assert!(
+        text.contains("http_client_request_duration_seconds_count{"),
+        "{text}"
+    );
+    assert!(text.contains(r#"http_route="/users/{id}""#), "{text}");
+    assert!(text.contains(r#"http_route="_OTHER""#), "{text}");
+    assert!(
+        !text.contains("healthz") && !text.contains("debug"),
+        "{text}"
+    );
+}

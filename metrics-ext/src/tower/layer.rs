@@ -43,6 +43,55 @@ use crate::{Call, CallRecorder, RpcMetrics, RpcSystem, Side, OTHER};
 /// assert!(text.contains(r#"http_server_request_duration_seconds_count{error_type="",http_request_method="GET",http_response_status_code="200",http_route="/hello",url_scheme="http"} 1"#));
 /// # Ok(()) }
 /// ```
+///
+/// Calls left out by [`RpcMetricsBuilder::skip_health_checks`](crate::RpcMetricsBuilder::skip_health_checks)
+/// (servers and clients) or [`skip_http_routes`](crate::RpcMetricsBuilder::skip_http_routes)
+/// (servers) record nothing. A listed HTTP route is recognized by its
+/// template when the request carries one (inside axum's `Router::layer`,
+/// or a [`RouteTemplate`]); without one (a layer outside the router), by
+/// the path, for templates without parameters only:
+///
+/// ```
+/// use std::convert::Infallible;
+///
+/// use http_body_util::{BodyExt, Empty};
+/// use rpc_ext_metrics::{tower::MetricsLayer, RpcMetrics};
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let metrics = RpcMetrics::builder()
+///     .skip_health_checks(true)
+///     .skip_http_routes(["/healthz"])
+///     .build()?;
+/// let server = MetricsLayer::server(&metrics).layer(service_fn(
+///     |_: http::Request<Empty<bytes::Bytes>>| async {
+///         let reply = http::Response::builder()
+///             .header("content-type", "application/grpc")
+///             .header("grpc-status", "0")
+///             .body(Empty::<bytes::Bytes>::new());
+///         Ok::<_, Infallible>(reply.unwrap())
+///     },
+/// ));
+///
+/// // A tonic-style health check, and a probe of `/healthz` (outside any
+/// // router: no route template, so by its path).
+/// for (path, content_type) in [
+///     ("/grpc.health.v1.Health/Check", "application/grpc"),
+///     ("/healthz", "text/plain"),
+/// ] {
+///     let request = http::Request::builder()
+///         .uri(path)
+///         .header("content-type", content_type)
+///         .body(Empty::new())?;
+///     let response = server.clone().oneshot(request).await?;
+///     response.into_body().collect().await?;
+/// }
+/// // Nothing recorded: not a single sample.
+/// let text = rpc_ext_metrics::encode_text(metrics.registry())?;
+/// assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: RpcMetrics,
@@ -189,10 +238,17 @@ impl<S> MetricsService<S> {
         }
         let call = Call::http(*side, request.method());
         match side {
-            Side::Server => metrics.start_call(
-                call.route(route_template(request))
-                    .url_scheme(uri.scheme_str().unwrap_or("http")),
-            ),
+            Side::Server => {
+                let call = call.url_scheme(uri.scheme_str().unwrap_or("http"));
+                match RouteTemplate::of(request.extensions()) {
+                    Some(route) => metrics.start_call(call.route(route)),
+                    // Outside the router: a listed template without
+                    // parameters is left out by the path.
+                    None if metrics.skips_http_path(uri.path()) => CallRecorder::skipped(),
+                    // Recorded under `_OTHER`, never the raw path.
+                    None => metrics.start_call(call),
+                }
+            }
             Side::Client => {
                 let default_port = match uri.scheme_str() {
                     Some("https") => Some(443),
@@ -222,10 +278,6 @@ impl<S> MetricsService<S> {
             None => call.peer_service(OTHER),
         }
     }
-}
-
-fn route_template<B>(request: &Request<B>) -> &str {
-    RouteTemplate::of(request.extensions()).unwrap_or(OTHER)
 }
 
 fn request_size<B: http_body::Body>(request: &Request<B>, grpc: bool) -> Option<u64> {

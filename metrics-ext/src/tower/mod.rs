@@ -15,3 +15,6 @@ mod layer;
 
 pub use layer::{MetricsLayer, MetricsObserver, MetricsService, ResponseBody, ResponseFuture};
 pub use rpc_ext_core::RouteTemplate;
+
+#[cfg(test)]
+mod tests;

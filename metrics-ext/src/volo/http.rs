@@ -16,7 +16,7 @@ use volo_http::{
 };
 
 use super::address::IpText;
-use crate::{Call, Outcome, RpcMetrics, Side};
+use crate::{Call, CallRecorder, Outcome, RpcMetrics, Side};
 
 /// Records every request through a Volo HTTP server or client (the side
 /// follows from the context type).
@@ -24,6 +24,13 @@ use crate::{Call, Outcome, RpcMetrics, Side};
 /// On servers, add it with `Server::layer` so it sees every request: the
 /// route is read from the router's `MatchedPath` once the router has run.
 /// On clients, add it with `ClientBuilder::layer_outer`.
+///
+/// Routes listed in [`RpcMetricsBuilder::skip_http_routes`](crate::RpcMetricsBuilder::skip_http_routes)
+/// are left out on servers: a request whose path is a listed template
+/// without parameters (`/healthz`) records nothing at all; one the router
+/// matched to a listed template with parameters (`/debug/{name}`) is known
+/// only after the router ran, so it is counted in flight while it runs,
+/// then records no duration and no size.
 ///
 /// ```
 /// use rpc_ext_metrics::{volo::HttpMetricsLayer, RpcMetrics};
@@ -84,7 +91,14 @@ where
         // Normalized at once: `call` borrows nothing from the request.
         let call = Call::http(Side::Server, request.method())
             .url_scheme(request.uri().scheme_str().unwrap_or("http"));
-        let mut recorder = metrics.start_call(call);
+        // The router runs inside: before it, a listed route template
+        // without parameters is left out by the path; one with parameters
+        // once the router has matched it (see `relabel`).
+        let mut recorder = if metrics.skips_http_path(request.uri().path()) {
+            CallRecorder::skipped()
+        } else {
+            metrics.start_call(call)
+        };
         if let Some(size) = rpc_ext_core::content_length(request.headers()) {
             recorder.request_size(size);
         }
@@ -155,5 +169,93 @@ where
             Err(_) => recorder.finish(Outcome::Failed, None),
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use motore::{layer::Layer, service::Service};
+    use volo_http::{
+        body::Body,
+        context::ServerContext,
+        request::Request,
+        server::route::{get, Router},
+    };
+
+    use super::HttpMetricsLayer;
+    use crate::{Conventions, RpcMetrics};
+
+    /// Serves `paths` through the layer in front of a router, as
+    /// `Server::layer` puts it.
+    async fn serve(metrics: &RpcMetrics, paths: &[&str]) {
+        let router: Router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/debug/{name}", get(|| async { "debug" }))
+            .route("/users/{id}", get(|| async { "a user" }));
+        let service = HttpMetricsLayer::new(metrics).layer(router);
+        for path in paths {
+            let mut cx = ServerContext::new(volo::net::Address::from(
+                "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap(),
+            ));
+            let request = Request::builder().uri(*path).body(Body::empty()).unwrap();
+            let response = service.call(&mut cx, request).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_routes_record_no_call() {
+        let metrics = RpcMetrics::builder()
+            .conventions(Conventions::Current)
+            .skip_http_routes(["/healthz", "/debug/{name}"])
+            .build()
+            .unwrap();
+        // `/healthz` is left out by its path, before the router runs;
+        // `/debug/{name}` once the router matched it.
+        serve(&metrics, &["/healthz", "/debug/x"]).await;
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        assert!(!text.contains("http_server_request_duration"), "{text}");
+        // The route with parameters was in flight while it ran.
+        assert!(
+            text.contains(
+                r#"http_server_active_requests{http_request_method="GET",url_scheme="http"} 0"#
+            ),
+            "{text}"
+        );
+
+        serve(&metrics, &["/users/1"]).await;
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        assert!(
+            text.contains(r#"http_server_request_duration_seconds_count{error_type="",http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",url_scheme="http"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("healthz") && !text.contains("debug"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_route_left_out_by_its_path_is_never_in_flight() {
+        let metrics = RpcMetrics::builder()
+            .skip_http_routes(["/healthz"])
+            .build()
+            .unwrap();
+        serve(&metrics, &["/healthz"]).await;
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
+    }
+
+    #[tokio::test]
+    async fn routes_are_recorded_by_default() {
+        let metrics = RpcMetrics::builder()
+            .conventions(Conventions::Current)
+            .build()
+            .unwrap();
+        serve(&metrics, &["/healthz", "/debug/x"]).await;
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        for route in ["/healthz", "/debug/{name}"] {
+            assert!(text.contains(&format!(r#"http_route="{route}""#)), "{text}");
+        }
     }
 }

@@ -324,6 +324,8 @@ where
     ) -> Result<Self::Response, Self::Error> {
         let recorder = self.layer.start_grpc(Side::Server, cx);
         match self.inner.call(cx, req).await {
+            // Left out (a health check): nothing to observe.
+            Ok(response) if !recorder.is_recording() => Ok(response),
             // The call ends with the body: its trailers carry the status.
             Ok(response) => Ok(observe_server_response(
                 response,
@@ -360,6 +362,8 @@ where
     ) -> Result<Self::Response, Self::Error> {
         let recorder = self.layer.start_grpc(Side::Client, cx);
         match self.inner.call(cx, req).await {
+            // Left out (a health check): nothing to wait for.
+            Ok(response) if !recorder.is_recording() => Ok(response),
             // The call ends when the application is done with the response.
             Ok(mut response) => {
                 defer_end(&mut response, move |end| {
@@ -527,6 +531,77 @@ mod tests {
             text.contains(r#"rpc_client_call_duration_seconds_count{error_type="",rpc_method="echo.Echo/Count",rpc_response_status_code="OK",rpc_system_name="grpc",server_address="::1",server_port="50051"} 1"#),
             "{text}"
         );
+    }
+
+    /// The samples recorded (no `# HELP`, `# TYPE`).
+    fn samples(metrics: &RpcMetrics) -> Vec<String> {
+        crate::encode_text(metrics.registry())
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    const HEALTH: &str = "/grpc.health.v1.Health/Check";
+
+    /// A health check through a server and a client layer of `metrics`,
+    /// with what was recorded while the server's body and the client's
+    /// response were still alive.
+    async fn health_check(metrics: &RpcMetrics) -> Vec<String> {
+        let server = MetricsLayer::server(metrics).layer(Streaming);
+        let mut cx = ServerContext::default();
+        cx.rpc_info_mut().set_method(HEALTH.into());
+        let body = server.call(&mut cx, Request::new(())).await.unwrap();
+        let client = MetricsLayer::client(metrics).layer(Transport);
+        let mut cx = ClientContext::default();
+        cx.rpc_info_mut().set_method(HEALTH.into());
+        let response = client.call(&mut cx, Request::new(())).await.unwrap();
+        let in_flight = samples(metrics);
+        body.into_inner().collect().await.unwrap();
+        assert_eq!(response.into_inner(), 7);
+        in_flight
+    }
+
+    #[tokio::test]
+    async fn health_checks_are_recorded_unless_skipped() {
+        let metrics = metrics();
+        let in_flight = health_check(&metrics).await;
+        assert!(
+            in_flight
+                .iter()
+                .any(|line| line.starts_with("rpc_server_active_requests{") && line.ends_with(" 1")),
+            "{in_flight:#?}"
+        );
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        for series in [
+            // A name from the wire that did not end OK: `_OTHER`.
+            r#"rpc_server_call_duration_seconds_count{error_type="UNAVAILABLE",rpc_method="_OTHER",rpc_response_status_code="UNAVAILABLE",rpc_system_name="grpc"} 1"#,
+            r#"rpc_client_call_duration_seconds_count{error_type="",rpc_method="grpc.health.v1.Health/Check",rpc_response_status_code="OK""#,
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+
+        let metrics = RpcMetrics::builder()
+            .conventions(Conventions::Current)
+            .skip_health_checks(true)
+            .build()
+            .unwrap();
+        assert_eq!(health_check(&metrics).await, Vec::<String>::new());
+        assert_eq!(samples(&metrics), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_skipped_client_call_adds_no_end_to_its_response() {
+        let metrics = RpcMetrics::builder()
+            .skip_health_checks(true)
+            .build()
+            .unwrap();
+        let client = MetricsLayer::client(&metrics).layer(Transport);
+        let mut cx = ClientContext::default();
+        cx.rpc_info_mut().set_method(HEALTH.into());
+        let response = client.call(&mut cx, Request::new(())).await.unwrap();
+        assert!(response.extensions().is_empty());
     }
 
     /// A Thrift server answering every call.
