@@ -32,13 +32,35 @@ use crate::{Call, CallRecorder, Outcome, RpcMetrics, Side};
 /// only after the router ran, so it is counted in flight while it runs,
 /// then records no duration and no size.
 ///
+/// A server and a client, one call between them:
+///
 /// ```
 /// use rpc_ext_metrics::{volo::HttpMetricsLayer, RpcMetrics};
+/// use volo_http::server::route::{get, Router};
 ///
-/// let metrics = RpcMetrics::builder().build().unwrap();
-/// // volo_http::server::Server::new(router).layer(HttpMetricsLayer::new(&metrics))
-/// let layer = HttpMetricsLayer::new(&metrics);
-/// # let _ = layer;
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let metrics = RpcMetrics::builder().build()?;
+/// let router: Router = Router::new().route("/users/{id}", get(|| async { "a user" }));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let server = volo_http::server::Server::new(router).layer(HttpMetricsLayer::new(&metrics));
+/// tokio::spawn(server.run(volo::net::incoming::DefaultIncoming::from(listener)));
+///
+/// let client = volo_http::client::Client::builder()
+///     .layer_outer(HttpMetricsLayer::new(&metrics))
+///     .build()?;
+/// let response = client
+///     .get(format!("http://{addr}/users/7"))
+///     .send::<volo_http::body::Body>()
+///     .await?;
+/// assert_eq!(response.status(), 200);
+///
+/// let text = rpc_ext_metrics::encode_text(metrics.registry())?;
+/// // The server's series is labelled by the route template, never the path.
+/// assert!(text.contains(r#"http_route="/users/{id}""#), "{text}");
+/// assert!(text.contains("http_client_request_duration_seconds_count"), "{text}");
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct HttpMetricsLayer {
