@@ -39,6 +39,25 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<Error>,
     },
+    /// The backend refused the request for lack of permission: the
+    /// credentials are unknown to it, or their policy does not allow the
+    /// operation (Consul ACLs: HTTP 403 "Permission denied" or "ACL not
+    /// found", or a health answer filtered by ACLs). Retrying does not help
+    /// until the credentials or their policy change.
+    ///
+    /// Kubernetes: an RBAC `403 Forbidden`; `operation` names the missing
+    /// permission as `<verb> <resource> in namespace "<ns>"` (`watch
+    /// endpointslices.discovery.k8s.io in namespace "prod"`), and
+    /// `deploy/kubernetes/rbac.yaml` has the Roles that grant it.
+    #[error("{backend} denied {operation}: {reason}")]
+    PermissionDenied {
+        /// Which backend.
+        backend: &'static str,
+        /// What was refused (`register`, `TTL pass`, `health query`...).
+        operation: String,
+        /// The backend's answer.
+        reason: String,
+    },
     /// The registry or resolver was shut down.
     #[error("the registry task has stopped")]
     Closed,

@@ -1,19 +1,36 @@
-//! A stand-in Kubernetes API server for EndpointSlices, for machines
-//! without a cluster.
+//! A stand-in Kubernetes API server for EndpointSlices and Services, for
+//! machines without a cluster.
 //!
 //! It serves the documented list and watch responses of
 //! `/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices` (label
 //! selectors, `resourceVersion`, bookmarks, `410 Gone` for a compacted
-//! version), and get, server-side apply (`PATCH`) and delete of single
-//! slices (with the resource-version and UID preconditions of a delete).
+//! version, and — as a real watch does — `ADDED`/`DELETED` when an object
+//! starts or stops matching the label selector), get, server-side apply
+//! (`PATCH`) and delete of single slices (with the resource-version and UID
+//! preconditions of a delete), and get of Services
+//! (`/api/v1/namespaces/{ns}/services/{name}`).
+//!
+//! As a real API server it refuses what a cluster refuses: requests the
+//! configured Role does not allow (`403 Forbidden`, see
+//! [`K8sStandIn::allow_only`]), names that are not DNS subdomains of at most
+//! 253 characters and invalid labels (`422 Invalid`), and server-side apply
+//! without a `fieldManager` (`422`). [`Pod`], [`service`], [`slice_of`] and
+//! [`pod_endpoint`] build the objects as the endpointslice controller does
+//! (conditions of ready, draining and not-ready pods; slice ports that carry
+//! the Service port's name with the target port's number).
+//!
 //! Fault modes: compaction (next watch from an old version gets 410),
 //! dropping every open watch connection, and list and watch answering 500.
 //!
 //! It is not Kubernetes: tests run against a real cluster when `KUBECONFIG`
 //! is set (see the README).
 
+mod controller;
+mod rbac;
+mod validation;
+
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -23,27 +40,37 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
+pub use controller::{pod_endpoint, service, slice_of, Pod};
+pub use rbac::USER;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::broadcast};
 
-const PREFIX: &str = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices";
+const SERVICES: &str = "/api/v1/namespaces/{ns}/services";
+const SLICE_GROUP: &str = "discovery.k8s.io";
 
 #[derive(Clone, Debug)]
 struct Change {
     version: u64,
     kind: &'static str,
     object: Value,
+    /// The object before this change (`None` when it was created), so that
+    /// each watch can tell whether it started or stopped matching its
+    /// label selector.
+    previous: Option<Value>,
 }
 
 struct ApiState {
-    /// (namespace, name) → object
+    /// (namespace, name) → EndpointSlice
     objects: BTreeMap<(String, String), Value>,
+    /// (namespace, name) → Service
+    services: BTreeMap<(String, String), Value>,
     version: u64,
     /// Changes kept for watches; older versions answer 410.
     history: Vec<Change>,
@@ -53,6 +80,7 @@ struct ApiState {
     expire_next_watch: bool,
     unavailable: bool,
     lists: u64,
+    role: rbac::Role,
 }
 
 type Shared = Arc<Mutex<ApiState>>;
@@ -65,11 +93,13 @@ pub struct K8sStandIn {
 }
 
 impl K8sStandIn {
-    /// Starts the stand-in.
+    /// Starts the stand-in. Every request is allowed until
+    /// [`Self::allow_only`] sets a Role.
     pub async fn start() -> anyhow::Result<Self> {
         let (changes, _) = broadcast::channel(1024);
         let state = Arc::new(Mutex::new(ApiState {
             objects: BTreeMap::new(),
+            services: BTreeMap::new(),
             version: 100,
             history: Vec::new(),
             oldest: 100,
@@ -78,13 +108,15 @@ impl K8sStandIn {
             expire_next_watch: false,
             unavailable: false,
             lists: 0,
+            role: None,
         }));
         let app = Router::new()
-            .route(PREFIX, get(list_or_watch))
+            .route(SLICES, get(list_or_watch))
             .route(
-                &format!("{PREFIX}/{{name}}"),
+                &format!("{SLICES}/{{name}}"),
                 get(get_one).patch(apply).delete(delete),
             )
+            .route(&format!("{SERVICES}/{{name}}"), get(get_service))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -106,6 +138,19 @@ impl K8sStandIn {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// From now on only these `(verb, resource)` pairs are allowed, as for a
+    /// service account bound to a Role with these rules; everything else
+    /// gets `403 Forbidden`. Resources are plurals qualified with their API
+    /// group: `("list", "endpointslices.discovery.k8s.io")`, `("get",
+    /// "services")`.
+    pub fn allow_only(&self, rules: &[(&str, &str)]) {
+        let rules: BTreeSet<(String, String)> = rules
+            .iter()
+            .map(|(verb, resource)| ((*verb).to_owned(), (*resource).to_owned()))
+            .collect();
+        self.state.lock().unwrap().role = Some(rules);
+    }
+
     /// Creates or replaces a slice, as the endpoints controller would.
     pub fn put(&self, namespace: &str, slice: Value) {
         upsert(&self.state, namespace, slice);
@@ -114,6 +159,19 @@ impl K8sStandIn {
     /// Deletes a slice.
     pub fn remove(&self, namespace: &str, name: &str) {
         remove(&self.state, namespace, name);
+    }
+
+    /// Creates or replaces a Service (build one with [`service`]).
+    pub fn put_service(&self, namespace: &str, mut service: Value) {
+        let name = service["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        service["metadata"]["namespace"] = json!(namespace);
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        service["metadata"]["resourceVersion"] = json!(state.version.to_string());
+        state.services.insert((namespace.to_owned(), name), service);
     }
 
     /// The slice stored under `namespace`/`name`.
@@ -169,6 +227,7 @@ impl K8sStandIn {
             version: 0,
             kind: "NOOP",
             object: Value::Null,
+            previous: None,
         };
         let _ = self.state.lock().unwrap().changes.send(change);
     }
@@ -180,11 +239,12 @@ impl Drop for K8sStandIn {
     }
 }
 
-fn record(state: &mut ApiState, kind: &'static str, object: Value) {
+fn record(state: &mut ApiState, kind: &'static str, object: Value, previous: Option<Value>) {
     let change = Change {
         version: state.version,
         kind,
         object,
+        previous,
     };
     state.history.push(change.clone());
     let _ = state.changes.send(change);
@@ -203,13 +263,13 @@ fn upsert(state: &Shared, namespace: &str, mut slice: Value) -> Value {
     slice["metadata"]["resourceVersion"] = json!(state.version.to_string());
     slice["metadata"]["uid"] = json!(format!("uid-{namespace}-{name}"));
     let key = (namespace.to_owned(), name);
-    let kind = if state.objects.contains_key(&key) {
+    let previous = state.objects.insert(key, slice.clone());
+    let kind = if previous.is_some() {
         "MODIFIED"
     } else {
         "ADDED"
     };
-    state.objects.insert(key, slice.clone());
-    record(&mut state, kind, slice.clone());
+    record(&mut state, kind, slice.clone(), previous);
     slice
 }
 
@@ -218,9 +278,10 @@ fn remove(state: &Shared, namespace: &str, name: &str) -> Option<Value> {
     let mut object = state
         .objects
         .remove(&(namespace.to_owned(), name.to_owned()))?;
+    let previous = object.clone();
     state.version += 1;
     object["metadata"]["resourceVersion"] = json!(state.version.to_string());
-    record(&mut state, "DELETED", object.clone());
+    record(&mut state, "DELETED", object.clone(), Some(previous));
     Some(object)
 }
 
@@ -229,11 +290,75 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
+fn failure(body: Value) -> Response {
+    let code = body["code"]
+        .as_u64()
+        .and_then(|code| u16::try_from(code).ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(body)).into_response()
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    failure(status(
+        404,
+        "NotFound",
+        &format!("{resource} {name:?} not found"),
+    ))
+}
+
+/// The 403 to answer if the configured Role does not allow the request.
+fn forbidden(
+    state: &Shared,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    namespace: &str,
+    name: Option<&str>,
+) -> Option<Response> {
+    let request = rbac::Request {
+        verb,
+        resource,
+        group,
+        namespace,
+        name,
+    };
+    request
+        .authorize(&state.lock().unwrap().role)
+        .err()
+        .map(failure)
+}
+
 fn matches(object: &Value, namespace: &str, selector: &[(String, String)]) -> bool {
     object["metadata"]["namespace"] == namespace
         && selector
             .iter()
             .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+}
+
+/// The event a watch with this selector sees for `change`, if any. As the
+/// API server's watch cache does, an update that makes an object match
+/// arrives as `ADDED` and one that makes it stop matching (its labels
+/// changed) as `DELETED`, carrying the object's new state.
+fn event_for<'a>(
+    change: &'a Change,
+    namespace: &str,
+    selector: &[(String, String)],
+) -> Option<(&'static str, &'a Value)> {
+    let now = matches(&change.object, namespace, selector);
+    let before = change
+        .previous
+        .as_ref()
+        .is_some_and(|previous| matches(previous, namespace, selector));
+    let kind = match (change.kind, before, now) {
+        ("DELETED", true, _) => "DELETED",
+        ("DELETED", false, _) => return None,
+        (_, true, true) => "MODIFIED",
+        (_, false, true) => "ADDED",
+        (_, true, false) => "DELETED",
+        (_, false, false) => return None,
+    };
+    Some((kind, &change.object))
 }
 
 #[derive(Deserialize)]
@@ -260,13 +385,21 @@ async fn list_or_watch(
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
     if state.lock().unwrap().unavailable {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(status(500, "InternalError", "stand-in: unavailable")),
-        )
-            .into_response();
+        return failure(status(500, "InternalError", "stand-in: unavailable"));
     }
-    if !query.watch.unwrap_or(false) {
+    let watching = query.watch.unwrap_or(false);
+    let verb = if watching { "watch" } else { "list" };
+    if let Some(forbidden) = forbidden(
+        &state,
+        verb,
+        "endpointslices",
+        SLICE_GROUP,
+        &namespace,
+        None,
+    ) {
+        return forbidden;
+    }
+    if !watching {
         let mut state = state.lock().unwrap();
         state.lists += 1;
         let items: Vec<Value> = state
@@ -307,9 +440,9 @@ async fn list_or_watch(
     let bookmarks = query.allow_watch_bookmarks.unwrap_or(false);
     let timeout = Duration::from_secs(query.timeout_seconds.unwrap_or(290).min(290));
     let stream = async_stream::stream! {
-        for change in backlog {
-            if matches(&change.object, &namespace, &selector) {
-                yield Ok::<_, Infallible>(line(change.kind, &change.object));
+        for change in &backlog {
+            if let Some((kind, object)) = event_for(change, &namespace, &selector) {
+                yield Ok::<_, Infallible>(line(kind, object));
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -327,8 +460,10 @@ async fn list_or_watch(
                     Ok(change) if change.kind == "NOOP" => {
                         if state.lock().unwrap().generation != generation { break; }
                     }
-                    Ok(change) if change.version > from && matches(&change.object, &namespace, &selector) => {
-                        yield Ok(line(change.kind, &change.object));
+                    Ok(change) if change.version > from => {
+                        if let Some((kind, object)) = event_for(&change, &namespace, &selector) {
+                            yield Ok(line(kind, object));
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -343,36 +478,116 @@ async fn get_one(
     State(state): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
+    if let Some(forbidden) = forbidden(
+        &state,
+        "get",
+        "endpointslices",
+        SLICE_GROUP,
+        &namespace,
+        Some(&name),
+    ) {
+        return forbidden;
+    }
     let state = state.lock().unwrap();
     match state.objects.get(&(namespace, name.clone())) {
         Some(object) => Json(object.clone()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(status(
-                404,
-                "NotFound",
-                &format!("endpointslices {name:?} not found"),
-            )),
-        )
-            .into_response(),
+        None => not_found("endpointslices.discovery.k8s.io", &name),
     }
 }
 
+async fn get_service(
+    State(state): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if let Some(forbidden) = forbidden(&state, "get", "services", "", &namespace, Some(&name)) {
+        return forbidden;
+    }
+    let state = state.lock().unwrap();
+    match state.services.get(&(namespace, name.clone())) {
+        Some(service) => Json(service.clone()).into_response(),
+        None => not_found("services", &name),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PatchQuery {
+    field_manager: Option<String>,
+}
+
+/// Server-side apply, the only patch the stand-in takes: the body is the
+/// whole object (YAML, of which kube's JSON is a part).
 async fn apply(
     State(state): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<PatchQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Server-side apply sends the object as YAML; JSON is valid YAML, and
-    // kube sends JSON.
+    if let Some(forbidden) = forbidden(
+        &state,
+        "patch",
+        "endpointslices",
+        SLICE_GROUP,
+        &namespace,
+        Some(&name),
+    ) {
+        return forbidden;
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/apply-patch+yaml") {
+        return failure(status(
+            415,
+            "UnsupportedMediaType",
+            &format!("stand-in: only server-side apply is served, not {content_type:?}"),
+        ));
+    }
+    const KIND: &str = "EndpointSlice.discovery.k8s.io";
+    if query.field_manager.as_deref().is_none_or(str::is_empty) {
+        return failure(validation::missing_field_manager().status("PatchOptions.meta.k8s.io", ""));
+    }
     let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(status(400, "BadRequest", "body is not JSON")),
-        )
-            .into_response();
+        return failure(status(400, "BadRequest", "body is not JSON"));
     };
-    object["metadata"]["name"] = json!(name);
+    match object["metadata"]["name"].as_str() {
+        None => object["metadata"]["name"] = json!(name),
+        Some(inner) if inner != name => {
+            return failure(status(
+                400,
+                "BadRequest",
+                &format!(
+                    "the name of the object ({inner}) does not match the name on the URL ({name})"
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Err(invalid) = validation::check_object(&object) {
+        return failure(invalid.status(KIND, &name));
+    }
+    // An apply that creates the object is authorized as a create too, as
+    // the API server's patch handler does.
+    let exists = {
+        let state = state.lock().unwrap();
+        state
+            .objects
+            .contains_key(&(namespace.clone(), name.clone()))
+    };
+    if !exists {
+        if let Some(forbidden) = forbidden(
+            &state,
+            "create",
+            "endpointslices",
+            SLICE_GROUP,
+            &namespace,
+            Some(&name),
+        ) {
+            return forbidden;
+        }
+    }
     Json(upsert(&state, &namespace, object)).into_response()
 }
 
@@ -381,6 +596,16 @@ async fn delete(
     Path((namespace, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    if let Some(forbidden) = forbidden(
+        &state,
+        "delete",
+        "endpointslices",
+        SLICE_GROUP,
+        &namespace,
+        Some(&name),
+    ) {
+        return forbidden;
+    }
     // DeleteOptions preconditions: the object must still have this
     // resource version and UID, else 409 Conflict.
     let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -399,26 +624,14 @@ async fn delete(
             })
     };
     if conflict {
-        return (
-            StatusCode::CONFLICT,
-            Json(status(
-                409,
-                "Conflict",
-                &format!("Precondition failed for endpointslices {name:?}"),
-            )),
-        )
-            .into_response();
+        return failure(status(
+            409,
+            "Conflict",
+            &format!("Precondition failed for endpointslices {name:?}"),
+        ));
     }
     match remove(&state, &namespace, &name) {
         Some(object) => Json(object).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(status(
-                404,
-                "NotFound",
-                &format!("endpointslices {name:?} not found"),
-            )),
-        )
-            .into_response(),
+        None => not_found("endpointslices.discovery.k8s.io", &name),
     }
 }

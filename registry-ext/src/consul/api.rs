@@ -8,16 +8,17 @@ use serde::{Deserialize, Serialize};
 use super::{
     builder::Check,
     health::{decode_health, decode_index, INDEX_HEADER},
+    meta::{encode_tags, REGISTRATION_META, WEIGHT_META},
     ConsulBuilder, BACKEND,
 };
 use crate::{Error, Instance, Result};
 
-/// Meta key carrying the weight (Consul's own `Weights` cannot be 0).
-pub(crate) const WEIGHT_META: &str = "weight";
-/// Meta key carrying the id of the registration that registered the service,
-/// so that a process deregisters only its own registration, never a later
-/// one of the same instance (same service ID) by a successor process.
-pub(crate) const REGISTRATION_META: &str = "registry-ext-registration";
+/// The header a health answer carries when the token's ACLs removed entries
+/// from it (sent only to requests with a token: the server masks it for
+/// anonymous ones).
+pub(crate) const FILTERED_BY_ACLS_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
+/// The largest DNS weight Consul accepts in `Weights` (`structs.ValidateWeights`).
+const MAX_CONSUL_WEIGHT: u32 = 65535;
 
 pub(crate) struct Api {
     http: reqwest::Client,
@@ -126,13 +127,20 @@ impl CheckDefinition {
 }
 
 impl Registration {
-    pub(crate) fn of(instance: &Instance, check: &Check, deregister_after: Duration) -> Self {
+    /// The registration of `instance`, or [`Error::InvalidInstance`] if its
+    /// tags cannot be stored in Consul's service `Meta` (see `meta.rs`):
+    /// refused here, before any request, rather than with an HTTP 400.
+    pub(crate) fn of(
+        instance: &Instance,
+        check: &Check,
+        deregister_after: Duration,
+    ) -> Result<Self> {
         let address = instance.address;
         let registration = crate::instance::registration_id();
-        let mut meta = instance.tags.clone();
+        let mut meta = encode_tags(&instance.tags)?;
         meta.insert(WEIGHT_META.to_owned(), instance.weight.to_string());
         meta.insert(REGISTRATION_META.to_owned(), registration.clone());
-        Self {
+        Ok(Self {
             id: format!("{}-{}-{}", instance.service, address.ip(), address.port())
                 .replace([':', '[', ']', '/'], "-"),
             name: instance.service.clone(),
@@ -144,19 +152,28 @@ impl Registration {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             meta,
+            // Consul's DNS weights are 1 to 65535; the exact weight, 0
+            // included, is in the Meta.
             weights: Weights {
-                passing: instance.weight.max(1),
+                passing: instance.weight.clamp(1, MAX_CONSUL_WEIGHT),
                 warning: 1,
             },
             check: CheckDefinition::new(check, deregister_after),
             registration,
-        }
+        })
     }
 
     /// The ID Consul gives the check of a service registered with one check.
     pub(crate) fn check_id(&self) -> String {
         format!("service:{}", self.id)
     }
+}
+
+/// How long the client waits for a blocking query with this `wait`: the
+/// server answers after `wait` plus up to `wait/16` of jitter at the latest
+/// (`RPCQueryTimeout`), and the answer needs time to arrive.
+pub(crate) fn blocking_timeout(wait: Duration, request_timeout: Duration) -> Duration {
+    wait + wait / 16 + request_timeout.max(Duration::from_secs(1))
 }
 
 /// What the agent said to a TTL pass.
@@ -240,13 +257,29 @@ impl Api {
         })
     }
 
+    /// The response if it is a success; else the error it says. A 403 is an
+    /// [`Error::PermissionDenied`]: the agent answers it to a token it does
+    /// not know ("ACL not found") and to one whose policy does not allow the
+    /// request ("Permission denied: token with AccessorID … lacks permission
+    /// 'service:write' on …"), neither of which retrying mends.
     async fn expect_success(response: reqwest::Response, what: &str) -> Result<reqwest::Response> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
-        let body: String = body.chars().take(200).collect();
+        let body: String = body.trim().chars().take(200).collect();
+        if status == StatusCode::FORBIDDEN {
+            return Err(Error::PermissionDenied {
+                backend: BACKEND,
+                operation: what.to_owned(),
+                reason: format!(
+                    "HTTP 403: {body} (check the ACL token and that its policy grants \
+                     service:write on the service to register it, service:read and node:read \
+                     to resolve it)"
+                ),
+            });
+        }
         Err(Error::backend(
             BACKEND,
             format!("{what}: HTTP {status}: {body}"),
@@ -334,6 +367,10 @@ impl Api {
 
     /// One (blocking, when `index` > 0) health query: the passing instances
     /// of `service` and the index to wait on next.
+    ///
+    /// `wait` must be positive and whole milliseconds or more (the resolver
+    /// keeps it within [1 s, 10 min]): the server reads `wait=0ms` as its
+    /// default of 5 minutes, not as "answer now".
     pub(crate) async fn healthy(
         &self,
         service: &str,
@@ -342,18 +379,21 @@ impl Api {
         wait: Duration,
     ) -> Result<(Vec<Instance>, u64)> {
         let path = format!("/v1/health/service/{service}");
-        // The agent may wait `wait` plus up to 1/16 of it in jitter.
-        let timeout = self.request_timeout + wait + wait / 16;
         let segments = ["v1", "health", "service", service];
-        let mut request = self
-            .request(Method::GET, &segments, timeout)
-            .query(&[("passing", "true")]);
-        if index > 0 {
-            request = request.query(&[
+        let mut request = if index > 0 {
+            self.request(
+                Method::GET,
+                &segments,
+                blocking_timeout(wait, self.request_timeout),
+            )
+            .query(&[
                 ("index", index.to_string()),
-                ("wait", format!("{}ms", wait.as_millis())),
-            ]);
-        }
+                ("wait", format!("{}ms", wait.as_millis().max(1))),
+            ])
+        } else {
+            self.request(Method::GET, &segments, self.request_timeout)
+        };
+        request = request.query(&[("passing", "true")]);
         if let Some(dc) = &self.datacenter {
             request = request.query(&[("dc", dc)]);
         }
@@ -361,6 +401,21 @@ impl Api {
             request = request.query(&[("tag", tag)]);
         }
         let response = Self::expect_success(self.send(request).await?, "health query").await?;
+        if response
+            .headers()
+            .get(FILTERED_BY_ACLS_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        {
+            return Err(Error::PermissionDenied {
+                backend: BACKEND,
+                operation: "health query".to_owned(),
+                reason: format!(
+                    "the answer for {service:?} was filtered by ACLs ({FILTERED_BY_ACLS_HEADER}): \
+                     the token lacks service:read on the service or node:read on some of its \
+                     nodes, so the instances it shows are not all there are"
+                ),
+            });
+        }
         let next_index = decode_index(
             &path,
             response
@@ -380,6 +435,40 @@ impl Api {
 mod tests {
     use super::*;
     use crate::consul::ConsulResolver;
+
+    #[test]
+    fn registrations_hold_what_agents_accept() {
+        let check = Check::Ttl {
+            ttl: Duration::from_secs(10),
+        };
+        let instance = Instance::new("echo", "10.0.0.1:80".parse().unwrap())
+            .with_weight(100_000)
+            .with_tag("weight", "heavy")
+            .with_tag("app.kubernetes.io/name", "echo")
+            .with_tag("zone", "a");
+        let body = Registration::of(&instance, &check, Duration::from_secs(60)).unwrap();
+        assert_eq!(body.weights.passing, MAX_CONSUL_WEIGHT);
+        assert_eq!(body.meta[WEIGHT_META], "100000", "the exact weight");
+        assert_eq!(body.meta[REGISTRATION_META], body.registration);
+        assert_eq!(
+            body.meta["__weight"], "heavy",
+            "a tag cannot shadow the weight"
+        );
+        assert_eq!(body.meta["__app_2Ekubernetes_2Eio_2Fname"], "echo");
+        assert_eq!(body.meta["zone"], "a");
+        assert!(body.meta.keys().all(|k| crate::consul::meta::valid_key(k)));
+        assert!(body
+            .tags
+            .contains(&"app.kubernetes.io/name=echo".to_owned()));
+        let zero = Registration::of(&instance.clone().with_weight(0), &check, Duration::ZERO);
+        assert_eq!(zero.unwrap().weights.passing, 1);
+
+        let too_long = instance.with_tag("k", "v".repeat(513));
+        assert!(matches!(
+            Registration::of(&too_long, &check, Duration::ZERO),
+            Err(Error::InvalidInstance(_))
+        ));
+    }
 
     #[test]
     fn old_agents_lost_check_answers_are_recognised() {

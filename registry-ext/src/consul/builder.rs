@@ -124,7 +124,10 @@ impl<T> ConsulBuilder<T> {
         self
     }
 
-    /// ACL token (else `CONSUL_HTTP_TOKEN`).
+    /// ACL token (else `CONSUL_HTTP_TOKEN`). The registry needs
+    /// `service:write` on the services it registers; the resolver
+    /// `service:read` on the services and `node:read` on their nodes. A
+    /// refusal is [`Error::PermissionDenied`].
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -143,7 +146,7 @@ impl<T> ConsulBuilder<T> {
     }
 
     /// Timeout of one ordinary request (default 5 s); blocking queries get
-    /// their wait time on top.
+    /// their wait time and its jitter (wait/16) on top.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -213,13 +216,19 @@ impl ConsulBuilder<ConsulResolver> {
         self
     }
 
-    /// Only instances carrying every one of these tags.
+    /// Only instances carrying every one of these Consul tags: `key=value`
+    /// for the tags of instances registered by this crate. Consul compares
+    /// tags without regard to case (`zone=a` also selects `Zone=A`).
     pub fn tags<I: Into<String>>(mut self, tags: impl IntoIterator<Item = I>) -> Self {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
     }
 
-    /// How long one blocking query may wait for a change (default 30 s).
+    /// How long one blocking query may wait for a change (default 30 s),
+    /// kept within 1 s and 10 minutes (the server's limit): the server
+    /// reads a zero wait as its default of 5 minutes, so `wait(0)` and
+    /// sub-second waits are sent as 1 s. The server adds up to 1/16 of the
+    /// wait in jitter; the request timeout covers it.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self

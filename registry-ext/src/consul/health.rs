@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Deserialize;
 
-use super::api::{Weights, REGISTRATION_META, WEIGHT_META};
+use super::{
+    api::Weights,
+    meta::{decode_tags, REGISTRATION_META, WEIGHT_META},
+};
 use crate::{Error, Instance, Result};
 
 /// The header carrying the index a blocking query waits on.
@@ -28,17 +31,21 @@ pub fn decode_index(what: &str, value: Option<&[u8]>) -> Result<u64> {
 
 /// Decodes a health answer into instances. A body that is not the documented
 /// JSON array is an [`Error::Decode`]; an entry without an IP address and a
-/// port is skipped with a warning, the others are kept.
+/// port is skipped with a warning, the others are kept. Tags come from the
+/// service `Meta`, with the keys the registry had to encode for Consul
+/// (`__app_2Ekubernetes_2Eio_2Fname`) decoded (`app.kubernetes.io/name`).
 ///
 /// ```
 /// use rpc_ext_registry::consul::decode_health;
 ///
 /// let body = br#"[{"Node": {"Address": "10.0.0.1"},
 ///                  "Service": {"ID": "echo-1", "Service": "echo", "Address": "", "Port": 8080,
-///                              "Meta": {"weight": "5", "zone": "a"}}}]"#;
+///                              "Meta": {"weight": "5", "zone": "a",
+///                                       "__app_2Ekubernetes_2Eio_2Fname": "echo"}}}]"#;
 /// let instances = decode_health("echo", body).unwrap();
 /// assert_eq!(instances[0].address, "10.0.0.1:8080".parse().unwrap());
 /// assert_eq!(instances[0].weight, 5);
+/// assert_eq!(instances[0].tags["app.kubernetes.io/name"], "echo");
 /// assert!(decode_health("echo", b"<html>").is_err());
 /// ```
 pub fn decode_health(what: &str, body: &[u8]) -> Result<Vec<Instance>> {
@@ -96,9 +103,9 @@ fn instance_of(entry: HealthEntry) -> Option<Instance> {
             return None;
         }
     };
-    let mut tags = service.meta.unwrap_or_default();
-    tags.remove(REGISTRATION_META);
-    let weight = tags
+    let mut meta = service.meta.unwrap_or_default();
+    meta.remove(REGISTRATION_META);
+    let weight = meta
         .remove(WEIGHT_META)
         .and_then(|w| w.parse().ok())
         .or(service.weights.map(|w| w.passing))
@@ -107,7 +114,8 @@ fn instance_of(entry: HealthEntry) -> Option<Instance> {
         service: service.service,
         address,
         weight,
-        tags,
+        // Tag keys Consul refuses in Meta were encoded at registration.
+        tags: decode_tags(meta),
     })
 }
 

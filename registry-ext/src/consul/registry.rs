@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     api::{Api, Pass, Registration as Body},
@@ -10,8 +10,8 @@ use super::{
     ConsulBuilder,
 };
 use crate::{
-    advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
-    Registry, Result,
+    advertise_address, backend::backoff::Backoff, registry::StopSignal, Error, Instance,
+    Registration, Registry, Result,
 };
 
 /// Registers instances with the local Consul agent and keeps them there.
@@ -21,6 +21,13 @@ use crate::{
 /// every 10 s that the agent still has the service. Either way, a service
 /// the agent forgot (agent restart) is registered again with capped
 /// exponential backoff, for as long as the [`Registration`] lives.
+///
+/// Tags go into the service `Meta`, encoded where Consul refuses the key
+/// (see the [module docs](super)); an instance whose tags Consul cannot
+/// hold is refused with [`Error::InvalidInstance`] before any request. A
+/// 403 from the agent is [`Error::PermissionDenied`]: returned by
+/// `register` and `deregister`, and in the background logged as an ACL
+/// error and retried once per period until the token is allowed again.
 ///
 /// ```no_run
 /// use rpc_ext_registry::{consul::ConsulRegistry, Instance, Registry};
@@ -82,8 +89,8 @@ impl Registry for ConsulRegistry {
             &instance,
             &self.shared.check,
             self.shared.deregister_critical_after,
-        );
-        self.shared.api.register(&body).await?;
+        )?;
+        self.shared.register(&body).await?;
         info!(id = %body.id, "registered in Consul");
         let (registration, stop) = Registration::new(instance);
         tokio::spawn(self.shared.clone().keep(body, stop));
@@ -98,6 +105,71 @@ impl Shared {
             Check::Ttl { ttl } => *ttl / 3,
             _ => Duration::from_secs(10),
         }
+    }
+
+    /// Registers `body`, then passes its TTL check at once: an agent that
+    /// already has this service ID keeps the status of its check over the
+    /// `passing` of the new definition, so an instance registered again
+    /// over a critical check (a successor of a hung process, same
+    /// instance) would stay out of the passing set until the first
+    /// periodic pass. Agent-run checks turn passing at their first probe.
+    async fn register(&self, body: &Body) -> Result<()> {
+        self.api.register(body).await?;
+        if let Check::Ttl { .. } = &self.check {
+            match self.api.pass(&body.check_id()).await {
+                Ok(Pass::Passed) => {}
+                // Gone already: the keeper registers it again.
+                Ok(Pass::Unknown) => {
+                    warn!(id = %body.id, "the check vanished right after registration")
+                }
+                Err(error) => {
+                    warn!(id = %body.id, %error, "first TTL pass failed; the keeper tries again");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The delay after a successful round.
+    fn healthy(&self, id: &str, backoff: &mut Backoff, denied: &mut bool) -> Duration {
+        if std::mem::take(denied) {
+            info!(id, "Consul ACLs allow the registration again");
+        }
+        backoff.reset();
+        self.period()
+    }
+
+    /// How long to wait after `error`, and how to report it. A refusal by
+    /// ACLs needs an operator (the token's policy, or a new token), not a
+    /// faster retry: it is logged as an ACL error when it starts, and tried
+    /// again once per period — the load of a healthy registration — so the
+    /// instance comes back within a period of the token being allowed
+    /// again. Anything else (agent unreachable, 5xx) is retried with capped
+    /// exponential backoff.
+    fn after_failure(
+        &self,
+        id: &str,
+        what: &str,
+        error: &Error,
+        backoff: &mut Backoff,
+        denied: &mut bool,
+    ) -> Duration {
+        if let Error::PermissionDenied { .. } = error {
+            if *denied {
+                debug!(id, %error, "{what} still refused by Consul ACLs");
+            } else {
+                error!(
+                    id,
+                    %error,
+                    retry_every = ?self.period(),
+                    "{what} refused by Consul ACLs: the instance drops out once its check turns critical; retrying once per period"
+                );
+                *denied = true;
+            }
+            return self.period();
+        }
+        warn!(id, %error, "{what} failed: Consul agent unreachable or failing");
+        backoff.next_delay()
     }
 
     /// Deregisters the service if it is still this registration's: a
@@ -132,6 +204,8 @@ impl Shared {
         let check_id = body.check_id();
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
         let mut delay = self.period();
+        // Whether the last attempt was refused by ACLs (reported once).
+        let mut denied = false;
         loop {
             tokio::select! {
                 reason = stop.wait() => {
@@ -149,28 +223,27 @@ impl Shared {
                 _ => self.api.has_service(&body.id).await,
             };
             delay = match present {
-                Ok(true) => {
-                    backoff.reset();
-                    self.period()
-                }
+                Ok(true) => self.healthy(&body.id, &mut backoff, &mut denied),
                 Ok(false) => {
                     warn!(id = %body.id, "the Consul agent forgot the service; registering again");
-                    match self.api.register(&body).await {
+                    match self.register(&body).await {
                         Ok(()) => {
                             info!(id = %body.id, "registered in Consul again");
-                            backoff.reset();
-                            self.period()
+                            self.healthy(&body.id, &mut backoff, &mut denied)
                         }
-                        Err(error) => {
-                            warn!(id = %body.id, %error, "Consul re-registration failed");
-                            backoff.next_delay()
-                        }
+                        Err(error) => self.after_failure(
+                            &body.id,
+                            "re-registration",
+                            &error,
+                            &mut backoff,
+                            &mut denied,
+                        ),
                     }
                 }
-                Err(error) => {
-                    warn!(id = %body.id, %error, "Consul agent unreachable");
-                    backoff.next_delay().min(self.period())
-                }
+                // Within a period, so that a short outage does not cost the TTL.
+                Err(error) => self
+                    .after_failure(&body.id, "keep-alive", &error, &mut backoff, &mut denied)
+                    .min(self.period()),
             };
         }
     }

@@ -11,12 +11,23 @@ use crate::{
         backoff::Backoff,
         subscriptions::{publish_error, publish_instances, Subscriptions},
     },
-    Resolver, Result, ServiceSnapshot, ServiceWatch,
+    Error, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 
 /// Shortest time between two queries that saw the same index, so a proxy
 /// or agent that answers blocking queries at once cannot cause a busy loop.
 const MIN_UNCHANGED_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest `wait` sent: the server reads `wait=0` (and the `0ms` a
+/// sub-millisecond wait would print) as its default of 5 minutes, and a
+/// shorter wait than the spacing of unchanged queries buys nothing.
+pub(crate) const MIN_WAIT: Duration = MIN_UNCHANGED_INTERVAL;
+/// The longest `wait` the server honours (`max_query_time`, 10 minutes).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The `wait` sent for a configured one.
+fn effective_wait(wait: Duration) -> Duration {
+    wait.clamp(MIN_WAIT, MAX_WAIT)
+}
 
 /// Resolves the passing instances of a service from Consul, pushing every
 /// change as soon as a blocking query returns it.
@@ -25,7 +36,11 @@ const MIN_UNCHANGED_INTERVAL: Duration = Duration::from_secs(1);
 /// backwards (agent restart, leader change), kept above zero, and queries
 /// that return the same index are spaced out. While Consul answers errors or
 /// garbage, the last known instances are kept and the error reported in
-/// [`ServiceSnapshot::last_error`].
+/// [`ServiceSnapshot::last_error`]. So is an answer the token's ACLs
+/// filtered ([`Error::PermissionDenied`](crate::Error::PermissionDenied)):
+/// it is not the set of instances, and is never published as one; the
+/// resolver then asks again without blocking, after backoff, until the
+/// token may read the service and its nodes.
 ///
 /// ```no_run
 /// use rpc_ext_registry::{consul::ConsulResolver, Resolver};
@@ -67,7 +82,7 @@ impl ConsulResolver {
             shared: Arc::new(Shared {
                 api: Arc::new(api),
                 tags: builder.tags.into(),
-                wait: builder.wait,
+                wait: effective_wait(builder.wait),
                 max_backoff: builder.max_backoff,
                 subscriptions: Subscriptions::default(),
             }),
@@ -119,6 +134,12 @@ impl Follower {
                 }
                 Err(error) => {
                     warn!(service = %self.service, %error, "Consul health query failed; keeping last known instances");
+                    if let Error::PermissionDenied { .. } = error {
+                        // Nothing about the data changes when a policy
+                        // does: ask again without blocking, so the set
+                        // comes back as soon as the token may read it.
+                        index = 0;
+                    }
                     publish_error(&tx, error);
                     Some(backoff.next_delay())
                 }
@@ -157,7 +178,7 @@ fn next_index(previous: u64, returned: u64) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use super::{next_index, unchanged_pause, MIN_UNCHANGED_INTERVAL};
+    use super::{next_index, unchanged_pause, MAX_WAIT, MIN_UNCHANGED_INTERVAL, MIN_WAIT};
 
     #[test]
     fn unchanged_queries_are_spaced_without_underflow() {
@@ -172,6 +193,33 @@ mod tests {
             None
         );
         assert_eq!(unchanged_pause(true, Duration::MAX), None);
+    }
+
+    #[test]
+    fn waits_are_kept_within_what_the_server_honours() {
+        use super::effective_wait;
+        assert_eq!(effective_wait(Duration::ZERO), MIN_WAIT);
+        assert_eq!(effective_wait(Duration::from_micros(500)), MIN_WAIT);
+        assert_eq!(
+            effective_wait(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(effective_wait(Duration::from_secs(3600)), MAX_WAIT);
+        assert_eq!(effective_wait(Duration::MAX), MAX_WAIT);
+    }
+
+    #[test]
+    fn the_client_outwaits_the_server() {
+        use crate::consul::api::blocking_timeout;
+        for wait in [MIN_WAIT, Duration::from_secs(30), MAX_WAIT] {
+            for request_timeout in [Duration::ZERO, Duration::from_secs(5)] {
+                // The server may hold the query for wait + wait/16.
+                assert!(
+                    blocking_timeout(wait, request_timeout)
+                        >= wait + wait / 16 + Duration::from_secs(1)
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! The resolver follows the EndpointSlices of a Service (label
 //! `kubernetes.io/service-name`) with kube's runtime watcher: additions,
-//! removals and readiness flips are pushed as they happen; when the watch
+//! removals and condition changes are pushed as they happen; when the watch
 //! expires (410 Gone) the watcher lists again and the current set stays in
-//! place until the new list is complete. Only ready endpoints are resolved;
-//! terminating ones never are. Zone, node and hostname become tags.
+//! place until the new list is complete. Endpoints are chosen as kube-proxy
+//! chooses them: the ready ones; when none of the Service's endpoints is
+//! ready, the terminating ones that are still serving (so that a
+//! one-replica rollout does not empty the set while the new pod starts);
+//! never the others. An address listed in several slices is used once.
+//! Zone, node and hostname become tags.
 //!
 //! Services running in the cluster behind a Kubernetes Service need no
 //! registration: the cluster's endpoints controller maintains their slices.
@@ -15,9 +19,14 @@
 //! register and deleted on deregister. The Service itself should have no
 //! selector, so the endpoints controller leaves those slices alone.
 //!
-//! Targets name a Service, its namespace and a port, by name or number:
-//! `k8s://echo.default:grpc`, `echo.default:50051`, or `echo:grpc` (the
-//! client's default namespace).
+//! Targets name a Service, its namespace and one of the Service's ports, by
+//! name or number: `k8s://echo.default:grpc`, `echo.default:80`, or
+//! `echo:grpc` (the client's default namespace). Slices carry each Service
+//! port's name with the *target* port the pods listen on, so a name is
+//! matched in the slices directly, while a number (`port` in the Service's
+//! spec, not its `targetPort`) is first mapped to the port's name by reading
+//! the Service — when the watch starts, and again every minute — and needs
+//! `get` on `services`. Prefer names: they need no Service read.
 //!
 //! Configuration comes from the usual places via `kube::Client::try_default()`
 //! (in-cluster service account, then `KUBECONFIG`/`~/.kube/config`), or from
@@ -31,6 +40,30 @@
 //! let instances = resolver.resolve("k8s://echo.default:grpc").await?;
 //! # let _ = instances; Ok(()) }
 //! ```
+//!
+//! # Kubernetes version
+//!
+//! This crate does not pick a Kubernetes API version: k8s-openapi wants
+//! exactly one of its version features (`latest`, `v1_33`...) enabled in
+//! the whole build, chosen by the final binary, and refuses to build with
+//! none or two. A binary using the `k8s` feature depends on k8s-openapi
+//! itself and picks one, e.g. `k8s-openapi = { version = "0.29", features =
+//! ["latest"] }` (the oldest API server it must work with, or `latest`).
+//! This crate compiles against every version k8s-openapi 0.29 offers (1.33
+//! to 1.37).
+//!
+//! # Permissions
+//!
+//! The resolver needs `list` and `watch` on
+//! `endpointslices.discovery.k8s.io` (and `get` on `services` for numeric
+//! targets); the registry `get`, `create`, `patch` and `delete` on
+//! `endpointslices.discovery.k8s.io`. `deploy/kubernetes/rbac.yaml` in the
+//! repository has the Roles, a ServiceAccount and the bindings. A request
+//! the API server refuses (403) is reported as
+//! [`Error::PermissionDenied`](crate::Error::PermissionDenied), whose
+//! `operation` names the missing permission (`watch
+//! endpointslices.discovery.k8s.io in namespace "prod"`); the resolver keeps
+//! retrying meanwhile, so granting the permission is enough to recover.
 //!
 //! # Ownership
 //!
@@ -61,6 +94,7 @@
 //!
 //! [`Registration`]: crate::Registration
 
+mod api_versions;
 mod registry;
 mod resolver;
 mod slice;
@@ -72,7 +106,7 @@ pub use target::{PortSpec, Target};
 // For the fuzz targets only (see the `fuzzing` feature).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub use slice::ready_instances;
+pub use slice::usable_instances;
 
 pub(crate) const BACKEND: &str = "k8s";
 /// `endpointslice.kubernetes.io/managed-by` of the slices this crate manages.
@@ -81,6 +115,49 @@ pub const MANAGED_BY: &str = "registry-ext";
 /// registration deletes its slice on deregister only while it carries its id.
 pub const REGISTRATION_LABEL: &str = "registry-ext/registration";
 
+/// EndpointSlices, as RBAC rules and 403 messages name them.
+const SLICES: &str = "endpointslices.discovery.k8s.io";
+/// Services (core API group).
+const SERVICES: &str = "services";
+
 fn kube_error(error: kube::Error) -> crate::Error {
     crate::Error::backend(BACKEND, error)
+}
+
+/// The error of a `verb` request on `resource` in `namespace`: a 403 is a
+/// [`crate::Error::PermissionDenied`] naming the permission, anything else a
+/// backend error.
+fn api_error(
+    error: kube::Error,
+    verb: &'static str,
+    resource: &'static str,
+    namespace: &str,
+) -> crate::Error {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => {
+            denied(&status.message, verb, resource, namespace)
+        }
+        other => kube_error(other),
+    }
+}
+
+/// A 403 answer with `message` to a `verb` request.
+fn denied(message: &str, verb: &'static str, resource: &str, namespace: &str) -> crate::Error {
+    // The API server authorizes an apply that creates its object as a
+    // `create` too; its message says which verb it refused.
+    const VERBS: [&str; 7] = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let verb = VERBS
+        .into_iter()
+        .find(|v| message.contains(&format!("cannot {v} resource")))
+        .unwrap_or(verb);
+    crate::Error::PermissionDenied {
+        backend: BACKEND,
+        operation: format!("{verb} {resource} in namespace {namespace:?}"),
+        reason: format!(
+            "{message} (grant it with a Role bound to the client's service account; \
+             deploy/kubernetes/rbac.yaml has the Roles this crate needs)"
+        ),
+    }
 }

@@ -12,7 +12,10 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use super::{kube_error, MANAGED_BY, REGISTRATION_LABEL};
+use super::{
+    api_error, api_versions::EndpointList, kube_error, target::is_service_name, MANAGED_BY,
+    REGISTRATION_LABEL, SLICES,
+};
 use crate::{
     advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
     Registry, Result,
@@ -38,6 +41,20 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// deregistering deletes the slice only while it still carries that id (with
 /// a resource-version precondition), so an old process leaving after its
 /// successor registered does not remove the successor's slice.
+///
+/// The instance's service name is the Service's name, so it must be one:
+/// an RFC 1035 label (`echo`, `payments-api`; at most 63 characters);
+/// anything else is refused with [`InvalidInstance`](crate::Error::InvalidInstance)
+/// before any request. The slice's port carries [`port_name`](Self::port_name),
+/// which should be the name of the Service port it serves: `k8s://` targets
+/// match it by name, and numeric targets through the Service port of that
+/// name.
+///
+/// It needs `get`, `create`, `patch` and `delete` on
+/// `endpointslices.discovery.k8s.io` in its namespace (see the [module
+/// documentation](super#permissions)); a refused request is an
+/// [`Error::PermissionDenied`](crate::Error::PermissionDenied) naming the
+/// permission.
 ///
 /// There is no liveness: a process killed without deregistering (SIGKILL,
 /// OOM kill, lost host) leaves its slice Ready; see the [module
@@ -120,11 +137,11 @@ impl K8sRegistry {
         self
     }
 
-    fn api(&self) -> Api<EndpointSlice> {
-        match &self.namespace {
-            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
-            None => Api::default_namespaced(self.client.clone()),
-        }
+    /// The namespace of the slices: the configured one, else the client's.
+    fn namespace_name(&self) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| self.client.default_namespace().to_owned())
     }
 
     fn slice_of(&self, instance: &Instance, registration: &str) -> EndpointSlice {
@@ -146,7 +163,7 @@ impl K8sRegistry {
                 ..ObjectMeta::default()
             },
             address_type: if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_owned(),
-            endpoints: Some(vec![Endpoint {
+            endpoints: EndpointList::from_endpoints(vec![Endpoint {
                 addresses: vec![ip.to_string()],
                 conditions: Some(EndpointConditions {
                     ready: Some(true),
@@ -171,10 +188,24 @@ impl Registry for K8sRegistry {
     async fn register(&self, mut instance: Instance) -> Result<Registration> {
         instance.address = advertise_address(instance.address, self.advertise_ip)?;
         instance.validate()?;
+        // The service name becomes the `kubernetes.io/service-name` label
+        // and must name the Service a `k8s://` target resolves: refused
+        // here rather than by the API server (a label value over 63
+        // characters is a 422) or, worse, accepted and never resolvable
+        // (`Echo`, `echo.v1`).
+        if !is_service_name(&instance.service) {
+            return Err(crate::Error::InvalidInstance(format!(
+                "{:?} cannot be a Kubernetes Service name: at most 63 lowercase letters, \
+                 digits or '-', starting with a letter and ending with a letter or digit",
+                instance.service
+            )));
+        }
         let registration = crate::instance::registration_id();
         let slice = self.slice_of(&instance, &registration);
+        let namespace = self.namespace_name();
         let keeper = Keeper {
-            api: self.api(),
+            api: Api::namespaced(self.client.clone(), &namespace),
+            namespace,
             recheck: self.recheck,
             name: slice.metadata.name.clone().unwrap_or_default(),
             slice,
@@ -190,6 +221,8 @@ impl Registry for K8sRegistry {
 
 struct Keeper {
     api: Api<EndpointSlice>,
+    /// For naming a refused permission.
+    namespace: String,
     recheck: Duration,
     name: String,
     slice: EndpointSlice,
@@ -235,7 +268,15 @@ impl Keeper {
             .patch(&self.name, &params, &Patch::Apply(&self.slice))
             .await
             .map(drop)
-            .map_err(kube_error)
+            .map_err(|error| api_error(error, "patch", SLICES, &self.namespace))
+    }
+
+    /// The slice, if it exists.
+    async fn get(&self) -> Result<Option<EndpointSlice>> {
+        self.api
+            .get_opt(&self.name)
+            .await
+            .map_err(|error| api_error(error, "get", SLICES, &self.namespace))
     }
 
     /// Deletes the slice if it is still this registration's. A slice
@@ -247,7 +288,7 @@ impl Keeper {
     async fn delete(&self) -> Result<()> {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
-            let Some(current) = self.api.get_opt(&self.name).await.map_err(kube_error)? else {
+            let Some(current) = self.get().await? else {
                 info!(slice = %self.name, "EndpointSlice already gone");
                 return Ok(());
             };
@@ -280,7 +321,7 @@ impl Keeper {
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
                 // Changed since it was read: look again.
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(error) => return Err(kube_error(error)),
+                Err(error) => return Err(api_error(error, "delete", SLICES, &self.namespace)),
             }
         }
         Err(crate::Error::backend(
@@ -303,10 +344,7 @@ impl Keeper {
                 }
                 () = tokio::time::sleep(delay) => {}
             }
-            let present = match self.api.get_opt(&self.name).await {
-                Ok(found) => Ok(found.is_some()),
-                Err(error) => Err(error),
-            };
+            let present = self.get().await.map(|found| found.is_some());
             delay = match present {
                 Ok(true) => {
                     backoff.reset();
@@ -323,7 +361,7 @@ impl Keeper {
                     }
                 }
                 Err(error) => {
-                    warn!(slice = %self.name, %error, "Kubernetes API unreachable");
+                    warn!(slice = %self.name, %error, "cannot check the EndpointSlice");
                     backoff.next_delay()
                 }
             };

@@ -1,27 +1,38 @@
 //! Resolution from EndpointSlices with kube's runtime watcher.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     runtime::{watcher, WatchStreamExt},
     Api, Client,
 };
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::{slice::ready_instances, Target};
+use super::{
+    api_error, denied,
+    slice::{candidates, select, Candidate},
+    PortSpec, Target, SERVICES, SLICES,
+};
 use crate::{
     backend::{
         backoff::Backoff,
         subscriptions::{publish_error, publish_instances, Subscriptions},
     },
-    Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
+    Error, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 
-/// Resolves `k8s://<service>.<namespace>:<port>` targets to the ready
-/// endpoints of the Service's EndpointSlices, pushing every change.
+/// How often a numeric target's Service is read again while the watch
+/// runs, so that a change of its port names or numbers is followed.
+const SERVICE_RECHECK: Duration = Duration::from_secs(60);
+
+/// Resolves `k8s://<service>.<namespace>:<port>` targets to the endpoints
+/// of the Service's EndpointSlices that kube-proxy would use (ready ones,
+/// else serving terminating ones; see the [module documentation](super)),
+/// pushing every change. A numeric port names a Service port and is mapped
+/// to the slices' port through the Service object.
 ///
 /// When the watch fails (the API server unreachable or answering errors),
 /// the last known instances are kept and the error is reported in
@@ -80,12 +91,15 @@ impl K8sResolver {
 impl Resolver for K8sResolver {
     async fn subscribe(&self, target: &str) -> Result<ServiceWatch> {
         let parsed = Target::parse(target)?;
-        let api: Api<EndpointSlice> = match &parsed.namespace {
-            Some(namespace) => Api::namespaced(self.shared.client.clone(), namespace),
-            None => Api::default_namespaced(self.shared.client.clone()),
-        };
+        let client = &self.shared.client;
+        let namespace = parsed
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
         let follower = Follower {
-            api,
+            slices: Api::namespaced(client.clone(), &namespace),
+            services: Api::namespaced(client.clone(), &namespace),
+            namespace,
             name: target.to_owned(),
             target: parsed,
         };
@@ -96,8 +110,26 @@ impl Resolver for K8sResolver {
     }
 }
 
+/// Candidates by slice name, in name order (so that of an address listed
+/// twice, the same slice's entry wins every time). Holds the slices the API
+/// server has for one Service, no more: deletions and re-lists remove the
+/// others.
+type Slices = BTreeMap<String, Vec<Candidate>>;
+
+/// Why one watcher ended.
+enum Ended {
+    /// Every subscriber is gone.
+    Unsubscribed,
+    /// The watch failed: start another after a pause.
+    Failed,
+    /// The Service's port mapping changed: start another at once.
+    PortChanged,
+}
+
 struct Follower {
-    api: Api<EndpointSlice>,
+    slices: Api<EndpointSlice>,
+    services: Api<Service>,
+    namespace: String,
     name: String,
     target: Target,
 }
@@ -106,29 +138,94 @@ impl Follower {
     async fn run(self, tx: watch::Sender<ServiceSnapshot>) {
         let selector = format!("kubernetes.io/service-name={}", self.target.service);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        // Instances by slice name, kept across watcher restarts.
-        let mut slices: HashMap<String, Vec<Arc<Instance>>> = HashMap::new();
+        // Kept across watcher restarts.
+        let mut slices = Slices::new();
         loop {
-            let events = watcher(
-                self.api.clone(),
-                watcher::Config::default().labels(&selector),
-            )
-            .default_backoff()
-            .boxed();
-            if !self.follow(&tx, events, &mut slices, &mut backoff).await {
-                return;
-            }
-            // The watch failed: start a fresh watcher (list, then watch)
-            // after a pause. Its completed list clears the published error.
-            tokio::select! {
+            let port_name = tokio::select! {
                 () = tx.closed() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
+                port_name = self.slice_port() => port_name,
+            };
+            let ended = match port_name {
+                Ok(port_name) => {
+                    let events = watcher(
+                        self.slices.clone(),
+                        watcher::Config::default().labels(&selector),
+                    )
+                    .default_backoff()
+                    .boxed();
+                    self.follow(&tx, events, &port_name, &mut slices, &mut backoff)
+                        .await
+                }
+                Err(error) => {
+                    warn!(target = %self.name, %error, "cannot map the target's port; keeping last known instances");
+                    publish_error(&tx, error);
+                    Ended::Failed
+                }
+            };
+            match ended {
+                Ended::Unsubscribed => return,
+                Ended::PortChanged => {}
+                // Start a fresh watcher (list, then watch) after a pause.
+                // Its completed list clears the published error.
+                Ended::Failed => tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                },
             }
         }
     }
 
-    /// Follows one watcher until it fails (`true`: start another) or the
-    /// subscribers are gone (`false`).
+    /// The name of the slice port the target means: its port name, or the
+    /// name of the Service port with its number.
+    async fn slice_port(&self) -> Result<String> {
+        let number = match &self.target.port {
+            PortSpec::Name(name) => return Ok(name.clone()),
+            PortSpec::Number(number) => *number,
+        };
+        let service = self
+            .services
+            .get_opt(&self.target.service)
+            .await
+            .map_err(|error| api_error(error, "get", SERVICES, &self.namespace))?
+            .ok_or_else(|| {
+                Error::backend(
+                    super::BACKEND,
+                    format!(
+                        "Service {}/{} not found: a numeric port in {} names a port of the \
+                         Service, which must exist",
+                        self.namespace, self.target.service, self.name
+                    ),
+                )
+            })?;
+        let ports = service
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.ports.as_deref())
+            .unwrap_or_default();
+        // A number may be a port twice (53/UDP and 53/TCP): RPC is TCP.
+        ports
+            .iter()
+            .filter(|port| port.port == i32::from(number))
+            .min_by_key(|port| port.protocol.as_deref().is_some_and(|p| p != "TCP"))
+            .map(|port| port.name.clone().unwrap_or_default())
+            .ok_or_else(|| {
+                let known: Vec<String> = ports
+                    .iter()
+                    .map(|p| format!("{}={}", p.name.as_deref().unwrap_or("(unnamed)"), p.port))
+                    .collect();
+                Error::Config(format!(
+                    "{}: Service {}/{} has no port {number} (its ports: {}); a numeric target \
+                     names a Service port, not a target port",
+                    self.name,
+                    self.namespace,
+                    self.target.service,
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// Follows one watcher until it fails, the subscribers are gone, or the
+    /// Service's mapping of a numeric target changes.
     async fn follow(
         &self,
         tx: &watch::Sender<ServiceSnapshot>,
@@ -136,28 +233,40 @@ impl Follower {
             'static,
             watcher::Result<watcher::Event<EndpointSlice>>,
         >,
-        slices: &mut HashMap<String, Vec<Arc<Instance>>>,
+        port_name: &str,
+        slices: &mut Slices,
         backoff: &mut Backoff,
-    ) -> bool {
+    ) -> Ended {
         // Buffers a (re-)list so the current set stays in place until the
         // new list is complete.
-        let mut relisting: Option<HashMap<String, Vec<Arc<Instance>>>> = None;
+        let mut relisting: Option<Slices> = None;
+        let numeric = matches!(self.target.port, PortSpec::Number(_));
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + SERVICE_RECHECK,
+            SERVICE_RECHECK,
+        );
         loop {
             let event = tokio::select! {
-                () = tx.closed() => return false,
+                () = tx.closed() => return Ended::Unsubscribed,
+                _ = recheck.tick(), if numeric => {
+                    if self.port_changed(port_name).await {
+                        return Ended::PortChanged;
+                    }
+                    continue;
+                }
                 event = events.next() => event,
             };
             let changed = match event {
-                None => return false,
+                None => return Ended::Unsubscribed,
                 Some(Ok(watcher::Event::Init)) => {
-                    relisting = Some(HashMap::new());
+                    relisting = Some(Slices::new());
                     false
                 }
                 Some(Ok(watcher::Event::InitApply(slice))) => {
-                    let (name, instances) = self.instances_of(&slice);
+                    let (name, candidates) = self.candidates_of(port_name, &slice);
                     relisting
-                        .get_or_insert_with(HashMap::new)
-                        .insert(name, instances);
+                        .get_or_insert_with(Slices::new)
+                        .insert(name, candidates);
                     false
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
@@ -166,34 +275,64 @@ impl Follower {
                     true
                 }
                 Some(Ok(watcher::Event::Apply(slice))) => {
-                    let (name, instances) = self.instances_of(&slice);
-                    slices.insert(name, instances);
+                    let (name, candidates) = self.candidates_of(port_name, &slice);
+                    slices.insert(name, candidates);
                     true
                 }
                 Some(Ok(watcher::Event::Delete(slice))) => {
-                    let (name, _) = self.instances_of(&slice);
+                    let name = slice.metadata.name.unwrap_or_default();
                     slices.remove(&name).is_some()
                 }
                 Some(Err(error)) => {
+                    let error = self.watch_error(error);
                     warn!(target = %self.name, %error, "EndpointSlice watch failed; keeping last known instances");
-                    publish_error(tx, crate::Error::backend(super::BACKEND, error));
-                    return true;
+                    publish_error(tx, error);
+                    return Ended::Failed;
                 }
             };
             if changed {
                 // Also clears a published error.
-                publish_instances(tx, slices.values().flatten().cloned().collect());
+                publish_instances(tx, select(slices.values().map(Vec::as_slice)));
             }
         }
     }
 
-    /// The slice's name and its ready instances at the target's port.
-    fn instances_of(&self, slice: &EndpointSlice) -> (String, Vec<Arc<Instance>>) {
+    /// Whether the Service now maps the target's number to another port
+    /// name (or to none). A failed read changes nothing: the watch goes on
+    /// with the mapping it has.
+    async fn port_changed(&self, port_name: &str) -> bool {
+        match self.slice_port().await {
+            Ok(now) => now != port_name,
+            Err(Error::Config(why)) => {
+                warn!(target = %self.name, %why, "the Service no longer has the target's port");
+                true
+            }
+            Err(error) => {
+                debug!(target = %self.name, %error, "Service re-read failed; keeping its port mapping");
+                false
+            }
+        }
+    }
+
+    /// A watcher failure, with a 403 named as the permission it lacks.
+    fn watch_error(&self, error: watcher::Error) -> Error {
+        match error {
+            watcher::Error::InitialListFailed(error) => {
+                api_error(error, "list", SLICES, &self.namespace)
+            }
+            watcher::Error::WatchStartFailed(error) | watcher::Error::WatchFailed(error) => {
+                api_error(error, "watch", SLICES, &self.namespace)
+            }
+            watcher::Error::WatchError(status) if status.code == 403 => {
+                denied(&status.message, "watch", SLICES, &self.namespace)
+            }
+            other => Error::backend(super::BACKEND, other),
+        }
+    }
+
+    /// The slice's name and its candidates at the target's slice port.
+    fn candidates_of(&self, port_name: &str, slice: &EndpointSlice) -> (String, Vec<Candidate>) {
         let name = slice.metadata.name.clone().unwrap_or_default();
-        let instances = ready_instances(&self.name, &self.target.port, slice)
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        (name, instances)
+        (name, candidates(&self.name, port_name, slice))
     }
 }

@@ -2,13 +2,21 @@
 
 use crate::Error;
 
-/// Which port of the endpoints to use.
+/// Which port of the Service to use, as in the Service's spec.
+///
+/// EndpointSlices carry each Service port's *name* with the *target* port
+/// number the pods listen on; the Service port's own number is in the
+/// Service object only. So a name is looked up in the slices directly,
+/// while a number is first mapped to its port's name by reading the
+/// Service (RBAC: `get` on `services`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PortSpec {
-    /// The EndpointSlice port of this name (the Service port's name).
+    /// The Service port of this name: the slice port of the same name.
     Name(String),
-    /// This port number: the slice port with this number, else this number
-    /// on every endpoint address.
+    /// The Service port with this number (`port` in the Service's spec, for
+    /// example 80 of a Service mapping 80 to target port 8080): resolved to
+    /// the port's name through the Service, then to the slice port of that
+    /// name (so to 8080).
     Number(u16),
 }
 
@@ -66,5 +74,42 @@ impl Target {
             namespace: namespace.map(str::to_owned),
             port,
         })
+    }
+}
+
+/// Whether `name` can name a Service: an RFC 1035 label (at most 63
+/// lowercase alphanumerics or `-`, starting with a letter, ending with an
+/// alphanumeric), which the API server requires of Service names. It also
+/// makes a valid `kubernetes.io/service-name` label value.
+pub(crate) fn is_service_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_rfc_1035_labels() {
+        for good in ["echo", "e", "echo-volo", "a1", &"a".repeat(63)] {
+            assert!(is_service_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Echo",
+            "1echo",
+            "echo-",
+            "echo.v1",
+            "echo_v1",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_service_name(bad), "{bad}");
+        }
     }
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use harness::k8s::K8sStandIn;
+use harness::k8s::{self, K8sStandIn, Pod};
 use rpc_ext_registry::{
     k8s::{K8sRegistry, K8sResolver},
-    Instance, Registry, Resolver, ServiceSnapshot,
+    Error, Instance, Registry, Resolver, ServiceSnapshot,
 };
 use serde_json::{json, Value};
 
@@ -43,6 +43,20 @@ async fn wait_for_ips(
     let want: Vec<std::net::SocketAddr> =
         want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     crate::support::wait_for_addresses(watch, &want, deadline).await
+}
+
+/// Waits until the resolver has processed another update (its generation
+/// grows even when the set stays the same), so that a test can check that a
+/// change did *not* alter the set.
+async fn next_generation(
+    watch: &rpc_ext_registry::ServiceWatch,
+    after: u64,
+) -> anyhow::Result<ServiceSnapshot> {
+    harness::eventually(WATCH_DEADLINE, "the update processed", || {
+        let snapshot = watch.current();
+        async move { (snapshot.generation > after).then_some(snapshot) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,5 +323,586 @@ async fn the_error_is_cleared_once_the_watch_recovers() -> anyhow::Result<()> {
         slice("echo-1", "echo", vec![endpoint("10.0.0.2", true, false)]),
     );
     wait_for_ips(&mut watch, &["10.0.0.2:50051"], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Endpoint conditions (issue 20, item 5): what the endpointslice controller
+// writes during a rollout, and endpoints that appear in two slices.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_replica_rollout_keeps_the_draining_endpoint_until_its_successor_is_ready(
+) -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    let svc = k8s::service("roll", &[("grpc", 50051, 50051)]);
+    api.put_service("default", svc.clone());
+    let old = "10.2.0.1";
+    let new = "10.2.0.2";
+    api.put(
+        "default",
+        k8s::slice_of("roll-a", &svc, vec![k8s::pod_endpoint(old, Pod::Ready)]),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let mut watch = resolver.subscribe("k8s://roll.default:grpc").await?;
+    wait_for_ips(&mut watch, &["10.2.0.1:50051"], WATCH_DEADLINE).await?;
+
+    // The rollout deletes the only pod while its replacement starts: the old
+    // one drains (serving, terminating, so not ready), the new one is not
+    // ready yet. kube-proxy keeps sending to the draining pod; so must we.
+    let before = watch.current().generation;
+    api.put(
+        "default",
+        k8s::slice_of(
+            "roll-a",
+            &svc,
+            vec![
+                k8s::pod_endpoint(old, Pod::TerminatingServing),
+                k8s::pod_endpoint(new, Pod::NotReady),
+            ],
+        ),
+    );
+    assert_eq!(
+        ips(&next_generation(&watch, before).await?),
+        ["10.2.0.1:50051"],
+        "with no ready endpoint, the serving terminating one is used"
+    );
+    // The replacement becomes ready: it alone is used from now on.
+    api.put(
+        "default",
+        k8s::slice_of(
+            "roll-a",
+            &svc,
+            vec![
+                k8s::pod_endpoint(old, Pod::TerminatingServing),
+                k8s::pod_endpoint(new, Pod::Ready),
+            ],
+        ),
+    );
+    wait_for_ips(&mut watch, &["10.2.0.2:50051"], WATCH_DEADLINE).await?;
+
+    // Readiness is judged across all slices of the service: a ready endpoint
+    // in another slice rules out the draining ones.
+    api.put(
+        "default",
+        k8s::slice_of(
+            "roll-a",
+            &svc,
+            vec![k8s::pod_endpoint(old, Pod::TerminatingServing)],
+        ),
+    );
+    api.put(
+        "default",
+        k8s::slice_of("roll-b", &svc, vec![k8s::pod_endpoint(new, Pod::Ready)]),
+    );
+    wait_for_ips(&mut watch, &["10.2.0.2:50051"], WATCH_DEADLINE).await?;
+    // Terminating and no longer serving: never used, even as a fallback.
+    api.put(
+        "default",
+        k8s::slice_of(
+            "roll-b",
+            &svc,
+            vec![k8s::pod_endpoint(new, Pod::TerminatingNotServing)],
+        ),
+    );
+    wait_for_ips(&mut watch, &["10.2.0.1:50051"], WATCH_DEADLINE).await?;
+    api.put(
+        "default",
+        k8s::slice_of(
+            "roll-a",
+            &svc,
+            vec![k8s::pod_endpoint(old, Pod::TerminatingNotServing)],
+        ),
+    );
+    wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_listed_in_two_slices_resolves_once() -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    let svc = k8s::service("dup", &[("grpc", 50051, 50051)]);
+    // The controller moving an endpoint between slices may show it in both
+    // for a while.
+    api.put(
+        "default",
+        k8s::slice_of(
+            "dup-a",
+            &svc,
+            vec![
+                k8s::pod_endpoint("10.3.0.1", Pod::Ready),
+                k8s::pod_endpoint("10.3.0.2", Pod::Ready),
+            ],
+        ),
+    );
+    api.put(
+        "default",
+        k8s::slice_of(
+            "dup-b",
+            &svc,
+            vec![k8s::pod_endpoint("10.3.0.1", Pod::Ready)],
+        ),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let resolved = resolver.resolve("k8s://dup.default:grpc").await?;
+    let addresses: Vec<String> = resolved.iter().map(|i| i.address.to_string()).collect();
+    assert_eq!(addresses, ["10.3.0.1:50051", "10.3.0.2:50051"]);
+
+    // Removing it from one slice keeps it; from both removes it.
+    let mut watch = resolver.subscribe("k8s://dup.default:grpc").await?;
+    let before = watch.current().generation;
+    api.put(
+        "default",
+        k8s::slice_of(
+            "dup-a",
+            &svc,
+            vec![k8s::pod_endpoint("10.3.0.2", Pod::Ready)],
+        ),
+    );
+    assert_eq!(
+        ips(&next_generation(&watch, before).await?),
+        ["10.3.0.1:50051", "10.3.0.2:50051"]
+    );
+    api.remove("default", "dup-b");
+    wait_for_ips(&mut watch, &["10.3.0.2:50051"], WATCH_DEADLINE).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Ports (item 6): slices carry the Service port's name and the target port's
+// number, never the Service port's number.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_target_names_the_service_port_and_resolves_to_the_target_port(
+) -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    let web = k8s::service("web", &[("http", 80, 8080), ("metrics", 9090, 9464)]);
+    api.put_service("default", web.clone());
+    api.put(
+        "default",
+        k8s::slice_of(
+            "web-a",
+            &web,
+            vec![k8s::pod_endpoint("10.4.0.1", Pod::Ready)],
+        ),
+    );
+    // A single-port Service may leave its port unnamed: the slice port's
+    // name is then "".
+    let single = k8s::service("single", &[("", 80, 8081)]);
+    api.put_service("default", single.clone());
+    api.put(
+        "default",
+        k8s::slice_of(
+            "single-a",
+            &single,
+            vec![k8s::pod_endpoint("10.4.0.2", Pod::Ready)],
+        ),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let first = |instances: std::sync::Arc<[std::sync::Arc<Instance>]>| {
+        instances
+            .iter()
+            .map(|i| i.address.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        first(resolver.resolve("k8s://web.default:80").await?),
+        ["10.4.0.1:8080"],
+        "Service port 80 is target port 8080"
+    );
+    assert_eq!(
+        first(resolver.resolve("k8s://web.default:9090").await?),
+        ["10.4.0.1:9464"]
+    );
+    assert_eq!(
+        first(resolver.resolve("k8s://web.default:http").await?),
+        ["10.4.0.1:8080"],
+        "a port name needs no Service lookup"
+    );
+    assert_eq!(
+        first(resolver.resolve("k8s://single.default:80").await?),
+        ["10.4.0.2:8081"]
+    );
+
+    // 8080 is a target port, not a port of the Service: an error that says
+    // so, rather than connecting to whatever listens there.
+    let error = resolver
+        .resolve("k8s://web.default:8080")
+        .await
+        .expect_err("8080 is not a Service port");
+    assert!(error.to_string().contains("no port 8080"), "{error}");
+    let error = resolver
+        .resolve("k8s://absent.default:80")
+        .await
+        .expect_err("no such Service");
+    assert!(error.to_string().contains("not found"), "{error}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// RBAC and validation (item 8).
+
+/// The `(verb, resource)` rules of each Role in the manifest users apply,
+/// by Role name, so that the tests grant exactly what the manifest grants.
+fn manifest_roles() -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, String)>>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path)?;
+    let list = |line: &str| -> Vec<String> {
+        line.split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(items, _)| {
+                items
+                    .split(',')
+                    .map(|item| item.trim().trim_matches('"').to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut roles = std::collections::BTreeMap::new();
+    for document in text.split("\n---") {
+        if !document.lines().any(|line| line == "kind: Role") {
+            continue;
+        }
+        let name = document
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("name: "))
+            .ok_or_else(|| anyhow::anyhow!("a Role without a name"))?
+            .to_owned();
+        // Rules are written `- apiGroups: [...]`, `resources: [...]`,
+        // `verbs: [...]`, one list per line.
+        let (mut groups, mut resources) = (Vec::new(), Vec::new());
+        let mut rules = Vec::new();
+        for line in document.lines().map(str::trim) {
+            if line.starts_with("- apiGroups:") {
+                groups = list(line);
+            } else if line.starts_with("resources:") {
+                resources = list(line);
+            } else if line.starts_with("verbs:") {
+                for group in &groups {
+                    for resource in &resources {
+                        let qualified = if group.is_empty() {
+                            resource.clone()
+                        } else {
+                            format!("{resource}.{group}")
+                        };
+                        for verb in list(line) {
+                            rules.push((verb, qualified.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        roles.insert(name, rules);
+    }
+    Ok(roles)
+}
+
+fn grant(api: &K8sStandIn, rules: &[(String, String)]) {
+    let rules: Vec<(&str, &str)> = rules
+        .iter()
+        .map(|(verb, resource)| (verb.as_str(), resource.as_str()))
+        .collect();
+    api.allow_only(&rules);
+}
+
+/// The operation of a `PermissionDenied` from the k8s backend, also inside
+/// the `Resolve` error of a first list.
+fn denied(error: &Error) -> Option<&str> {
+    match error {
+        Error::Resolve { source, .. } => denied(source),
+        Error::PermissionDenied {
+            backend: "k8s",
+            operation,
+            ..
+        } => Some(operation),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    let svc = k8s::service("guarded", &[("grpc", 80, 50051)]);
+    api.put_service("default", svc.clone());
+    api.put(
+        "default",
+        k8s::slice_of(
+            "guarded-a",
+            &svc,
+            vec![k8s::pod_endpoint("10.5.0.1", Pod::Ready)],
+        ),
+    );
+    let roles = manifest_roles()?;
+    let resolver_role = roles
+        .get("registry-ext-resolver")
+        .ok_or_else(|| anyhow::anyhow!("deploy/kubernetes/rbac.yaml: no resolver Role"))?;
+    let registry_role = roles
+        .get("registry-ext-registry")
+        .ok_or_else(|| anyhow::anyhow!("deploy/kubernetes/rbac.yaml: no registry Role"))?;
+
+    // Nothing granted: the first list is refused, and the error says which
+    // permission is missing.
+    api.allow_only(&[]);
+    let resolver = K8sResolver::new(api.client()?);
+    let error = resolver
+        .resolve("k8s://guarded.default:grpc")
+        .await
+        .expect_err("forbidden");
+    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
+    assert_eq!(
+        operation,
+        "list endpointslices.discovery.k8s.io in namespace \"default\""
+    );
+    assert!(
+        error.to_string().contains("deploy/kubernetes/rbac.yaml"),
+        "{error}"
+    );
+
+    // list but not watch: the list works, the watch is refused and reported.
+    api.allow_only(&[("list", "endpointslices.discovery.k8s.io")]);
+    let resolver = K8sResolver::new(api.client()?);
+    let watch = resolver.subscribe("k8s://guarded.default:grpc").await?;
+    let error = harness::eventually(RECOVERY_DEADLINE, "the watch refused", || {
+        let snapshot = watch.current();
+        async move { snapshot.last_error }
+    })
+    .await?;
+    assert_eq!(
+        denied(&error),
+        Some("watch endpointslices.discovery.k8s.io in namespace \"default\""),
+        "{error}"
+    );
+
+    // The manifest's resolver Role: named and numeric targets resolve; the
+    // registry, which it does not cover, is refused.
+    grant(&api, resolver_role);
+    let resolver = K8sResolver::new(api.client()?);
+    assert_eq!(
+        resolver.resolve("k8s://guarded.default:grpc").await?.len(),
+        1
+    );
+    assert_eq!(
+        resolver.resolve("k8s://guarded.default:80").await?[0]
+            .address
+            .port(),
+        50051
+    );
+    let registry = K8sRegistry::new(api.client()?).namespace("default");
+    let error = registry
+        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
+        .await
+        .expect_err("the resolver Role cannot write slices");
+    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
+    assert!(
+        operation.starts_with("patch endpointslices.discovery.k8s.io"),
+        "{operation}"
+    );
+
+    // Without `get services`, a numeric target cannot be mapped.
+    let without_services: Vec<(String, String)> = resolver_role
+        .iter()
+        .filter(|(_, resource)| resource != "services")
+        .cloned()
+        .collect();
+    grant(&api, &without_services);
+    let error = K8sResolver::new(api.client()?)
+        .resolve("k8s://guarded.default:80")
+        .await
+        .expect_err("get services refused");
+    assert_eq!(
+        denied(&error),
+        Some("get services in namespace \"default\""),
+        "{error}"
+    );
+
+    // Applying a slice that does not exist yet is a create as well as a patch.
+    let patch_only: Vec<(String, String)> = registry_role
+        .iter()
+        .filter(|(verb, _)| verb != "create")
+        .cloned()
+        .collect();
+    grant(&api, &patch_only);
+    let error = registry
+        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
+        .await
+        .expect_err("create refused");
+    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
+    assert!(
+        operation.starts_with("create endpointslices.discovery.k8s.io"),
+        "{operation}"
+    );
+
+    // The manifest's registry Role: register, recheck and deregister work.
+    grant(&api, registry_role);
+    let registration = K8sRegistry::new(api.client()?)
+        .namespace("default")
+        .recheck_interval(Duration::from_millis(100))
+        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
+        .await?;
+    assert_eq!(api.names("default").len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    registration.deregister().await?;
+    assert_eq!(api.names("default"), ["guarded-a"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_relabelled_away_from_the_service_leaves_its_watch() -> anyhow::Result<()> {
+    let api = K8sStandIn::start().await?;
+    api.put(
+        "default",
+        slice("echo-1", "echo", vec![endpoint("10.6.0.1", true, false)]),
+    );
+    api.put(
+        "default",
+        slice("echo-2", "echo", vec![endpoint("10.6.0.2", true, false)]),
+    );
+    let resolver = K8sResolver::new(api.client()?);
+    let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
+    wait_for_ips(
+        &mut watch,
+        &["10.6.0.1:50051", "10.6.0.2:50051"],
+        WATCH_DEADLINE,
+    )
+    .await?;
+    // echo-2 now belongs to another service: the API server's watch sends
+    // DELETED to watchers whose selector it no longer matches...
+    api.put(
+        "default",
+        slice("echo-2", "other", vec![endpoint("10.6.0.2", true, false)]),
+    );
+    wait_for_ips(&mut watch, &["10.6.0.1:50051"], WATCH_DEADLINE).await?;
+    // ...and ADDED when it matches again.
+    api.put(
+        "default",
+        slice("echo-2", "echo", vec![endpoint("10.6.0.3", true, false)]),
+    );
+    wait_for_ips(
+        &mut watch,
+        &["10.6.0.1:50051", "10.6.0.3:50051"],
+        WATCH_DEADLINE,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_names_and_apply_without_a_field_manager() -> anyhow::Result<()>
+{
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Patch, PatchParams};
+
+    let api = K8sStandIn::start().await?;
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(api.client()?, "default");
+    let status_code = |result: Result<EndpointSlice, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    };
+    let named = |name: &str| -> anyhow::Result<EndpointSlice> {
+        Ok(serde_json::from_value(slice(
+            name,
+            "echo",
+            vec![endpoint("10.7.0.1", true, false)],
+        ))?)
+    };
+    let params = PatchParams::apply("test");
+    for bad in ["Echo-1", "echo_1", "-echo", &"a".repeat(254)] {
+        let result = slices.patch(bad, &params, &Patch::Apply(named(bad)?)).await;
+        assert_eq!(status_code(result), Some(422), "{bad:?} accepted");
+    }
+    let longest = "a".repeat(253);
+    slices
+        .patch(&longest, &params, &Patch::Apply(named(&longest)?))
+        .await?;
+    let result = slices
+        .patch(
+            "echo-1",
+            &PatchParams::default(),
+            &Patch::Apply(named("echo-1")?),
+        )
+        .await;
+    assert_eq!(status_code(result), Some(422), "apply without fieldManager");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_name_kubernetes_cannot_hold_is_refused_before_any_request() -> anyhow::Result<()>
+{
+    let api = K8sStandIn::start().await?;
+    let registry = K8sRegistry::new(api.client()?).namespace("default");
+    // Too long for a label value (the API server answers 422), and names a
+    // `k8s://` target cannot reach (Service names are lowercase DNS labels).
+    for service in [&"s".repeat(64), "Echo", "echo.v1", "1echo"] {
+        let result = registry
+            .register(Instance::new(service, "10.8.0.1:50051".parse()?))
+            .await;
+        match result {
+            Err(Error::InvalidInstance(why)) => assert!(why.contains("Service name"), "{why}"),
+            Err(other) => panic!("{service:?}: not refused up front: {other}"),
+            Ok(_) => panic!("{service:?}: registered"),
+        }
+    }
+    assert!(api.names("default").is_empty());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Packaging (item 7).
+
+/// k8s-openapi's build script panics when two of its version features are
+/// on, so a library enabling one breaks every binary that picks its own: no
+/// published crate of the workspace may select a version in its normal
+/// dependencies (dev-dependencies are fine: tests are final builds).
+#[test]
+fn no_published_crate_selects_a_kubernetes_api_version() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let mut checked = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        // `publish = false` gives `[]`: binaries and test crates, which may pick.
+        if package["publish"].as_array().is_some_and(Vec::is_empty) {
+            continue;
+        }
+        for dependency in package["dependencies"].as_array().into_iter().flatten() {
+            if dependency["name"] != "k8s-openapi" || !dependency["kind"].is_null() {
+                continue;
+            }
+            let versions: Vec<&str> = dependency["features"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|f| matches!(*f, "latest" | "earliest") || f.starts_with("v1_"))
+                .collect();
+            assert!(
+                versions.is_empty(),
+                "{} selects k8s-openapi's {versions:?}: leave the version to the binary",
+                package["name"]
+            );
+            checked.push(package["name"].clone());
+        }
+    }
+    assert!(
+        checked.iter().any(|name| name == "rpc-ext-registry"),
+        "rpc-ext-registry's k8s-openapi dependency was not found: {checked:?}"
+    );
     Ok(())
 }
