@@ -260,39 +260,44 @@ fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &
     group.finish();
 }
 
+#[derive(Clone)]
+struct VoloNoop;
+/// A Volo gRPC no-op service.
+// What a Volo server's layers see: a response body. A trailers-only OK
+// (the status in the headers, no body) ends the call as the layers wrap
+// it, so the cases measure the whole call without a body to read.
+impl motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>>
+    for VoloNoop
+{
+    type Response = volo_grpc::Response<volo_grpc::body::BoxBody>;
+    type Error = volo_grpc::Status;
+    async fn call(
+        &self,
+        _: &mut volo_grpc::context::ServerContext,
+        _: volo_grpc::Request<()>,
+    ) -> Result<Self::Response, Self::Error> {
+        let mut response = volo_grpc::Response::new(volo_grpc::body::empty_body());
+        response.metadata_mut().insert(
+            "grpc-status",
+            volo_grpc::metadata::MetadataValue::from_static("0"),
+        );
+        Ok(response)
+    }
+}
+
+/// One Volo call as a server's layers see it.
+async fn volo_call<S>(service: &S)
+where
+    S: motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>>,
+{
+    use volo::context::Context as _;
+    let mut cx = volo_grpc::context::ServerContext::default();
+    cx.rpc_info_mut().set_method("/echo.Echo/Say".into());
+    let _ = black_box(service.call(&mut cx, volo_grpc::Request::new(())).await);
+}
+
 fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
     use motore::layer::Layer;
-    use volo::context::Context as _;
-
-    #[derive(Clone)]
-    struct Noop;
-    // What a Volo server's layers see: a response body. A trailers-only OK
-    // (the status in the headers, no body) ends the call as the layers wrap
-    // it, so the cases measure the whole call without a body to read.
-    impl motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>> for Noop {
-        type Response = volo_grpc::Response<volo_grpc::body::BoxBody>;
-        type Error = volo_grpc::Status;
-        async fn call(
-            &self,
-            _: &mut volo_grpc::context::ServerContext,
-            _: volo_grpc::Request<()>,
-        ) -> Result<Self::Response, Self::Error> {
-            let mut response = volo_grpc::Response::new(volo_grpc::body::empty_body());
-            response.metadata_mut().insert(
-                "grpc-status",
-                volo_grpc::metadata::MetadataValue::from_static("0"),
-            );
-            Ok(response)
-        }
-    }
-    async fn volo_call<S>(service: &S)
-    where
-        S: motore::service::Service<volo_grpc::context::ServerContext, volo_grpc::Request<()>>,
-    {
-        let mut cx = volo_grpc::context::ServerContext::default();
-        cx.rpc_info_mut().set_method("/echo.Echo/Say".into());
-        let _ = black_box(service.call(&mut cx, volo_grpc::Request::new(())).await);
-    }
 
     let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
     let on = provider(true);
@@ -324,19 +329,19 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
             });
         }};
     }
-    case!("bare", Noop);
+    case!("bare", VoloNoop);
     case!(
         "rpc-ext-metrics",
-        rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(Noop)
+        rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(VoloNoop)
     );
     case!(
         "rpc-ext-tracing (100% sampled, batch export)",
-        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on).layer(Noop)
+        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on).layer(VoloNoop)
     );
     group.finish();
 }
 
-/// Runs one tower case `iters` times and nothing else, for instruction
+/// Runs one tower or Volo case `iters` times and nothing else, for instruction
 /// counting under `valgrind --tool=callgrind` (deterministic, unlike time
 /// on a shared machine).
 fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
@@ -377,6 +382,29 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
             let (layer, _handle) = peer_metrics_layer(runtime);
             run!(ServiceBuilder::new().layer(layer).service_fn(noop))
         }
+        "volo-bare" | "volo-metrics" | "volo-tracing" => {
+            use motore::layer::Layer;
+            macro_rules! run_volo {
+                ($service:expr) => {{
+                    let service = $service;
+                    runtime.block_on(async {
+                        for _ in 0..iters {
+                            volo_call(&service).await;
+                        }
+                    })
+                }};
+            }
+            match case {
+                "volo-bare" => run_volo!(VoloNoop),
+                "volo-metrics" => {
+                    run_volo!(rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(VoloNoop))
+                }
+                _ => {
+                    run_volo!(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on)
+                        .layer(VoloNoop))
+                }
+            }
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -386,8 +414,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // OVERHEAD_CASE=bare|metrics|tracing|peer|peer-metrics OVERHEAD_ITERS=N:
-    // one case only.
+    // OVERHEAD_CASE=bare|metrics|tracing|peer|peer-metrics (tower) or
+    // volo-bare|volo-metrics|volo-tracing, OVERHEAD_ITERS=N: one case only.
     if let Ok(case) = std::env::var("OVERHEAD_CASE") {
         let iters = std::env::var("OVERHEAD_ITERS")
             .ok()
