@@ -1,10 +1,10 @@
 //! The Consul backend against a real Consul agent when `CONSUL_HTTP_ADDR` is
-//! set, else against the stand-in in `tests/src/consul.rs`; fault modes
+//! set, else against the stand-in in `tests/src/consul/`; fault modes
 //! (500s, garbage, agent restarts, slow answers) always use the stand-in.
 
 use std::time::Duration;
 
-use harness::consul::ConsulStandIn;
+use harness::consul::{AclPolicy, ConsulStandIn};
 use rpc_ext_registry::{
     consul::{Check, ConsulRegistry, ConsulResolver},
     Instance, Registry, Resolver,
@@ -59,6 +59,16 @@ fn pair(address: &str) -> anyhow::Result<(ConsulRegistry, ConsulResolver)> {
         .max_backoff(Duration::from_millis(500))
         .build()?;
     Ok((registry, resolver))
+}
+
+/// Waits until the stand-in holds registration `id` again, and only it (the
+/// registry re-registers by itself after an agent restart).
+async fn reregistered(stand_in: &ConsulStandIn, id: &str) -> anyhow::Result<()> {
+    harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
+        let ids = stand_in.service_ids();
+        async move { (ids == [id]).then_some(()) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,11 +145,7 @@ async fn an_agent_restart_is_survived_without_user_action() -> anyhow::Result<()
     // blocked on the old index may first run out its 5 s wait, as against a
     // real agent, so the deadline is the recovery one.)
     stand_in.restart();
-    harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
-        let ids = stand_in.service_ids();
-        async move { (ids == ["echo-127.0.0.1-7721"]).then_some(()) }
-    })
-    .await?;
+    reregistered(&stand_in, "echo-127.0.0.1-7721").await?;
     let _second = registry.register(Instance::new("echo", addr(7722))).await?;
     wait_for_ports(&mut watch, &[7721, 7722], RECOVERY_DEADLINE).await?;
     Ok(())
@@ -235,11 +241,7 @@ async fn an_old_agent_that_lost_the_check_gets_the_registration_back() -> anyhow
 
     stand_in.restart();
     assert!(stand_in.service_ids().is_empty());
-    harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
-        let ids = stand_in.service_ids();
-        async move { (ids == ["echo-127.0.0.1-8001"]).then_some(()) }
-    })
-    .await?;
+    reregistered(&stand_in, "echo-127.0.0.1-8001").await?;
     // Longer than the TTL: the passes reach the restored check again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fresh = ConsulResolver::builder()
@@ -430,6 +432,26 @@ async fn tags_consul_cannot_hold_are_refused_before_any_request() -> anyhow::Res
     Ok(())
 }
 
+/// The stand-in with ACLs on (default deny) and these tokens, created in
+/// this order.
+async fn with_acls(tokens: &[(&str, AclPolicy)]) -> anyhow::Result<ConsulStandIn> {
+    let stand_in = ConsulStandIn::start().await?;
+    stand_in.enable_acls();
+    for (secret, policy) in tokens {
+        stand_in.set_token(secret, *policy);
+    }
+    Ok(stand_in)
+}
+
+/// `result` must be an ACL refusal whose reason contains `needle`.
+#[track_caller]
+fn assert_denied<T: std::fmt::Debug>(result: Result<T, rpc_ext_registry::Error>, needle: &str) {
+    match result {
+        Err(error) => assert!(is_permission_denied(&error, needle), "{error:?}"),
+        Ok(value) => panic!("expected a refusal ({needle}), got {value:?}"),
+    }
+}
+
 fn is_permission_denied(error: &rpc_ext_registry::Error, needle: &str) -> bool {
     use rpc_ext_registry::Error;
     match error {
@@ -441,20 +463,17 @@ fn is_permission_denied(error: &rpc_ext_registry::Error, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_refusals_are_typed_errors_and_filtered_answers_are_reported() -> anyhow::Result<()> {
-    use harness::consul::AclPolicy;
-
     harness::init_test_logging();
-    let stand_in = ConsulStandIn::start().await?;
-    stand_in.enable_acls();
-    stand_in.set_token("writer", AclPolicy::WRITE);
-    stand_in.set_token("reader", AclPolicy::READ);
-    stand_in.set_token(
-        "no-node-read",
-        AclPolicy {
-            service_read: true,
-            ..AclPolicy::default()
-        },
-    );
+    let no_node_read = AclPolicy {
+        service_read: true,
+        ..AclPolicy::default()
+    };
+    let stand_in = with_acls(&[
+        ("writer", AclPolicy::WRITE),
+        ("reader", AclPolicy::READ),
+        ("no-node-read", no_node_read),
+    ])
+    .await?;
     let registry = |token: &str| {
         ConsulRegistry::builder()
             .address(stand_in.address())
@@ -478,46 +497,25 @@ async fn acl_refusals_are_typed_errors_and_filtered_answers_are_reported() -> an
 
     // Registering: 403 "ACL not found" and "Permission denied" are ACL
     // errors, returned at once.
-    let unknown = registry("deleted-token")?
-        .register(Instance::new("echo", addr(7791)))
-        .await
-        .expect_err("unknown token");
-    assert!(
-        is_permission_denied(&unknown, "ACL not found"),
-        "{unknown:?}"
-    );
-    let read_only = registry("reader")?
-        .register(Instance::new("echo", addr(7791)))
-        .await
-        .expect_err("read-only token");
-    assert!(
-        is_permission_denied(&read_only, "Permission denied"),
-        "{read_only:?}"
-    );
-    let _registration = registry("writer")?
-        .register(Instance::new("echo", addr(7791)))
-        .await?;
+    let echo = || Instance::new("echo", addr(7791));
+    for (token, refusal) in [
+        ("deleted-token", "ACL not found"),
+        ("reader", "Permission denied"),
+    ] {
+        assert_denied(registry(token)?.register(echo()).await, refusal);
+    }
+    let _registration = registry("writer")?.register(echo()).await?;
     assert_eq!(resolver(Some("reader"))?.resolve("echo").await?.len(), 1);
 
     // Resolving with a token that may not read the node: the agent answers
     // 200 with the entries removed and X-Consul-Results-Filtered-By-ACLs.
     // That is an error, not "no instances".
-    let filtered = resolver(Some("no-node-read"))?
-        .resolve("echo")
-        .await
-        .expect_err("a filtered answer is not an empty set");
-    assert!(
-        is_permission_denied(&filtered, "filtered by ACLs"),
-        "{filtered:?}"
-    );
-    let unknown = resolver(Some("deleted-token"))?
-        .resolve("echo")
-        .await
-        .expect_err("unknown token");
-    assert!(
-        is_permission_denied(&unknown, "ACL not found"),
-        "{unknown:?}"
-    );
+    for (token, refusal) in [
+        ("no-node-read", "filtered by ACLs"),
+        ("deleted-token", "ACL not found"),
+    ] {
+        assert_denied(resolver(Some(token))?.resolve("echo").await, refusal);
+    }
     // Anonymous requests do not get the header (the server masks it so as
     // not to reveal what exists): the client cannot tell, as against Consul.
     assert!(resolver(None)?.resolve("echo").await?.is_empty());
@@ -526,12 +524,8 @@ async fn acl_refusals_are_typed_errors_and_filtered_answers_are_reported() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_pass_refused_by_acls_is_retried_at_the_keepalive_period() -> anyhow::Result<()> {
-    use harness::consul::AclPolicy;
-
     harness::init_test_logging();
-    let stand_in = ConsulStandIn::start().await?;
-    stand_in.enable_acls();
-    stand_in.set_token("svc", AclPolicy::WRITE);
+    let stand_in = with_acls(&[("svc", AclPolicy::WRITE)]).await?;
     // TTL 3 s: passes every second. Backoff after failures up to 100 ms.
     let registry = ConsulRegistry::builder()
         .address(stand_in.address())
@@ -575,14 +569,7 @@ async fn a_ttl_pass_refused_by_acls_is_retried_at_the_keepalive_period() -> anyh
 
     // Deregistering with a refused token says so.
     stand_in.set_token("svc", AclPolicy::READ);
-    let refused = registration
-        .deregister()
-        .await
-        .expect_err("deregistration refused");
-    assert!(
-        is_permission_denied(&refused, "Permission denied"),
-        "{refused:?}"
-    );
+    assert_denied(registration.deregister().await, "Permission denied");
     Ok(())
 }
 

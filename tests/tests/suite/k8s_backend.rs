@@ -2,12 +2,12 @@
 //! (the registry round trip), else — and for every fault — against the
 //! stand-in API server in `tests/src/k8s.rs`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use harness::k8s::{self, K8sStandIn, Pod};
 use rpc_ext_registry::{
     k8s::{K8sRegistry, K8sResolver},
-    Error, Instance, Registry, Resolver, ServiceSnapshot,
+    Error, Instance, Registry, Resolver, ServiceSnapshot, ServiceWatch,
 };
 use serde_json::{json, Value};
 
@@ -16,6 +16,11 @@ use crate::support::{RECOVERY_DEADLINE, WATCH_DEADLINE};
 fn endpoint(ip: &str, ready: bool, terminating: bool) -> Value {
     json!({"addresses": [ip], "conditions": {"ready": ready, "terminating": terminating},
            "zone": "zone-a", "nodeName": "node-1"})
+}
+
+/// A ready endpoint, which most tests need and no more.
+fn ready(ip: &str) -> Value {
+    endpoint(ip, true, false)
 }
 
 fn slice(name: &str, service: &str, endpoints: Vec<Value>) -> Value {
@@ -27,16 +32,44 @@ fn slice(name: &str, service: &str, endpoints: Vec<Value>) -> Value {
     })
 }
 
-fn ips(snapshot: &ServiceSnapshot) -> Vec<String> {
-    snapshot
-        .instances
-        .iter()
-        .map(|i| i.address.to_string())
-        .collect()
+/// Stores slice `name` of `service` in `default`, with a ready endpoint at
+/// each of `ips`.
+fn put_ready(api: &K8sStandIn, name: &str, service: &str, ips: &[&str]) {
+    let endpoints = ips.iter().map(|ip| ready(ip)).collect();
+    api.put("default", slice(name, service, endpoints));
 }
 
-async fn wait_for_ips(
-    watch: &mut rpc_ext_registry::ServiceWatch,
+/// Stores Service `name` in `default` with `ports` (name, port, target
+/// port), and returns it for [`put_pods`].
+fn put_service(api: &K8sStandIn, name: &str, ports: &[(&str, u16, u16)]) -> Value {
+    let service = k8s::service(name, ports);
+    api.put_service("default", service.clone());
+    service
+}
+
+/// Stores slice `name` of `service` in `default` as the endpointslice
+/// controller writes it for `pods` (address and state).
+fn put_pods(api: &K8sStandIn, name: &str, service: &Value, pods: &[(&str, Pod)]) {
+    let endpoints = pods
+        .iter()
+        .map(|(ip, pod)| k8s::pod_endpoint(ip, *pod))
+        .collect();
+    api.put("default", k8s::slice_of(name, service, endpoints));
+}
+
+fn ips(instances: &[Arc<Instance>]) -> Vec<String> {
+    instances.iter().map(|i| i.address.to_string()).collect()
+}
+
+/// Waits until the watch shows exactly `want`, as fast as a change should
+/// arrive.
+async fn wait_for_ips(watch: &mut ServiceWatch, want: &[&str]) -> anyhow::Result<()> {
+    wait_for_ips_within(watch, want, WATCH_DEADLINE).await
+}
+
+/// [`wait_for_ips`] for what may take longer (recovery after a fault).
+async fn wait_for_ips_within(
+    watch: &mut ServiceWatch,
     want: &[&str],
     deadline: Duration,
 ) -> anyhow::Result<()> {
@@ -45,16 +78,26 @@ async fn wait_for_ips(
     crate::support::wait_for_addresses(watch, &want, deadline).await
 }
 
+/// Waits until `check` finds what it looks for in the watch's snapshot.
+async fn until<T>(
+    watch: &ServiceWatch,
+    what: &str,
+    deadline: Duration,
+    check: impl Fn(ServiceSnapshot) -> Option<T>,
+) -> anyhow::Result<T> {
+    harness::eventually(deadline, what, || {
+        let found = check(watch.current());
+        async move { found }
+    })
+    .await
+}
+
 /// Waits until the resolver has processed another update (its generation
 /// grows even when the set stays the same), so that a test can check that a
 /// change did *not* alter the set.
-async fn next_generation(
-    watch: &rpc_ext_registry::ServiceWatch,
-    after: u64,
-) -> anyhow::Result<ServiceSnapshot> {
-    harness::eventually(WATCH_DEADLINE, "the update processed", || {
-        let snapshot = watch.current();
-        async move { (snapshot.generation > after).then_some(snapshot) }
+async fn next_generation(watch: &ServiceWatch, after: u64) -> anyhow::Result<ServiceSnapshot> {
+    until(watch, "the update processed", WATCH_DEADLINE, |snapshot| {
+        (snapshot.generation > after).then_some(snapshot)
     })
     .await
 }
@@ -69,16 +112,13 @@ async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> 
             "echo-1",
             "echo",
             vec![
-                endpoint("10.0.0.1", true, false),
+                ready("10.0.0.1"),
                 endpoint("10.0.0.2", false, false),
                 endpoint("10.0.0.3", true, true),
             ],
         ),
     );
-    api.put(
-        "default",
-        slice("other-1", "other", vec![endpoint("10.9.9.9", true, false)]),
-    );
+    put_ready(&api, "other-1", "other", &["10.9.9.9"]);
     let resolver = K8sResolver::new(api.client()?);
 
     let resolved = resolver.resolve("k8s://echo.default:grpc").await?;
@@ -99,35 +139,13 @@ async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> 
 
     let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
     // Readiness flips and a second slice.
-    api.put(
-        "default",
-        slice(
-            "echo-1",
-            "echo",
-            vec![
-                endpoint("10.0.0.1", true, false),
-                endpoint("10.0.0.2", true, false),
-            ],
-        ),
-    );
-    wait_for_ips(
-        &mut watch,
-        &["10.0.0.1:50051", "10.0.0.2:50051"],
-        WATCH_DEADLINE,
-    )
-    .await?;
-    api.put(
-        "default",
-        slice("echo-2", "echo", vec![endpoint("10.0.1.1", true, false)]),
-    );
-    wait_for_ips(
-        &mut watch,
-        &["10.0.0.1:50051", "10.0.0.2:50051", "10.0.1.1:50051"],
-        WATCH_DEADLINE,
-    )
-    .await?;
+    put_ready(&api, "echo-1", "echo", &["10.0.0.1", "10.0.0.2"]);
+    wait_for_ips(&mut watch, &["10.0.0.1:50051", "10.0.0.2:50051"]).await?;
+    put_ready(&api, "echo-2", "echo", &["10.0.1.1"]);
+    let all = ["10.0.0.1:50051", "10.0.0.2:50051", "10.0.1.1:50051"];
+    wait_for_ips(&mut watch, &all).await?;
     api.remove("default", "echo-1");
-    wait_for_ips(&mut watch, &["10.0.1.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &["10.0.1.1:50051"]).await?;
     assert!(resolver
         .resolve("k8s://nobody.default:grpc")
         .await?
@@ -139,21 +157,18 @@ async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_watch_relists_without_dropping_the_current_set() -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
-    api.put(
-        "default",
-        slice("echo-1", "echo", vec![endpoint("10.0.0.1", true, false)]),
-    );
+    put_ready(&api, "echo-1", "echo", &["10.0.0.1"]);
     let resolver = K8sResolver::new(api.client()?);
     let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
 
     // Record every snapshot the resolver publishes from here on.
     let mut observer = watch.clone();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = {
         let seen = seen.clone();
         tokio::spawn(async move {
             while let Ok(snapshot) = observer.changed().await {
-                seen.lock().unwrap().push(ips(&snapshot));
+                seen.lock().unwrap().push(ips(&snapshot.instances));
             }
         })
     };
@@ -164,29 +179,12 @@ async fn an_expired_watch_relists_without_dropping_the_current_set() -> anyhow::
     api.compact();
     api.expire_next_watch();
     api.drop_watches();
-    api.put(
-        "default",
-        slice(
-            "echo-1",
-            "echo",
-            vec![
-                endpoint("10.0.0.1", true, false),
-                endpoint("10.0.0.2", true, false),
-            ],
-        ),
-    );
-    wait_for_ips(
-        &mut watch,
-        &["10.0.0.1:50051", "10.0.0.2:50051"],
-        RECOVERY_DEADLINE,
-    )
-    .await?;
+    put_ready(&api, "echo-1", "echo", &["10.0.0.1", "10.0.0.2"]);
+    let both = ["10.0.0.1:50051", "10.0.0.2:50051"];
+    wait_for_ips_within(&mut watch, &both, RECOVERY_DEADLINE).await?;
     // And updates keep flowing after the re-list.
-    api.put(
-        "default",
-        slice("echo-1", "echo", vec![endpoint("10.0.0.2", true, false)]),
-    );
-    wait_for_ips(&mut watch, &["10.0.0.2:50051"], WATCH_DEADLINE).await?;
+    put_ready(&api, "echo-1", "echo", &["10.0.0.2"]);
+    wait_for_ips(&mut watch, &["10.0.0.2:50051"]).await?;
     recorder.abort();
     assert!(
         api.list_requests() > lists_before,
@@ -222,7 +220,7 @@ async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
         .await?;
     let target = format!("k8s://{service}.default:grpc");
     let mut watch = resolver.subscribe(&target).await?;
-    wait_for_ips(&mut watch, &["10.1.2.3:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &["10.1.2.3:50051"]).await?;
     assert_eq!(watch.current().instances[0].tags["zone"], "z1");
 
     if let Some(api) = &stand_in {
@@ -240,11 +238,11 @@ async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
         );
         // Someone deletes it: the registration puts it back.
         api.remove("default", &name);
-        wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
-        wait_for_ips(&mut watch, &["10.1.2.3:50051"], RECOVERY_DEADLINE).await?;
+        wait_for_ips(&mut watch, &[]).await?;
+        wait_for_ips_within(&mut watch, &["10.1.2.3:50051"], RECOVERY_DEADLINE).await?;
     }
     registration.deregister().await?;
-    wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &[]).await?;
     Ok(())
 }
 
@@ -290,39 +288,31 @@ async fn an_old_process_leaving_does_not_delete_its_successors_slice() -> anyhow
 async fn the_error_is_cleared_once_the_watch_recovers() -> anyhow::Result<()> {
     harness::init_test_logging();
     let api = K8sStandIn::start().await?;
-    api.put(
-        "default",
-        slice("echo-1", "echo", vec![endpoint("10.0.0.1", true, false)]),
-    );
+    put_ready(&api, "echo-1", "echo", &["10.0.0.1"]);
     let resolver = K8sResolver::new(api.client()?);
     let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
-    wait_for_ips(&mut watch, &["10.0.0.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &["10.0.0.1:50051"]).await?;
 
     // The API server goes away for a while: the watch connection drops and
     // reconnecting fails, so an error is published and the set is kept.
     api.set_unavailable(true);
     api.drop_watches();
-    harness::eventually(RECOVERY_DEADLINE, "an error published", || {
-        let snapshot = watch.current();
-        async move { snapshot.last_error.is_some().then_some(()) }
+    until(&watch, "an error published", RECOVERY_DEADLINE, |s| {
+        s.last_error.is_some().then_some(())
     })
     .await?;
-    assert_eq!(ips(&watch.current()), ["10.0.0.1:50051"]);
+    assert_eq!(ips(&watch.current().instances), ["10.0.0.1:50051"]);
 
     // It comes back and nothing changed: the error must not stay.
     api.set_unavailable(false);
-    harness::eventually(RECOVERY_DEADLINE, "the error cleared", || {
-        let snapshot = watch.current();
-        async move { snapshot.last_error.is_none().then_some(()) }
+    until(&watch, "the error cleared", RECOVERY_DEADLINE, |s| {
+        s.last_error.is_none().then_some(())
     })
     .await?;
-    assert_eq!(ips(&watch.current()), ["10.0.0.1:50051"]);
+    assert_eq!(ips(&watch.current().instances), ["10.0.0.1:50051"]);
     // And changes flow again.
-    api.put(
-        "default",
-        slice("echo-1", "echo", vec![endpoint("10.0.0.2", true, false)]),
-    );
-    wait_for_ips(&mut watch, &["10.0.0.2:50051"], WATCH_DEADLINE).await?;
+    put_ready(&api, "echo-1", "echo", &["10.0.0.2"]);
+    wait_for_ips(&mut watch, &["10.0.0.2:50051"]).await?;
     Ok(())
 }
 
@@ -334,86 +324,39 @@ async fn the_error_is_cleared_once_the_watch_recovers() -> anyhow::Result<()> {
 async fn a_one_replica_rollout_keeps_the_draining_endpoint_until_its_successor_is_ready(
 ) -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
-    let svc = k8s::service("roll", &[("grpc", 50051, 50051)]);
-    api.put_service("default", svc.clone());
+    let svc = put_service(&api, "roll", &[("grpc", 50051, 50051)]);
     let old = "10.2.0.1";
     let new = "10.2.0.2";
-    api.put(
-        "default",
-        k8s::slice_of("roll-a", &svc, vec![k8s::pod_endpoint(old, Pod::Ready)]),
-    );
+    put_pods(&api, "roll-a", &svc, &[(old, Pod::Ready)]);
     let resolver = K8sResolver::new(api.client()?);
     let mut watch = resolver.subscribe("k8s://roll.default:grpc").await?;
-    wait_for_ips(&mut watch, &["10.2.0.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &["10.2.0.1:50051"]).await?;
 
     // The rollout deletes the only pod while its replacement starts: the old
     // one drains (serving, terminating, so not ready), the new one is not
     // ready yet. kube-proxy keeps sending to the draining pod; so must we.
     let before = watch.current().generation;
-    api.put(
-        "default",
-        k8s::slice_of(
-            "roll-a",
-            &svc,
-            vec![
-                k8s::pod_endpoint(old, Pod::TerminatingServing),
-                k8s::pod_endpoint(new, Pod::NotReady),
-            ],
-        ),
-    );
+    let draining = (old, Pod::TerminatingServing);
+    put_pods(&api, "roll-a", &svc, &[draining, (new, Pod::NotReady)]);
     assert_eq!(
-        ips(&next_generation(&watch, before).await?),
+        ips(&next_generation(&watch, before).await?.instances),
         ["10.2.0.1:50051"],
         "with no ready endpoint, the serving terminating one is used"
     );
     // The replacement becomes ready: it alone is used from now on.
-    api.put(
-        "default",
-        k8s::slice_of(
-            "roll-a",
-            &svc,
-            vec![
-                k8s::pod_endpoint(old, Pod::TerminatingServing),
-                k8s::pod_endpoint(new, Pod::Ready),
-            ],
-        ),
-    );
-    wait_for_ips(&mut watch, &["10.2.0.2:50051"], WATCH_DEADLINE).await?;
+    put_pods(&api, "roll-a", &svc, &[draining, (new, Pod::Ready)]);
+    wait_for_ips(&mut watch, &["10.2.0.2:50051"]).await?;
 
     // Readiness is judged across all slices of the service: a ready endpoint
     // in another slice rules out the draining ones.
-    api.put(
-        "default",
-        k8s::slice_of(
-            "roll-a",
-            &svc,
-            vec![k8s::pod_endpoint(old, Pod::TerminatingServing)],
-        ),
-    );
-    api.put(
-        "default",
-        k8s::slice_of("roll-b", &svc, vec![k8s::pod_endpoint(new, Pod::Ready)]),
-    );
-    wait_for_ips(&mut watch, &["10.2.0.2:50051"], WATCH_DEADLINE).await?;
+    put_pods(&api, "roll-a", &svc, &[draining]);
+    put_pods(&api, "roll-b", &svc, &[(new, Pod::Ready)]);
+    wait_for_ips(&mut watch, &["10.2.0.2:50051"]).await?;
     // Terminating and no longer serving: never used, even as a fallback.
-    api.put(
-        "default",
-        k8s::slice_of(
-            "roll-b",
-            &svc,
-            vec![k8s::pod_endpoint(new, Pod::TerminatingNotServing)],
-        ),
-    );
-    wait_for_ips(&mut watch, &["10.2.0.1:50051"], WATCH_DEADLINE).await?;
-    api.put(
-        "default",
-        k8s::slice_of(
-            "roll-a",
-            &svc,
-            vec![k8s::pod_endpoint(old, Pod::TerminatingNotServing)],
-        ),
-    );
-    wait_for_ips(&mut watch, &[], WATCH_DEADLINE).await?;
+    put_pods(&api, "roll-b", &svc, &[(new, Pod::TerminatingNotServing)]);
+    wait_for_ips(&mut watch, &["10.2.0.1:50051"]).await?;
+    put_pods(&api, "roll-a", &svc, &[(old, Pod::TerminatingNotServing)]);
+    wait_for_ips(&mut watch, &[]).await?;
     Ok(())
 }
 
@@ -423,47 +366,23 @@ async fn an_endpoint_listed_in_two_slices_resolves_once() -> anyhow::Result<()> 
     let svc = k8s::service("dup", &[("grpc", 50051, 50051)]);
     // The controller moving an endpoint between slices may show it in both
     // for a while.
-    api.put(
-        "default",
-        k8s::slice_of(
-            "dup-a",
-            &svc,
-            vec![
-                k8s::pod_endpoint("10.3.0.1", Pod::Ready),
-                k8s::pod_endpoint("10.3.0.2", Pod::Ready),
-            ],
-        ),
-    );
-    api.put(
-        "default",
-        k8s::slice_of(
-            "dup-b",
-            &svc,
-            vec![k8s::pod_endpoint("10.3.0.1", Pod::Ready)],
-        ),
-    );
+    let (moving, staying) = (("10.3.0.1", Pod::Ready), ("10.3.0.2", Pod::Ready));
+    put_pods(&api, "dup-a", &svc, &[moving, staying]);
+    put_pods(&api, "dup-b", &svc, &[moving]);
     let resolver = K8sResolver::new(api.client()?);
     let resolved = resolver.resolve("k8s://dup.default:grpc").await?;
-    let addresses: Vec<String> = resolved.iter().map(|i| i.address.to_string()).collect();
-    assert_eq!(addresses, ["10.3.0.1:50051", "10.3.0.2:50051"]);
+    assert_eq!(ips(&resolved), ["10.3.0.1:50051", "10.3.0.2:50051"]);
 
     // Removing it from one slice keeps it; from both removes it.
     let mut watch = resolver.subscribe("k8s://dup.default:grpc").await?;
     let before = watch.current().generation;
-    api.put(
-        "default",
-        k8s::slice_of(
-            "dup-a",
-            &svc,
-            vec![k8s::pod_endpoint("10.3.0.2", Pod::Ready)],
-        ),
-    );
+    put_pods(&api, "dup-a", &svc, &[staying]);
     assert_eq!(
-        ips(&next_generation(&watch, before).await?),
+        ips(&next_generation(&watch, before).await?.instances),
         ["10.3.0.1:50051", "10.3.0.2:50051"]
     );
     api.remove("default", "dup-b");
-    wait_for_ips(&mut watch, &["10.3.0.2:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips(&mut watch, &["10.3.0.2:50051"]).await?;
     Ok(())
 }
 
@@ -475,54 +394,42 @@ async fn an_endpoint_listed_in_two_slices_resolves_once() -> anyhow::Result<()> 
 async fn a_numeric_target_names_the_service_port_and_resolves_to_the_target_port(
 ) -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
-    let web = k8s::service("web", &[("http", 80, 8080), ("metrics", 9090, 9464)]);
-    api.put_service("default", web.clone());
-    api.put(
-        "default",
-        k8s::slice_of(
-            "web-a",
-            &web,
-            vec![k8s::pod_endpoint("10.4.0.1", Pod::Ready)],
-        ),
-    );
+    let web = put_service(&api, "web", &[("http", 80, 8080), ("metrics", 9090, 9464)]);
+    put_pods(&api, "web-a", &web, &[("10.4.0.1", Pod::Ready)]);
     // A single-port Service may leave its port unnamed: the slice port's
     // name is then "".
-    let single = k8s::service("single", &[("", 80, 8081)]);
-    api.put_service("default", single.clone());
-    api.put(
-        "default",
-        k8s::slice_of(
-            "single-a",
-            &single,
-            vec![k8s::pod_endpoint("10.4.0.2", Pod::Ready)],
-        ),
-    );
+    let single = put_service(&api, "single", &[("", 80, 8081)]);
+    put_pods(&api, "single-a", &single, &[("10.4.0.2", Pod::Ready)]);
     let resolver = K8sResolver::new(api.client()?);
-    let first = |instances: std::sync::Arc<[std::sync::Arc<Instance>]>| {
-        instances
-            .iter()
-            .map(|i| i.address.to_string())
-            .collect::<Vec<_>>()
-    };
 
-    assert_eq!(
-        first(resolver.resolve("k8s://web.default:80").await?),
-        ["10.4.0.1:8080"],
-        "Service port 80 is target port 8080"
-    );
-    assert_eq!(
-        first(resolver.resolve("k8s://web.default:9090").await?),
-        ["10.4.0.1:9464"]
-    );
-    assert_eq!(
-        first(resolver.resolve("k8s://web.default:http").await?),
-        ["10.4.0.1:8080"],
-        "a port name needs no Service lookup"
-    );
-    assert_eq!(
-        first(resolver.resolve("k8s://single.default:80").await?),
-        ["10.4.0.2:8081"]
-    );
+    for (target, want, why) in [
+        (
+            "k8s://web.default:80",
+            "10.4.0.1:8080",
+            "Service port 80 is target port 8080",
+        ),
+        (
+            "k8s://web.default:9090",
+            "10.4.0.1:9464",
+            "Service port 9090",
+        ),
+        (
+            "k8s://web.default:http",
+            "10.4.0.1:8080",
+            "a port name needs no Service lookup",
+        ),
+        (
+            "k8s://single.default:80",
+            "10.4.0.2:8081",
+            "an unnamed port",
+        ),
+    ] {
+        assert_eq!(
+            ips(&resolver.resolve(target).await?),
+            [want],
+            "{target}: {why}"
+        );
+    }
 
     // 8080 is a target port, not a port of the Service: an error that says
     // so, rather than connecting to whatever listens there.
@@ -600,9 +507,10 @@ fn manifest_roles() -> anyhow::Result<std::collections::BTreeMap<String, Vec<(St
     Ok(roles)
 }
 
-fn grant(api: &K8sStandIn, rules: &[(String, String)]) {
+/// Lets the stand-in allow exactly `rules` (verb, resource).
+fn grant<'a>(api: &K8sStandIn, rules: impl IntoIterator<Item = &'a (String, String)>) {
     let rules: Vec<(&str, &str)> = rules
-        .iter()
+        .into_iter()
         .map(|(verb, resource)| (verb.as_str(), resource.as_str()))
         .collect();
     api.allow_only(&rules);
@@ -622,19 +530,29 @@ fn denied(error: &Error) -> Option<&str> {
     }
 }
 
+/// [`denied`] for an error that must be a permission error.
+fn denied_operation(error: &Error) -> &str {
+    denied(error).unwrap_or_else(|| panic!("not a permission error: {error}"))
+}
+
+/// Registers `instance`, which the granted rules must refuse for lack of
+/// permission to `verb` EndpointSlices.
+async fn assert_registration_refused(registry: &K8sRegistry, instance: &Instance, verb: &str) {
+    let Err(error) = registry.register(instance.clone()).await else {
+        panic!("{verb} was not refused");
+    };
+    let operation = denied_operation(&error);
+    assert!(
+        operation.starts_with(&format!("{verb} endpointslices.discovery.k8s.io")),
+        "{operation}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
-    let svc = k8s::service("guarded", &[("grpc", 80, 50051)]);
-    api.put_service("default", svc.clone());
-    api.put(
-        "default",
-        k8s::slice_of(
-            "guarded-a",
-            &svc,
-            vec![k8s::pod_endpoint("10.5.0.1", Pod::Ready)],
-        ),
-    );
+    let svc = put_service(&api, "guarded", &[("grpc", 80, 50051)]);
+    put_pods(&api, "guarded-a", &svc, &[("10.5.0.1", Pod::Ready)]);
     let roles = manifest_roles()?;
     let resolver_role = roles
         .get("registry-ext-resolver")
@@ -642,6 +560,7 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
     let registry_role = roles
         .get("registry-ext-registry")
         .ok_or_else(|| anyhow::anyhow!("deploy/kubernetes/rbac.yaml: no registry Role"))?;
+    let instance = Instance::new("guarded", "10.5.0.9:50051".parse()?);
 
     // Nothing granted: the first list is refused, and the error says which
     // permission is missing.
@@ -651,9 +570,8 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
         .resolve("k8s://guarded.default:grpc")
         .await
         .expect_err("forbidden");
-    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
     assert_eq!(
-        operation,
+        denied_operation(&error),
         "list endpointslices.discovery.k8s.io in namespace \"default\""
     );
     assert!(
@@ -665,9 +583,8 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
     api.allow_only(&[("list", "endpointslices.discovery.k8s.io")]);
     let resolver = K8sResolver::new(api.client()?);
     let watch = resolver.subscribe("k8s://guarded.default:grpc").await?;
-    let error = harness::eventually(RECOVERY_DEADLINE, "the watch refused", || {
-        let snapshot = watch.current();
-        async move { snapshot.last_error }
+    let error = until(&watch, "the watch refused", RECOVERY_DEADLINE, |s| {
+        s.last_error
     })
     .await?;
     assert_eq!(
@@ -691,23 +608,15 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
         50051
     );
     let registry = K8sRegistry::new(api.client()?).namespace("default");
-    let error = registry
-        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
-        .await
-        .expect_err("the resolver Role cannot write slices");
-    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
-    assert!(
-        operation.starts_with("patch endpointslices.discovery.k8s.io"),
-        "{operation}"
-    );
+    assert_registration_refused(&registry, &instance, "patch").await;
 
     // Without `get services`, a numeric target cannot be mapped.
-    let without_services: Vec<(String, String)> = resolver_role
-        .iter()
-        .filter(|(_, resource)| resource != "services")
-        .cloned()
-        .collect();
-    grant(&api, &without_services);
+    grant(
+        &api,
+        resolver_role
+            .iter()
+            .filter(|(_, resource)| resource != "services"),
+    );
     let error = K8sResolver::new(api.client()?)
         .resolve("k8s://guarded.default:80")
         .await
@@ -719,28 +628,18 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
     );
 
     // Applying a slice that does not exist yet is a create as well as a patch.
-    let patch_only: Vec<(String, String)> = registry_role
-        .iter()
-        .filter(|(verb, _)| verb != "create")
-        .cloned()
-        .collect();
-    grant(&api, &patch_only);
-    let error = registry
-        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
-        .await
-        .expect_err("create refused");
-    let operation = denied(&error).unwrap_or_else(|| panic!("not a permission error: {error}"));
-    assert!(
-        operation.starts_with("create endpointslices.discovery.k8s.io"),
-        "{operation}"
+    grant(
+        &api,
+        registry_role.iter().filter(|(verb, _)| verb != "create"),
     );
+    assert_registration_refused(&registry, &instance, "create").await;
 
     // The manifest's registry Role: register, recheck and deregister work.
     grant(&api, registry_role);
     let registration = K8sRegistry::new(api.client()?)
         .namespace("default")
         .recheck_interval(Duration::from_millis(100))
-        .register(Instance::new("guarded", "10.5.0.9:50051".parse()?))
+        .register(instance)
         .await?;
     assert_eq!(api.names("default").len(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -752,40 +651,18 @@ async fn a_missing_rbac_permission_is_a_typed_error_naming_it() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slice_relabelled_away_from_the_service_leaves_its_watch() -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
-    api.put(
-        "default",
-        slice("echo-1", "echo", vec![endpoint("10.6.0.1", true, false)]),
-    );
-    api.put(
-        "default",
-        slice("echo-2", "echo", vec![endpoint("10.6.0.2", true, false)]),
-    );
+    put_ready(&api, "echo-1", "echo", &["10.6.0.1"]);
+    put_ready(&api, "echo-2", "echo", &["10.6.0.2"]);
     let resolver = K8sResolver::new(api.client()?);
     let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
-    wait_for_ips(
-        &mut watch,
-        &["10.6.0.1:50051", "10.6.0.2:50051"],
-        WATCH_DEADLINE,
-    )
-    .await?;
+    wait_for_ips(&mut watch, &["10.6.0.1:50051", "10.6.0.2:50051"]).await?;
     // echo-2 now belongs to another service: the API server's watch sends
     // DELETED to watchers whose selector it no longer matches...
-    api.put(
-        "default",
-        slice("echo-2", "other", vec![endpoint("10.6.0.2", true, false)]),
-    );
-    wait_for_ips(&mut watch, &["10.6.0.1:50051"], WATCH_DEADLINE).await?;
+    put_ready(&api, "echo-2", "other", &["10.6.0.2"]);
+    wait_for_ips(&mut watch, &["10.6.0.1:50051"]).await?;
     // ...and ADDED when it matches again.
-    api.put(
-        "default",
-        slice("echo-2", "echo", vec![endpoint("10.6.0.3", true, false)]),
-    );
-    wait_for_ips(
-        &mut watch,
-        &["10.6.0.1:50051", "10.6.0.3:50051"],
-        WATCH_DEADLINE,
-    )
-    .await?;
+    put_ready(&api, "echo-2", "echo", &["10.6.0.3"]);
+    wait_for_ips(&mut watch, &["10.6.0.1:50051", "10.6.0.3:50051"]).await?;
     Ok(())
 }
 
@@ -805,7 +682,7 @@ async fn the_api_server_refuses_bad_names_and_apply_without_a_field_manager() ->
         Ok(serde_json::from_value(slice(
             name,
             "echo",
-            vec![endpoint("10.7.0.1", true, false)],
+            vec![ready("10.7.0.1")],
         ))?)
     };
     let params = PatchParams::apply("test");
