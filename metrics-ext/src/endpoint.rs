@@ -17,7 +17,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use self::{auth::Auth, idle::IdleTimeout};
+use self::{
+    auth::Auth,
+    idle::{IdleTimeout, InFlight},
+};
 use crate::Error;
 
 /// Encodes every metric of `registry` in the Prometheus text format.
@@ -255,9 +258,13 @@ impl MetricsEndpointBuilder {
         self
     }
 
-    /// How long a connection may go without a byte read or written while a
-    /// request is in progress (a trickled body, a client not reading the
-    /// response); then it is closed. Default
+    /// How long a connection may go without a byte read or written (a
+    /// trickled body, a client not reading the response, a kept-alive
+    /// connection with no next request); then it is closed. The time the
+    /// endpoint takes to produce a response (collecting the registry) does
+    /// not count, and the clock restarts once the response is ready.
+    /// Between requests the [header-read timeout](Self::header_read_timeout)
+    /// applies too: the shorter closes the connection. Default
     /// [`DEFAULT_IDLE_TIMEOUT`](Self::DEFAULT_IDLE_TIMEOUT); at most a day.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.min(MAX_TIMEOUT);
@@ -465,12 +472,23 @@ async fn serve_connection(
 ) {
     // Scrape responses are written in one go; do not wait for ACKs.
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(IdleTimeout::new(stream, shared.idle_timeout));
+    let in_flight = Arc::new(InFlight::default());
+    let io = TokioIo::new(IdleTimeout::new(
+        stream,
+        shared.idle_timeout,
+        Arc::clone(&in_flight),
+    ));
     let service = {
         let shared = Arc::clone(&shared);
         service_fn(move |request| {
+            // Until hyper has the response: the time a slow registry takes
+            // to collect is not idle time.
+            let producing = in_flight.start();
             let response = respond(&shared, &request);
-            async move { Ok::<_, Infallible>(response) }
+            async move {
+                drop(producing);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let connection = http1::Builder::new()

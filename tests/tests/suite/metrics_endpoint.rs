@@ -320,6 +320,242 @@ async fn prometheus_scrapes_with_bearer_and_basic_auth() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads one whole HTTP/1.1 response (head, then a body framed by
+/// `Content-Length` or chunked encoding) and returns the status line and
+/// body; the connection stays open. Fails if the peer closes first.
+async fn read_response(stream: &mut TcpStream) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut data = Vec::new();
+    let head_len = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        fill(stream, &mut data).await?;
+    };
+    let head = String::from_utf8_lossy(&data[..head_len]).to_ascii_lowercase();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let mut rest = data.split_off(head_len);
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(|value| value.trim().to_owned())
+    };
+    if let Some(length) = header("content-length") {
+        let length: usize = length.parse().context("bad content-length")?;
+        while rest.len() < length {
+            fill(stream, &mut rest).await?;
+        }
+        if rest.len() > length {
+            bail!("{} bytes after the body", rest.len() - length);
+        }
+        return Ok((status, rest));
+    }
+    if header("transfer-encoding").as_deref() != Some("chunked") {
+        bail!("response with neither content-length nor chunked: {head}");
+    }
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+                break at;
+            }
+            fill(stream, &mut rest).await?;
+        };
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        // The chunk and its CRLF (for the last, empty chunk: the CRLF that
+        // ends the trailers, none expected here).
+        while rest.len() < line_end + 2 + size + 2 {
+            fill(stream, &mut rest).await?;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest.drain(..line_end + 2 + size + 2);
+        if size == 0 {
+            if !rest.is_empty() {
+                bail!("{} bytes after the last chunk", rest.len());
+            }
+            return Ok((status, body));
+        }
+    }
+}
+
+/// Appends what the peer sends next to `data`; fails on EOF or after 5 s.
+async fn fill(stream: &mut TcpStream, data: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .context("no response within 5 s")??;
+    if n == 0 {
+        bail!("closed before the whole response arrived");
+    }
+    data.extend_from_slice(&buf[..n]);
+    Ok(())
+}
+
+/// Sends one complete kept-alive `GET /metrics` and reads its whole
+/// response; returns the body, failing unless the status is 200.
+async fn scrape_on(stream: &mut TcpStream) -> anyhow::Result<String> {
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
+        .await?;
+    let (status, body) = read_response(stream).await?;
+    if !status.starts_with("http/1.1 200") {
+        bail!("unexpected status {status:?}");
+    }
+    Ok(String::from_utf8(body)?)
+}
+
+/// Asserts that the server closes `stream`, on which nothing is sent any
+/// more, one idle timeout after the last response was read (the caller
+/// calls it straight after): not before, less a little slack, and not
+/// much after. Returns the time it took.
+async fn assert_closed_after_idle(
+    stream: &mut TcpStream,
+    idle: Duration,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let elapsed = wait_closed(stream, idle + Duration::from_secs(5))
+        .await
+        .with_context(|| format!("{what}: never closed"))?;
+    assert!(
+        elapsed >= idle - Duration::from_millis(20),
+        "{what}: closed after {elapsed:?}, before the {idle:?} idle timeout"
+    );
+    assert!(
+        elapsed < idle + Duration::from_secs(1),
+        "{what}: closed only after {elapsed:?}, idle timeout {idle:?}"
+    );
+    Ok(elapsed)
+}
+
+/// (e) The idle timeout on a real socket: a kept-alive connection left
+/// silent after a complete response is closed once the idle timeout
+/// passes (well before the header-read timeout), not before; one that
+/// sends a request every 300 ms (each gap under the 500 ms timeout) stays
+/// open across 6 requests spanning 1.5 s, three times the timeout: the
+/// clock restarts with each request, so it is an idle timeout and not a
+/// cap on a connection's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_while_in_use(
+) -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let idle = Duration::from_millis(500);
+    let endpoint = MetricsEndpoint::builder(registry_with_marker()?)
+        .idle_timeout(idle)
+        // Far longer, so only the idle timeout can close the connection.
+        .header_read_timeout(Duration::from_secs(10))
+        .serve("127.0.0.1:0".parse()?)
+        .await?;
+    let addr = endpoint.local_addr();
+
+    // One request, then silence.
+    let mut stream = TcpStream::connect(addr).await?;
+    let body = scrape_on(&mut stream).await?;
+    assert!(body.contains("endpoint_test_marker 7\n"), "{body}");
+    let elapsed = assert_closed_after_idle(&mut stream, idle, "after one request").await?;
+    tracing::info!(?elapsed, "silent kept-alive connection closed");
+
+    // A request every 300 ms: each gap is under the idle timeout, their
+    // sum far over it.
+    let mut stream = TcpStream::connect(addr).await?;
+    let started = Instant::now();
+    for i in 0..6 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let body = scrape_on(&mut stream)
+            .await
+            .with_context(|| format!("request {} after {:?}", i + 1, started.elapsed()))?;
+        assert!(body.contains("endpoint_test_marker 7\n"), "{body}");
+    }
+    let span = started.elapsed();
+    assert!(span >= idle * 3, "the requests spanned only {span:?}");
+    // Then silent: closed one idle timeout after the last response.
+    let elapsed = assert_closed_after_idle(&mut stream, idle, "after six requests").await?;
+    tracing::info!(?span, ?elapsed, "busy connection stayed open, then closed");
+
+    endpoint.shutdown().await;
+    Ok(())
+}
+
+/// A collector that takes `delay` to collect: a scrape in progress with no
+/// byte moving on the connection.
+struct SlowCollector {
+    gauge: prometheus::IntGauge,
+    delay: Duration,
+}
+
+impl prometheus::core::Collector for SlowCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        // Blocks the worker, as a slow synchronous collector does.
+        std::thread::sleep(self.delay);
+        self.gauge.collect()
+    }
+}
+
+/// (e) A scrape that takes longer than the idle timeout to produce (a slow
+/// collector) is not cut while in flight: the client is waiting for the
+/// server, not idle. The connection is closed one idle timeout after the
+/// response, as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_slower_than_the_idle_timeout_is_not_cut() -> anyhow::Result<()> {
+    harness::init_test_logging();
+    let idle = Duration::from_millis(500);
+    let delay = Duration::from_millis(1200);
+    let registry = prometheus::Registry::new();
+    let gauge = prometheus::IntGauge::new("endpoint_test_slow", "Collected slowly.")?;
+    gauge.set(3);
+    registry.register(Box::new(SlowCollector { gauge, delay }))?;
+    let endpoint = MetricsEndpoint::builder(registry)
+        .idle_timeout(idle)
+        .header_read_timeout(Duration::from_secs(10))
+        .serve("127.0.0.1:0".parse()?)
+        .await?;
+
+    // Other work arriving meanwhile, as in any busy process, keeps the
+    // runtime's other worker awake, and so its timers turning, while the
+    // collector blocks one worker. Without it the timer driver may stall
+    // with the blocked worker, and whether the overdue idle deadline is
+    // noticed depends on which worker held the driver.
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let runtime = tokio::runtime::Handle::current();
+        let stop = std::sync::Arc::clone(&stop_load);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                runtime.spawn(async { tokio::time::sleep(Duration::from_millis(1)).await });
+            }
+        })
+    };
+
+    let mut stream = TcpStream::connect(endpoint.local_addr()).await?;
+    let mut took = Vec::new();
+    for i in 0..2 {
+        let started = Instant::now();
+        let body = scrape_on(&mut stream)
+            .await
+            .with_context(|| format!("slow scrape {} was cut", i + 1))?;
+        let elapsed = started.elapsed();
+        assert!(body.contains("endpoint_test_slow 3\n"), "{body}");
+        assert!(
+            elapsed >= delay,
+            "answered in {elapsed:?}, faster than the collector"
+        );
+        took.push(elapsed);
+    }
+    let elapsed = assert_closed_after_idle(&mut stream, idle, "after slow scrapes").await?;
+    tracing::info!(?took, ?elapsed, "slow scrapes answered, then closed");
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("the load thread panicked");
+    endpoint.shutdown().await;
+    Ok(())
+}
+
 /// The value of the first sample of an instant query; `None` until the
 /// query answers with one.
 async fn value(prometheus: &PrometheusServer, promql: &str) -> Option<f64> {
