@@ -125,6 +125,24 @@ impl PrometheusServer {
             .and_then(|v| v.parse().ok()))
     }
 
+    /// Waits until the `rpc` job's target is up and `metric` was scraped
+    /// with `value`: proof that a scrape got through, not a stale sample.
+    pub async fn wait_for_scrape(&self, metric: &str, value: f64) -> anyhow::Result<()> {
+        crate::eventually(
+            Duration::from_secs(30),
+            "prometheus scrapes the endpoint",
+            || async {
+                let up = self.query_value("up{job=\"rpc\"}").await.ok()??;
+                let seen = self
+                    .query_value(&format!("{metric}{{job=\"rpc\"}}"))
+                    .await
+                    .ok()??;
+                (up == 1.0 && seen == value).then_some(())
+            },
+        )
+        .await
+    }
+
     /// The active scrape targets with their health.
     pub async fn targets(&self) -> anyhow::Result<Vec<Value>> {
         let body: Value = self

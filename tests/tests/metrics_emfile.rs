@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
-use harness::{eventually, PrometheusServer};
+use harness::PrometheusServer;
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -435,19 +435,9 @@ async fn accept_backs_off_on_emfile_and_recovers() -> anyhow::Result<()> {
     let failed_at_recovery = failures.count();
     assert_served(&get_metrics(addr).await?);
     let prometheus = PrometheusServer::start(&[addr.to_string()]).await?;
-    eventually(
-        Duration::from_secs(30),
-        "prometheus scrapes the endpoint",
-        || async {
-            let up = prometheus.query_value("up{job=\"rpc\"}").await.ok()??;
-            let marker = prometheus
-                .query_value("emfile_test_marker{job=\"rpc\"}")
-                .await
-                .ok()??;
-            (up == 1.0 && marker == 7.0).then_some(())
-        },
-    )
-    .await?;
+    prometheus
+        .wait_for_scrape("emfile_test_marker", 7.0)
+        .await?;
     assert_eq!(
         failures.count(),
         failed_at_recovery,

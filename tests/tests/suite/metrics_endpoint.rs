@@ -100,19 +100,9 @@ async fn a_thousand_stalled_half_requests_do_not_stop_prometheus() -> anyhow::Re
     }
 
     let prometheus = PrometheusServer::start(&[addr.to_string()]).await?;
-    eventually(
-        Duration::from_secs(30),
-        "prometheus scrapes the endpoint",
-        || async {
-            let up = prometheus.query_value("up{job=\"rpc\"}").await.ok()??;
-            let marker = prometheus
-                .query_value("endpoint_test_marker{job=\"rpc\"}")
-                .await
-                .ok()??;
-            (up == 1.0 && marker == 7.0).then_some(())
-        },
-    )
-    .await?;
+    prometheus
+        .wait_for_scrape("endpoint_test_marker", 7.0)
+        .await?;
 
     let mut closed = 0;
     while let Some(result) = stalled.join_next().await {
