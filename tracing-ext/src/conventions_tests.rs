@@ -3,16 +3,32 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use opentelemetry::trace::Status;
+use opentelemetry::{trace::Status, KeyValue};
 
 use crate::{
     semconv::Conventions,
     testing::{attr, keys, Recorded, SAMPLED_PARENT},
-    CallInfo, GrpcCode, Host, Outcome, RpcSystem,
+    CallInfo, GrpcCode, Host, Outcome, RpcSystem, RpcTracing,
 };
 
 fn carrier() -> HashMap<String, String> {
     HashMap::from([("traceparent".to_owned(), SAMPLED_PARENT.to_owned())])
+}
+
+/// Asserts the value of `key` among `attributes` (`None`: absent).
+#[track_caller]
+fn assert_attr(attributes: &[KeyValue], key: &str, expected: Option<&str>) {
+    assert_eq!(attr(attributes, key).as_deref(), expected, "{key}");
+}
+
+/// A server call to `path`, with no parent, that ends with `code`.
+fn serve(tracing: &RpcTracing, path: &str, code: GrpcCode) {
+    tracing
+        .start_server(&CallInfo::grpc(path), &HashMap::<String, String>::new())
+        .finish(&Outcome {
+            grpc_code: Some(code),
+            ..Outcome::default()
+        });
 }
 
 /// A client call to `echo.Echo/Say` that ends DEADLINE_EXCEEDED, in `mode`.
@@ -47,23 +63,15 @@ fn current_names_by_default() {
         ]
     );
     let attributes = &span.attributes;
-    assert_eq!(attr(attributes, "rpc.system.name").as_deref(), Some("grpc"));
-    assert_eq!(
-        attr(attributes, "rpc.method").as_deref(),
-        Some("echo.Echo/Say")
+    assert_attr(attributes, "rpc.system.name", Some("grpc"));
+    assert_attr(attributes, "rpc.method", Some("echo.Echo/Say"));
+    assert_attr(
+        attributes,
+        "rpc.response.status_code",
+        Some("DEADLINE_EXCEEDED"),
     );
-    assert_eq!(
-        attr(attributes, "rpc.response.status_code").as_deref(),
-        Some("DEADLINE_EXCEEDED")
-    );
-    assert_eq!(
-        attr(attributes, "error.type").as_deref(),
-        Some("DEADLINE_EXCEEDED")
-    );
-    assert_eq!(
-        attr(attributes, "network.peer.address").as_deref(),
-        Some("10.0.0.7")
-    );
+    assert_attr(attributes, "error.type", Some("DEADLINE_EXCEEDED"));
+    assert_attr(attributes, "network.peer.address", Some("10.0.0.7"));
     assert!(matches!(span.status, Status::Error { .. }));
 }
 
@@ -86,17 +94,11 @@ fn old_names_as_before_v1_38() {
         ]
     );
     let attributes = &span.attributes;
-    assert_eq!(attr(attributes, "rpc.system").as_deref(), Some("grpc"));
-    assert_eq!(
-        attr(attributes, "rpc.service").as_deref(),
-        Some("echo.Echo")
-    );
-    assert_eq!(attr(attributes, "rpc.method").as_deref(), Some("Say"));
-    assert_eq!(
-        attr(attributes, "rpc.grpc.status_code").as_deref(),
-        Some("4")
-    );
-    assert_eq!(attr(attributes, "error.type").as_deref(), Some("4"));
+    assert_attr(attributes, "rpc.system", Some("grpc"));
+    assert_attr(attributes, "rpc.service", Some("echo.Echo"));
+    assert_attr(attributes, "rpc.method", Some("Say"));
+    assert_attr(attributes, "rpc.grpc.status_code", Some("4"));
+    assert_attr(attributes, "error.type", Some("4"));
 }
 
 #[test]
@@ -119,22 +121,10 @@ fn dup_has_both_and_the_shared_key_is_current() {
         ]
     );
     let attributes = &span.attributes;
-    assert_eq!(
-        attr(attributes, "rpc.method").as_deref(),
-        Some("echo.Echo/Say")
-    );
-    assert_eq!(
-        attr(attributes, "rpc.service").as_deref(),
-        Some("echo.Echo")
-    );
-    assert_eq!(
-        attr(attributes, "rpc.grpc.status_code").as_deref(),
-        Some("4")
-    );
-    assert_eq!(
-        attr(attributes, "error.type").as_deref(),
-        Some("DEADLINE_EXCEEDED")
-    );
+    assert_attr(attributes, "rpc.method", Some("echo.Echo/Say"));
+    assert_attr(attributes, "rpc.service", Some("echo.Echo"));
+    assert_attr(attributes, "rpc.grpc.status_code", Some("4"));
+    assert_attr(attributes, "error.type", Some("DEADLINE_EXCEEDED"));
 }
 
 #[test]
@@ -155,14 +145,14 @@ fn a_server_method_settled_at_the_end_in_every_mode() {
         } else {
             "echo.Echo/Say"
         };
-        assert_eq!(attr(attributes, "rpc.method").as_deref(), Some(method));
+        assert_attr(attributes, "rpc.method", Some(method));
         assert_eq!(
             attr(attributes, "rpc.service").is_some(),
             mode.old(),
             "{mode:?}: {attributes:?}"
         );
         // NOT_FOUND is the caller's doing: not a server error.
-        assert_eq!(attr(attributes, "error.type"), None);
+        assert_attr(attributes, "error.type", None);
         assert_eq!(span.status, Status::Unset);
     }
 }
@@ -179,14 +169,8 @@ fn thrift_spans_need_the_service_name() {
         started_as, "ThriftEcho/say",
         "a decoded method is known at the start"
     );
-    assert_eq!(
-        attr(&at_start, "rpc.method").as_deref(),
-        Some("ThriftEcho/say")
-    );
-    assert_eq!(
-        attr(&at_start, "rpc.system.name").as_deref(),
-        Some("apache_thrift")
-    );
+    assert_attr(&at_start, "rpc.method", Some("ThriftEcho/say"));
+    assert_attr(&at_start, "rpc.system.name", Some("apache_thrift"));
 
     let unnamed = CallInfo::rpc(RpcSystem::Thrift, "", "say");
     tracing
@@ -198,19 +182,10 @@ fn thrift_spans_need_the_service_name() {
     let ended = recorded.ended();
     let span = &ended[1];
     assert_eq!(span.name, "apache_thrift");
-    assert_eq!(
-        attr(&span.attributes, "rpc.method").as_deref(),
-        Some("_OTHER")
-    );
-    assert_eq!(
-        attr(&span.attributes, "rpc.method_original").as_deref(),
-        Some("say")
-    );
-    assert_eq!(
-        attr(&span.attributes, "error.type").as_deref(),
-        Some("transport_exception")
-    );
-    assert_eq!(attr(&span.attributes, "rpc.response.status_code"), None);
+    assert_attr(&span.attributes, "rpc.method", Some("_OTHER"));
+    assert_attr(&span.attributes, "rpc.method_original", Some("say"));
+    assert_attr(&span.attributes, "error.type", Some("transport_exception"));
+    assert_attr(&span.attributes, "rpc.response.status_code", None);
 }
 
 #[test]
@@ -220,14 +195,8 @@ fn a_dropped_call_is_cancelled() {
     let info = CallInfo::rpc(RpcSystem::Thrift, "ThriftEcho", "say");
     drop(tracing.start_client(&info, &mut HashMap::new()));
     let ended = recorded.ended();
-    assert_eq!(
-        attr(&ended[0].attributes, "error.type").as_deref(),
-        Some("CANCELLED")
-    );
-    assert_eq!(
-        attr(&ended[1].attributes, "error.type").as_deref(),
-        Some("cancelled")
-    );
+    assert_attr(&ended[0].attributes, "error.type", Some("CANCELLED"));
+    assert_attr(&ended[1].attributes, "error.type", Some("cancelled"));
 }
 
 #[test]
@@ -246,32 +215,14 @@ fn unsampled_calls_teach_the_server_its_methods_too() {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
         .build();
-    let tracing = crate::RpcTracing::builder()
+    let tracing = RpcTracing::builder()
         .tracer_provider(&provider)
         .tracing_span(false)
         .build();
-    let served = CallInfo::grpc("/echo.Echo/Say");
-    tracing
-        .start_server(&served, &HashMap::<String, String>::new())
-        .finish(&Outcome {
-            grpc_code: Some(GrpcCode::OK),
-            ..Outcome::default()
-        });
-    let missing = CallInfo::grpc("/echo.Echo/Missing");
-    tracing
-        .start_server(&missing, &HashMap::<String, String>::new())
-        .finish(&Outcome {
-            grpc_code: Some(GrpcCode::UNIMPLEMENTED),
-            ..Outcome::default()
-        });
+    serve(&tracing, "/echo.Echo/Say", GrpcCode::OK);
+    serve(&tracing, "/echo.Echo/Missing", GrpcCode::UNIMPLEMENTED);
     // An auth layer in front of the router answers any path.
-    let refused = CallInfo::grpc("/junk.Junk/Refused");
-    tracing
-        .start_server(&refused, &HashMap::<String, String>::new())
-        .finish(&Outcome {
-            grpc_code: Some(GrpcCode::UNAUTHENTICATED),
-            ..Outcome::default()
-        });
+    serve(&tracing, "/junk.Junk/Refused", GrpcCode::UNAUTHENTICATED);
     assert!(tracing.inner.methods.contains("echo.Echo/Say"));
     assert!(!tracing.inner.methods.contains("echo.Echo/Missing"));
     assert!(!tracing.inner.methods.contains("junk.Junk/Refused"));

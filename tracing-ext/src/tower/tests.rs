@@ -5,7 +5,11 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{
+    trace::{SpanKind, Status},
+    KeyValue,
+};
+use opentelemetry_sdk::trace::SpanData;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 use super::{RouteTemplate, TracingLayer};
@@ -55,15 +59,35 @@ where
     assert!(response.into_body().collect().await.is_ok());
 }
 
+/// One gRPC call to `authority_and_path` through `service`, run to its end.
+async fn call_grpc<S, B>(service: &mut S, authority_and_path: &str, sampled_parent: bool)
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    B: http_body::Body,
+{
+    call(service, grpc_request(authority_and_path, sampled_parent)).await;
+}
+
+/// Asserts the value of `key` among `attributes` (`None`: absent).
+#[track_caller]
+fn assert_attr(attributes: &[KeyValue], key: &str, expected: Option<&str>) {
+    assert_eq!(attr(attributes, key).as_deref(), expected, "{key}");
+}
+
+/// The span the client ended (the inner server is traced too).
+fn client_span(recorded: &Recorded) -> SpanData {
+    recorded
+        .ended()
+        .into_iter()
+        .find(|span| span.span_kind == SpanKind::Client)
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_unknown_server_method_is_other_with_the_name_sent() {
     let (tracing, recorded) = Recorded::tracing(|builder| builder);
     let mut server = grpc_server(&tracing, 12);
-    call(
-        &mut server,
-        grpc_request("127.0.0.1:50051/echo.Echo/Missing", true),
-    )
-    .await;
+    call_grpc(&mut server, "127.0.0.1:50051/echo.Echo/Missing", true).await;
     let (started_as, at_start) = recorded.last_started();
     assert_eq!(started_as, "grpc");
     assert_eq!(
@@ -75,24 +99,16 @@ async fn an_unknown_server_method_is_other_with_the_name_sent() {
     assert_eq!(span.name, "grpc");
     assert_eq!(span.span_kind, SpanKind::Server);
     let attributes = &span.attributes;
-    assert_eq!(attr(attributes, "rpc.method").as_deref(), Some("_OTHER"));
-    assert_eq!(
-        attr(attributes, "rpc.method_original").as_deref(),
-        Some("echo.Echo/Missing")
+    assert_attr(attributes, "rpc.method", Some("_OTHER"));
+    assert_attr(attributes, "rpc.method_original", Some("echo.Echo/Missing"));
+    assert_attr(
+        attributes,
+        "rpc.response.status_code",
+        Some("UNIMPLEMENTED"),
     );
-    assert_eq!(
-        attr(attributes, "rpc.response.status_code").as_deref(),
-        Some("UNIMPLEMENTED")
-    );
-    assert_eq!(
-        attr(attributes, "error.type").as_deref(),
-        Some("UNIMPLEMENTED")
-    );
-    assert_eq!(
-        attr(attributes, "server.address").as_deref(),
-        Some("127.0.0.1")
-    );
-    assert_eq!(attr(attributes, "server.port").as_deref(), Some("50051"));
+    assert_attr(attributes, "error.type", Some("UNIMPLEMENTED"));
+    assert_attr(attributes, "server.address", Some("127.0.0.1"));
+    assert_attr(attributes, "server.port", Some("50051"));
     assert!(matches!(span.status, Status::Error { .. }));
 }
 
@@ -101,22 +117,12 @@ async fn a_recognized_method_is_named_at_the_start() {
     let (tracing, recorded) =
         Recorded::tracing(|builder| builder.recognized_methods(["/echo.Echo/Say"]));
     let mut server = grpc_server(&tracing, 0);
-    call(
-        &mut server,
-        grpc_request("echo.internal/echo.Echo/Say", true),
-    )
-    .await;
+    call_grpc(&mut server, "echo.internal/echo.Echo/Say", true).await;
     let (started_as, at_start) = recorded.last_started();
     assert_eq!(started_as, "echo.Echo/Say");
-    assert_eq!(
-        attr(&at_start, "rpc.method").as_deref(),
-        Some("echo.Echo/Say")
-    );
-    assert_eq!(attr(&at_start, "rpc.system.name").as_deref(), Some("grpc"));
-    assert_eq!(
-        attr(&at_start, "server.address").as_deref(),
-        Some("echo.internal")
-    );
+    assert_attr(&at_start, "rpc.method", Some("echo.Echo/Say"));
+    assert_attr(&at_start, "rpc.system.name", Some("grpc"));
+    assert_attr(&at_start, "server.address", Some("echo.internal"));
     assert_eq!(
         attr(&at_start, "server.port"),
         None,
@@ -124,62 +130,40 @@ async fn a_recognized_method_is_named_at_the_start() {
     );
     let span = recorded.only();
     assert_eq!(span.name, "echo.Echo/Say");
-    assert_eq!(
-        attr(&span.attributes, "rpc.response.status_code").as_deref(),
-        Some("OK")
-    );
-    assert_eq!(attr(&span.attributes, "error.type"), None);
+    assert_attr(&span.attributes, "rpc.response.status_code", Some("OK"));
+    assert_attr(&span.attributes, "error.type", None);
 }
 
 #[tokio::test]
 async fn a_method_the_server_answers_ok_is_learned() {
+    const SAY: &str = "127.0.0.1:1/echo.Echo/Say";
     let (tracing, recorded) = Recorded::tracing(|builder| builder);
     // A first call that fails shows nothing: a layer in front of the
     // router may have answered it, whatever the path.
     let mut failing = grpc_server(&tracing, 3);
-    call(
-        &mut failing,
-        grpc_request("127.0.0.1:1/echo.Echo/Say", true),
-    )
-    .await;
+    call_grpc(&mut failing, SAY, true).await;
     assert_eq!(recorded.last_started().0, "grpc");
     let first = recorded.ended().remove(0);
     assert_eq!(first.name, "grpc");
-    assert_eq!(
-        attr(&first.attributes, "rpc.method").as_deref(),
-        Some("_OTHER")
-    );
-    assert_eq!(
-        attr(&first.attributes, "rpc.method_original").as_deref(),
-        Some("echo.Echo/Say")
+    assert_attr(&first.attributes, "rpc.method", Some("_OTHER"));
+    assert_attr(
+        &first.attributes,
+        "rpc.method_original",
+        Some("echo.Echo/Say"),
     );
     recorded.clear();
     let mut answering = grpc_server(&tracing, 0);
-    call(
-        &mut answering,
-        grpc_request("127.0.0.1:1/echo.Echo/Say", true),
-    )
-    .await;
+    call_grpc(&mut answering, SAY, true).await;
     assert_eq!(recorded.last_started().0, "grpc");
     recorded.clear();
     // INVALID_ARGUMENT: the method exists, the caller erred.
-    call(
-        &mut failing,
-        grpc_request("127.0.0.1:1/echo.Echo/Say", true),
-    )
-    .await;
+    call_grpc(&mut failing, SAY, true).await;
     let (started_as, at_start) = recorded.last_started();
     assert_eq!(started_as, "echo.Echo/Say");
-    assert_eq!(
-        attr(&at_start, "rpc.method").as_deref(),
-        Some("echo.Echo/Say")
-    );
+    assert_attr(&at_start, "rpc.method", Some("echo.Echo/Say"));
     for span in recorded.ended() {
         assert_eq!(span.name, "echo.Echo/Say", "renamed once known");
-        assert_eq!(
-            attr(&span.attributes, "rpc.method").as_deref(),
-            Some("echo.Echo/Say")
-        );
+        assert_attr(&span.attributes, "rpc.method", Some("echo.Echo/Say"));
         assert_eq!(
             attr(&span.attributes, "error.type"),
             None,
@@ -193,18 +177,16 @@ async fn a_method_the_server_answers_ok_is_learned() {
 async fn past_the_cap_new_methods_are_other() {
     let (tracing, recorded) = Recorded::tracing(|builder| builder.max_methods(1));
     let mut server = grpc_server(&tracing, 0);
-    call(&mut server, grpc_request("h/a.B/First", false)).await;
-    call(&mut server, grpc_request("h/a.B/Second", false)).await;
+    call_grpc(&mut server, "h/a.B/First", false).await;
+    call_grpc(&mut server, "h/a.B/Second", false).await;
     let ended = recorded.ended();
     assert_eq!(ended[0].name, "a.B/First");
     assert_eq!(ended[1].name, "grpc");
-    assert_eq!(
-        attr(&ended[1].attributes, "rpc.method").as_deref(),
-        Some("_OTHER")
-    );
-    assert_eq!(
-        attr(&ended[1].attributes, "rpc.method_original").as_deref(),
-        Some("a.B/Second")
+    assert_attr(&ended[1].attributes, "rpc.method", Some("_OTHER"));
+    assert_attr(
+        &ended[1].attributes,
+        "rpc.method_original",
+        Some("a.B/Second"),
     );
 }
 
@@ -212,44 +194,31 @@ async fn past_the_cap_new_methods_are_other() {
 async fn a_junk_path_is_other_from_the_start() {
     let (tracing, recorded) = Recorded::tracing(|builder| builder);
     let mut server = grpc_server(&tracing, 12);
-    call(&mut server, grpc_request("h/not/a/method", true)).await;
+    call_grpc(&mut server, "h/not/a/method", true).await;
     let (_, at_start) = recorded.last_started();
-    assert_eq!(attr(&at_start, "rpc.method").as_deref(), Some("_OTHER"));
-    assert_eq!(
-        attr(&at_start, "rpc.method_original").as_deref(),
-        Some("not/a/method")
-    );
+    assert_attr(&at_start, "rpc.method", Some("_OTHER"));
+    assert_attr(&at_start, "rpc.method_original", Some("not/a/method"));
     assert_eq!(recorded.only().name, "grpc");
 }
 
 #[tokio::test]
 async fn health_checks_are_left_out_unless_asked_for() {
+    const CHECK: &str = "h/grpc.health.v1.Health/Check";
     let (tracing, recorded) = Recorded::tracing(|builder| builder);
     let mut server = grpc_server(&tracing, 0);
-    call(
-        &mut server,
-        grpc_request("h/grpc.health.v1.Health/Check", true),
-    )
-    .await;
+    call_grpc(&mut server, CHECK, true).await;
     let mut client = TracingLayer::client(&tracing).layer(grpc_server(&tracing, 0));
-    call(
-        &mut client,
-        grpc_request("h/grpc.health.v1.Health/Watch", false),
-    )
-    .await;
+    call_grpc(&mut client, "h/grpc.health.v1.Health/Watch", false).await;
     assert!(recorded.ended().is_empty(), "{:#?}", recorded.ended());
 
     let (tracing, recorded) = Recorded::tracing(|builder| builder.trace_health_checks(true));
     let mut server = grpc_server(&tracing, 0);
-    call(
-        &mut server,
-        grpc_request("h/grpc.health.v1.Health/Check", true),
-    )
-    .await;
+    call_grpc(&mut server, CHECK, true).await;
     assert_eq!(recorded.only().name, "grpc.health.v1.Health/Check");
-    assert_eq!(
-        attr(&recorded.only().attributes, "rpc.method").as_deref(),
-        Some("grpc.health.v1.Health/Check")
+    assert_attr(
+        &recorded.only().attributes,
+        "rpc.method",
+        Some("grpc.health.v1.Health/Check"),
     );
 }
 
@@ -297,44 +266,27 @@ async fn http_server_spans_are_named_by_route_or_method() {
     };
     assert_eq!(users.name, "GET /users/{id}");
     let attributes = &users.attributes;
-    assert_eq!(
-        attr(attributes, "http.route").as_deref(),
-        Some("/users/{id}")
-    );
-    assert_eq!(
-        attr(attributes, "http.request.method").as_deref(),
-        Some("GET")
-    );
-    assert_eq!(attr(attributes, "url.scheme").as_deref(), Some("http"));
-    assert_eq!(attr(attributes, "url.path").as_deref(), Some("/users/7"));
-    assert_eq!(attr(attributes, "url.query").as_deref(), Some("full=1"));
-    assert_eq!(
-        attr(attributes, "server.address").as_deref(),
-        Some("shop.example")
-    );
-    assert_eq!(attr(attributes, "server.port").as_deref(), Some("8080"));
-    assert_eq!(
-        attr(attributes, "http.response.status_code").as_deref(),
-        Some("200")
-    );
-    assert_eq!(attr(attributes, "rpc.system.name"), None);
+    assert_attr(attributes, "http.route", Some("/users/{id}"));
+    assert_attr(attributes, "http.request.method", Some("GET"));
+    assert_attr(attributes, "url.scheme", Some("http"));
+    assert_attr(attributes, "url.path", Some("/users/7"));
+    assert_attr(attributes, "url.query", Some("full=1"));
+    assert_attr(attributes, "server.address", Some("shop.example"));
+    assert_attr(attributes, "server.port", Some("8080"));
+    assert_attr(attributes, "http.response.status_code", Some("200"));
+    assert_attr(attributes, "rpc.system.name", None);
 
     assert_eq!(nowhere.name, "GET", "never the raw path");
-    assert_eq!(attr(&nowhere.attributes, "http.route"), None);
-    assert_eq!(
-        attr(&nowhere.attributes, "url.path").as_deref(),
-        Some("/no/such/page")
-    );
-    assert_eq!(attr(&nowhere.attributes, "url.query"), None);
+    assert_attr(&nowhere.attributes, "http.route", None);
+    assert_attr(&nowhere.attributes, "url.path", Some("/no/such/page"));
+    assert_attr(&nowhere.attributes, "url.query", None);
 
     assert_eq!(purge.name, "HTTP");
-    assert_eq!(
-        attr(&purge.attributes, "http.request.method").as_deref(),
-        Some("_OTHER")
-    );
-    assert_eq!(
-        attr(&purge.attributes, "http.request.method_original").as_deref(),
-        Some("PURGE")
+    assert_attr(&purge.attributes, "http.request.method", Some("_OTHER"));
+    assert_attr(
+        &purge.attributes,
+        "http.request.method_original",
+        Some("PURGE"),
     );
 }
 
@@ -373,56 +325,34 @@ async fn http_client_spans_carry_the_full_url_without_credentials() {
     assert_eq!(span.name, "GET");
     assert_eq!(span.span_kind, SpanKind::Client);
     let attributes = &span.attributes;
-    assert_eq!(
-        attr(attributes, "url.full").as_deref(),
-        Some("https://REDACTED:REDACTED@api.example/v1/items?page=2")
+    assert_attr(
+        attributes,
+        "url.full",
+        Some("https://REDACTED:REDACTED@api.example/v1/items?page=2"),
     );
-    assert_eq!(
-        attr(attributes, "server.address").as_deref(),
-        Some("api.example")
-    );
-    assert_eq!(attr(attributes, "server.port").as_deref(), Some("443"));
+    assert_attr(attributes, "server.address", Some("api.example"));
+    assert_attr(attributes, "server.port", Some("443"));
     assert_eq!(attr(attributes, "url.path"), None, "servers only");
     assert_eq!(attr(attributes, "http.route"), None, "servers only");
-    assert_eq!(attr(attributes, "error.type").as_deref(), Some("503"));
+    assert_attr(attributes, "error.type", Some("503"));
 }
 
 #[tokio::test]
 async fn a_grpc_client_names_its_target_and_peer() {
     let (tracing, recorded) = Recorded::tracing(|builder| builder);
     let mut client = TracingLayer::client(&tracing).layer(grpc_server(&tracing, 5));
-    call(
-        &mut client,
-        grpc_request("10.0.0.7:50051/echo.Echo/Say", false),
-    )
-    .await;
+    call_grpc(&mut client, "10.0.0.7:50051/echo.Echo/Say", false).await;
     // The inner server is traced too: the client's span ends last.
-    let span = recorded
-        .ended()
-        .into_iter()
-        .find(|span| span.span_kind == SpanKind::Client)
-        .unwrap();
+    let span = client_span(&recorded);
     let attributes = &span.attributes;
     assert_eq!(span.name, "echo.Echo/Say");
-    assert_eq!(
-        attr(attributes, "rpc.method").as_deref(),
-        Some("echo.Echo/Say")
-    );
-    assert_eq!(
-        attr(attributes, "server.address").as_deref(),
-        Some("10.0.0.7")
-    );
-    assert_eq!(attr(attributes, "server.port").as_deref(), Some("50051"));
-    assert_eq!(
-        attr(attributes, "network.peer.address").as_deref(),
-        Some("10.0.0.7")
-    );
-    assert_eq!(
-        attr(attributes, "network.peer.port").as_deref(),
-        Some("50051")
-    );
+    assert_attr(attributes, "rpc.method", Some("echo.Echo/Say"));
+    assert_attr(attributes, "server.address", Some("10.0.0.7"));
+    assert_attr(attributes, "server.port", Some("50051"));
+    assert_attr(attributes, "network.peer.address", Some("10.0.0.7"));
+    assert_attr(attributes, "network.peer.port", Some("50051"));
     // NOT_FOUND: an error for the client.
-    assert_eq!(attr(attributes, "error.type").as_deref(), Some("NOT_FOUND"));
+    assert_attr(attributes, "error.type", Some("NOT_FOUND"));
 }
 
 #[tokio::test]
@@ -438,14 +368,7 @@ async fn a_client_can_name_its_target() {
         .body(Body::default())
         .unwrap();
     call(&mut client, request).await;
-    let span = recorded
-        .ended()
-        .into_iter()
-        .find(|span| span.span_kind == SpanKind::Client)
-        .unwrap();
-    assert_eq!(
-        attr(&span.attributes, "server.address").as_deref(),
-        Some("echo-backend")
-    );
-    assert_eq!(attr(&span.attributes, "server.port"), None);
+    let span = client_span(&recorded);
+    assert_attr(&span.attributes, "server.address", Some("echo-backend"));
+    assert_attr(&span.attributes, "server.port", None);
 }
