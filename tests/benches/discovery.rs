@@ -2,13 +2,13 @@
 //! resolver's watch (and Volo's `Discover::watch`) shows the instance.
 //!
 //! ```text
-//! cargo bench -p harness --bench discovery
+//! cargo bench -p tests --bench discovery
 //! ```
 //! Prints p50/p90/p99/max over 1,000 registrations. Needs `etcd` on PATH.
 
 use std::time::{Duration, Instant};
 
-use harness::EtcdServer;
+use tests::EtcdServer;
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,

@@ -5,7 +5,7 @@
 //! the same stack.
 //!
 //! ```text
-//! cargo bench -p harness --bench e2e
+//! cargo bench -p tests --bench e2e
 //! ```
 //!
 //! Per stack (Volo gRPC server + Volo client; tonic server + tonic client),

@@ -2,7 +2,7 @@
 //! allocations counted.
 //!
 //! ```text
-//! cargo bench -p harness --bench overhead
+//! cargo bench -p tests --bench overhead
 //! ```
 //!
 //! tower (http::Request -> http::Response, body drained like a server

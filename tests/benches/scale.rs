@@ -2,9 +2,9 @@
 //! 100,000 instances across 1,000 services.
 //!
 //! ```text
-//! cargo bench -p harness --bench scale                      # both parts
-//! SCALE_PART=scrape cargo bench -p harness --bench scale    # part 1 only
-//! SCALE_PART=resolver cargo bench -p harness --bench scale  # part 2 only
+//! cargo bench -p tests --bench scale                      # both parts
+//! SCALE_PART=scrape cargo bench -p tests --bench scale    # part 1 only
+//! SCALE_PART=resolver cargo bench -p tests --bench scale  # part 2 only
 //! ```
 //!
 //! **scrape**: records calls into one [`rpc_ext_metrics::RpcMetrics`] over
@@ -49,7 +49,7 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use harness::EtcdServer;
+use tests::EtcdServer;
 use rpc_ext_metrics::{
     Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS,
     DEFAULT_SIZE_BUCKETS,

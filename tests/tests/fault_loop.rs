@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use etcd_client::GetOptions;
-use harness::{EtcdServer, FaultProxy};
+use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{encode_instance, EtcdRegistry, EtcdResolver},
     Instance, Registry, Resolver, ServiceWatch,
@@ -152,7 +152,7 @@ fn shows(watch: &ServiceWatch, ports: &BTreeSet<u16>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_faults_lose_nothing_and_leak_nothing() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let etcd = EtcdServer::start().await?;
     let proxy = FaultProxy::in_front_of(&etcd.endpoint()).await?;
     let raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;

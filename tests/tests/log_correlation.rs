@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use echo::{servers::TonicEcho, tonic_gen};
-use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, Transport},
     RpcTracing,

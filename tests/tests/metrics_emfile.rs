@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
-use harness::PrometheusServer;
+use tests::PrometheusServer;
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::{routing::get, Router};
-use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
 

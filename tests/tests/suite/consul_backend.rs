@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use harness::consul::{AclPolicy, ConsulStandIn};
+use tests::consul::{AclPolicy, ConsulStandIn};
 use rpc_ext_registry::{
     consul::{Check, ConsulRegistry, ConsulResolver},
     Instance, Registry, Resolver,
@@ -45,7 +45,7 @@ fn rand_suffix() -> u32 {
 }
 
 fn pair(address: &str) -> anyhow::Result<(ConsulRegistry, ConsulResolver)> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let registry = ConsulRegistry::builder()
         .address(address)
         .check(Check::Ttl {
@@ -64,7 +64,7 @@ fn pair(address: &str) -> anyhow::Result<(ConsulRegistry, ConsulResolver)> {
 /// Waits until the stand-in holds registration `id` again, and only it (the
 /// registry re-registers by itself after an agent restart).
 async fn reregistered(stand_in: &ConsulStandIn, id: &str) -> anyhow::Result<()> {
-    harness::eventually(RECOVERY_DEADLINE, "re-registration", || {
+    tests::eventually(RECOVERY_DEADLINE, "re-registration", || {
         let ids = stand_in.service_ids();
         async move { (ids == [id]).then_some(()) }
     })
@@ -169,14 +169,14 @@ async fn errors_and_garbage_keep_the_last_known_instances() -> anyhow::Result<()
         |s: &ConsulStandIn| s.garbage_next(3),
     ] {
         inject(&stand_in);
-        let snapshot = harness::eventually(WATCH_DEADLINE, "an error report", || {
+        let snapshot = tests::eventually(WATCH_DEADLINE, "an error report", || {
             let snapshot = watch.current();
             async move { snapshot.last_error.is_some().then_some(snapshot) }
         })
         .await?;
         assert_eq!(snapshot.instances.len(), 1, "the last known set is kept");
         // It recovers by itself once the agent answers properly again.
-        harness::eventually(RECOVERY_DEADLINE, "recovery", || {
+        tests::eventually(RECOVERY_DEADLINE, "recovery", || {
             let snapshot = watch.current();
             async move { snapshot.last_error.is_none().then_some(()) }
         })
@@ -212,7 +212,7 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
         .register(Instance::new(&service, server_addr))
         .await?;
     let channel = rpc_ext_registry::tower::balanced_channel(&resolver, &service).await?;
-    let reply = harness::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
+    let reply = tests::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
         let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
         async move {
             client
@@ -463,7 +463,7 @@ fn is_permission_denied(error: &rpc_ext_registry::Error, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_refusals_are_typed_errors_and_filtered_answers_are_reported() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let no_node_read = AclPolicy {
         service_read: true,
         ..AclPolicy::default()
@@ -524,7 +524,7 @@ async fn acl_refusals_are_typed_errors_and_filtered_answers_are_reported() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_pass_refused_by_acls_is_retried_at_the_keepalive_period() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let stand_in = with_acls(&[("svc", AclPolicy::WRITE)]).await?;
     // TTL 3 s: passes every second. Backoff after failures up to 100 ms.
     let registry = ConsulRegistry::builder()
@@ -548,7 +548,7 @@ async fn a_ttl_pass_refused_by_acls_is_retried_at_the_keepalive_period() -> anyh
     // operator can fix that, so the keeper does not hammer the agent with
     // its fast failure backoff; it tries once per period.
     stand_in.set_token("svc", AclPolicy::READ);
-    harness::eventually(Duration::from_secs(3), "a refused pass", || {
+    tests::eventually(Duration::from_secs(3), "a refused pass", || {
         let denied = stand_in.denied_requests();
         async move { (denied > 0).then_some(()) }
     })
@@ -649,7 +649,7 @@ async fn a_zero_or_sub_millisecond_wait_does_not_time_out_every_query() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passing_means_every_check_of_the_instance_and_its_node() -> anyhow::Result<()> {
-    use harness::consul::Status;
+    use tests::consul::Status;
 
     let stand_in = ConsulStandIn::start().await?;
     // An agent-run check: nothing in the process changes its status, so
@@ -709,7 +709,7 @@ async fn passing_means_every_check_of_the_instance_and_its_node() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_registering_over_a_critical_check_is_passing_at_once() -> anyhow::Result<()> {
-    use harness::consul::Status;
+    use tests::consul::Status;
 
     let stand_in = ConsulStandIn::start().await?;
     // A long TTL: the keepers' periodic passes (every 10 s) play no part.

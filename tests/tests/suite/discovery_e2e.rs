@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use echo::{servers, tonic_gen, volo_gen};
-use harness::{eventually, EtcdServer};
+use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
@@ -47,7 +47,7 @@ async fn start_servers(count: usize, volo: bool) -> anyhow::Result<Servers> {
 }
 
 async fn etcd_pair(etcd: &EtcdServer) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     Ok((
         EtcdRegistry::builder([etcd.endpoint()]).build().await?,
         EtcdResolver::builder([etcd.endpoint()]).build().await?,

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use harness::{EtcdServer, FaultProxy};
+use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver, ServiceWatch,
@@ -53,7 +53,7 @@ fn record(mut watch: ServiceWatch) -> (Snapshots, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_empty_snapshot_while_servers_register_again_after_data_loss() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let mut etcd = EtcdServer::start().await?;
     // The registry reaches etcd through a proxy, so that the test decides
     // when it may write its registrations again: the resolver surely sees
@@ -91,7 +91,7 @@ async fn no_empty_snapshot_while_servers_register_again_after_data_loss() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_after_data_loss_is_published_once_the_grace_period_ends() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let mut etcd = EtcdServer::start().await?;
     let proxy = FaultProxy::in_front_of(&etcd.endpoint()).await?;
     let registry = registry(proxy.endpoint()).await?;
@@ -196,7 +196,7 @@ async fn bump_revision(endpoint: &str, writes: usize) -> anyhow::Result<i64> {
 /// revisions than the old one: only its cluster id tells it apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cluster_id_alone_makes_the_resolver_list_again() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let old = EtcdServer::start().await?;
     let new = EtcdServer::start().await?;
     let old_registry = registry(old.endpoint()).await?;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use harness::{EtcdCluster, EtcdServer};
+use tests::{EtcdCluster, EtcdServer};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver,
@@ -11,7 +11,7 @@ use rpc_ext_registry::{
 use crate::support::{instance, wait_for_keys, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
 async fn connect(endpoints: Vec<String>) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let registry = EtcdRegistry::builder(&endpoints)
         .ttl(Duration::from_secs(2))
         .max_backoff(Duration::from_millis(500))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use etcd_client::{CompactionOptions, GetOptions};
-use harness::{EtcdServer, FaultProxy};
+use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver,
@@ -35,7 +35,7 @@ async fn lease_of(raw: &mut etcd_client::Client, key: &str) -> anyhow::Result<Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolver_relists_after_compaction_past_its_revision() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let etcd = EtcdServer::start().await?;
     let proxy = FaultProxy::in_front_of(&etcd.endpoint()).await?;
     let registry = registry(etcd.endpoint()).await?;
@@ -48,7 +48,7 @@ async fn resolver_relists_after_compaction_past_its_revision() -> anyhow::Result
 
     // Cut the resolver off, and wait until it knows.
     proxy.set_refusing(true);
-    harness::eventually(WATCH_DEADLINE, "the resolver to see the outage", || {
+    tests::eventually(WATCH_DEADLINE, "the resolver to see the outage", || {
         let failed = watch.current().last_error.is_some();
         async move { failed.then_some(()) }
     })
@@ -81,7 +81,7 @@ async fn resolver_relists_after_compaction_past_its_revision() -> anyhow::Result
 
     proxy.set_refusing(false);
     wait_for_ports(&mut watch, &[8002], RECOVERY_DEADLINE).await?;
-    harness::eventually(WATCH_DEADLINE, "the error to clear", || {
+    tests::eventually(WATCH_DEADLINE, "the error to clear", || {
         let cleared = watch.current().last_error.is_none();
         async move { cleared.then_some(()) }
     })
@@ -91,7 +91,7 @@ async fn resolver_relists_after_compaction_past_its_revision() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_and_watch_survive_latency_and_a_partition() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let etcd = EtcdServer::start().await?;
     let proxy = FaultProxy::in_front_of(&etcd.endpoint()).await?;
     let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
@@ -130,14 +130,14 @@ async fn registration_and_watch_survive_latency_and_a_partition() -> anyhow::Res
     // the network is back the registration returns by itself.
     proxy.set_delay(Duration::ZERO);
     proxy.set_refusing(true);
-    harness::eventually(RECOVERY_DEADLINE, "the lease to expire", || {
+    tests::eventually(RECOVERY_DEADLINE, "the lease to expire", || {
         let mut raw = raw.clone();
         let key = key.clone();
         async move { lease_of(&mut raw, &key).await.ok()?.is_none().then_some(()) }
     })
     .await?;
     proxy.set_refusing(false);
-    harness::eventually(
+    tests::eventually(
         RECOVERY_DEADLINE,
         "re-registration after the partition",
         || {

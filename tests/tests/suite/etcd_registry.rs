@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use etcd_client::PutOptions;
-use harness::{eventually, EtcdServer};
+use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Instance, Registry, Resolver,
@@ -12,7 +12,7 @@ use rpc_ext_registry::{
 use crate::support::{addr, instance, wait_for_ports, WATCH_DEADLINE};
 
 async fn connect(etcd: &EtcdServer) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let registry = EtcdRegistry::builder([etcd.endpoint()])
         .ttl(Duration::from_secs(2))
         .max_backoff(Duration::from_millis(500))

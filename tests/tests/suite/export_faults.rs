@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use echo::tonic_gen;
-use harness::otlp::{OtlpReceiver, Protocol, TraceFault};
+use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard},
     prometheus::ExportStatsCollector,
@@ -74,7 +74,7 @@ async fn compare_with_healthy(
     export_timeout: Duration,
     fault: Option<(&OtlpReceiver, TraceFault)>,
 ) -> anyhow::Result<std::sync::Arc<rpc_ext_tracing::ExportStats>> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let healthy_receiver = OtlpReceiver::start().await?;
     let (healthy_guard, healthy_tracing) = pipeline(
         protocol,
@@ -173,7 +173,7 @@ async fn compare_with_healthy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down() -> anyhow::Result<()> {
     for protocol in Protocol::ALL {
-        let nobody = harness::free_port()?;
+        let nobody = tests::free_port()?;
         let stats = compare_with_healthy(
             protocol,
             "down",

@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use etcd_client::GetOptions;
-use harness::{
+use tests::{
     eventually,
     otlp::{OtlpReceiver, Protocol},
     EtcdServer,
@@ -31,7 +31,7 @@ async fn sigterm_deregisters_and_exits_zero(protocol: Option<Protocol>) -> anyho
     let etcd = EtcdServer::start().await?;
     let receiver = OtlpReceiver::start().await?;
     let wire = protocol.unwrap_or(Protocol::HttpProtobuf);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()?));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tests::free_port()?));
     let mut command = Command::new(binary);
     command
         .args(["etcd", "volo-server", &addr.to_string()])

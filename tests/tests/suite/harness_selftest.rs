@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use harness::{eventually, EtcdServer, PrometheusServer};
+use tests::{eventually, EtcdServer, PrometheusServer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use harness::k8s::{self, K8sStandIn, Pod};
+use tests::k8s::{self, K8sStandIn, Pod};
 use rpc_ext_registry::{
     k8s::{K8sRegistry, K8sResolver},
     Error, Instance, Registry, Resolver, ServiceSnapshot, ServiceWatch,
@@ -85,7 +85,7 @@ async fn until<T>(
     deadline: Duration,
     check: impl Fn(ServiceSnapshot) -> Option<T>,
 ) -> anyhow::Result<T> {
-    harness::eventually(deadline, what, || {
+    tests::eventually(deadline, what, || {
         let found = check(watch.current());
         async move { found }
     })
@@ -104,7 +104,7 @@ async fn next_generation(watch: &ServiceWatch, after: u64) -> anyhow::Result<Ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let api = K8sStandIn::start().await?;
     api.put(
         "default",
@@ -286,7 +286,7 @@ async fn an_old_process_leaving_does_not_delete_its_successors_slice() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_error_is_cleared_once_the_watch_recovers() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let api = K8sStandIn::start().await?;
     put_ready(&api, "echo-1", "echo", &["10.0.0.1"]);
     let resolver = K8sResolver::new(api.client()?);

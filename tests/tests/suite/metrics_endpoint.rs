@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use harness::{eventually, PrometheusServer};
+use tests::{eventually, PrometheusServer};
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -69,7 +69,7 @@ async fn request_on(stream: &mut TcpStream) -> anyhow::Result<String> {
 /// exhausting the process, and the header-read timeout closes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_stalled_half_requests_do_not_stop_prometheus() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     const STALLED: usize = 1000;
     let endpoint = MetricsEndpoint::builder(registry_with_marker()?)
         .max_connections(250)
@@ -272,7 +272,7 @@ async fn bearer_and_basic_auth_answer_401_or_200() -> anyhow::Result<()> {
 /// its scrape config, and a wrong token shows as `up == 0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_with_bearer_and_basic_auth() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let bearer = MetricsEndpoint::builder(registry_with_marker()?)
         .bearer_token("t0ken")
         .serve("127.0.0.1:0".parse()?)
@@ -428,7 +428,7 @@ async fn assert_closed_after_idle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_while_in_use(
 ) -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let idle = Duration::from_millis(500);
     let endpoint = MetricsEndpoint::builder(registry_with_marker()?)
         .idle_timeout(idle)
@@ -493,7 +493,7 @@ impl prometheus::core::Collector for SlowCollector {
 /// response, as any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_slower_than_the_idle_timeout_is_not_cut() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let idle = Duration::from_millis(500);
     let delay = Duration::from_millis(1200);
     let registry = prometheus::Registry::new();

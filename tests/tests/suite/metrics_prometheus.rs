@@ -6,7 +6,7 @@ use echo::{
     servers::{TonicEcho, VoloEcho, FAIL},
     tonic_gen, volo_gen,
 };
-use harness::{eventually, PrometheusServer};
+use tests::{eventually, PrometheusServer};
 use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 use tokio::{net::TcpListener, sync::watch};
 use tower::{Service, ServiceBuilder};
@@ -98,7 +98,7 @@ async fn scrape_count(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let (_stop, shutdown) = stop_pair();
     // One metrics set (and endpoint) per framework, so each is its own target.
     let tonic_metrics = RpcMetrics::builder().build()?;
@@ -357,20 +357,20 @@ async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> 
 /// rpc-ext-tracing in it, whose own HTTP client must not change that default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Result<()> {
-    for protocol in harness::otlp::Protocol::ALL {
+    for protocol in tests::otlp::Protocol::ALL {
         exported_as_opentelemetry_metrics_over(protocol).await?;
     }
     Ok(())
 }
 
 async fn exported_as_opentelemetry_metrics_over(
-    protocol: harness::otlp::Protocol,
+    protocol: tests::otlp::Protocol,
 ) -> anyhow::Result<()> {
-    use harness::otlp::Protocol;
+    use tests::otlp::Protocol;
     use opentelemetry::metrics::MeterProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
 
-    let receiver = harness::otlp::OtlpReceiver::start().await?;
+    let receiver = tests::otlp::OtlpReceiver::start().await?;
     let builder = opentelemetry_otlp::MetricExporter::builder();
     let exporter = match protocol {
         Protocol::Grpc => builder

@@ -6,7 +6,7 @@
 
 use std::{process::Output, time::Duration};
 
-use harness::otlp::{OtlpReceiver, Protocol, TraceFault};
+use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use opentelemetry::trace::{Tracer, TracerProvider};
 use rpc_ext_tracing::otlp::{Error, OtlpTracing, Transport};
 use tokio::{net::TcpListener, time::Instant};

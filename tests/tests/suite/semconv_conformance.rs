@@ -22,7 +22,7 @@ use echo::{
     thrift::volo_thrift_gen::echo as thrift,
     tonic_gen, volo_gen,
 };
-use harness::{
+use tests::{
     otlp::{
         OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
     },
@@ -334,7 +334,7 @@ fn expected_spans() -> Vec<Expected> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layer_emits_the_current_semantic_conventions() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let receiver = OtlpReceiver::start().await?;
     let meter_provider = meter_provider(&receiver)?;
     let metrics = RpcMetrics::builder()
@@ -535,7 +535,7 @@ async fn check_prometheus(
 ) -> anyhow::Result<()> {
     // Scraped once the calls were made: the Thrift client series is among
     // the last recorded.
-    let series = harness::eventually(
+    let series = tests::eventually(
         Duration::from_secs(20),
         "the series in Prometheus",
         || async {
@@ -818,7 +818,7 @@ impl Calls<'_> {
             .address(addr)
             .build();
         // The server may not be accepting yet.
-        harness::eventually(Duration::from_secs(5), "a Thrift answer", || async {
+        tests::eventually(Duration::from_secs(5), "a Thrift answer", || async {
             client
                 .say(thrift::SayRequest {
                     message: "hi".into(),

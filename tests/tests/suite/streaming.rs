@@ -20,7 +20,7 @@ use echo::{
     servers::{TonicEcho, VoloEcho, FAIL},
     tonic_gen, volo_gen,
 };
-use harness::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
+use tests::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
 use rpc_ext_metrics::volo::ObservedStream;
 use rpc_ext_metrics::RpcMetrics;
 use rpc_ext_tracing::{otlp::TracingGuard, RpcTracing};
@@ -121,7 +121,7 @@ scenarios! {
 /// One call of `method` through a traced and metered server and client of
 /// `framework`, ending as `ending`; then the checks.
 async fn run(framework: Framework, method: Method, ending: Ending) -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let telemetry = Telemetry::start().await?;
     let (_stop, stopped) = watch::channel(false);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -262,7 +262,7 @@ impl Telemetry {
 
             let labels = [(METHOD_LABEL, name.as_str()), (STATUS_LABEL, status)];
             let (count, seconds) =
-                harness::eventually(DEADLINE, &format!("{duration}{{{labels:?}}}"), || async {
+                tests::eventually(DEADLINE, &format!("{duration}{{{labels:?}}}"), || async {
                     let text = rpc_ext_metrics::encode_text(metrics.registry()).ok()?;
                     let count = sample(&text, &format!("{duration}_count"), &labels)?;
                     let sum = sample(&text, &format!("{duration}_sum"), &labels)?;

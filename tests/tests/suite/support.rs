@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use harness::otlp::{OtlpReceiver, Protocol};
+use tests::otlp::{OtlpReceiver, Protocol};
 use rpc_ext_registry::{Instance, ServiceWatch};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard, Transport},
@@ -145,7 +145,7 @@ pub async fn traced_tonic_echo(
 /// Waits until etcd itself holds `count` keys under the `echo` prefix.
 pub async fn wait_for_keys(endpoint: &str, count: usize) -> anyhow::Result<()> {
     let raw = etcd_client::Client::connect([endpoint], None).await?;
-    harness::eventually(RECOVERY_DEADLINE, "registrations in etcd", || {
+    tests::eventually(RECOVERY_DEADLINE, "registrations in etcd", || {
         let mut raw = raw.clone();
         async move {
             let keys = raw

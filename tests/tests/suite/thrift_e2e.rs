@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use echo::{servers::TonicEcho, thrift::volo_thrift_gen::echo as thrift, tonic_gen};
-use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
@@ -52,7 +52,7 @@ impl thrift::ThriftEcho for ThriftRelay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_a_thrift_client_through_a_thrift_server_to_tonic() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let receiver = OtlpReceiver::start().await?;
     let (caller_guard, caller_tracing) = pipeline("caller", &receiver, Protocol::HttpProtobuf)?;
     let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use echo::{servers::TonicEcho, tonic_gen, volo_gen};
-use harness::otlp::{
+use tests::otlp::{
     OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
 };
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
@@ -155,7 +155,7 @@ fn one<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_a_tonic_client_a_volo_relay_and_a_tonic_backend() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let receiver = OtlpReceiver::start().await?;
     let (client_guard, client_tracing) = pipeline("caller", &receiver, Protocol::HttpProtobuf)?;
     let (frontend_guard, frontend_tracing) = pipeline("frontend", &receiver, Protocol::Grpc)?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
-use harness::{eventually, EtcdServer};
+use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{etcd::EtcdResolver, volo::VoloDiscover};
 use volo::discovery::Discover;
 
@@ -90,7 +90,7 @@ async fn released(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_volo_discover_releases_its_task_and_etcd_watch() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let etcd = EtcdServer::start().await?;
     let baseline_tasks = settled_tasks().await;
     let baseline_watchers = etcd_watchers(&etcd)?;
@@ -126,7 +126,7 @@ async fn dropping_volo_discover_releases_its_task_and_etcd_watch() -> anyhow::Re
 /// balancer, owned by the channel, goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_balanced_channel_releases_its_task_and_etcd_watch() -> anyhow::Result<()> {
-    harness::init_test_logging();
+    tests::init_test_logging();
     let etcd = EtcdServer::start().await?;
     let baseline_tasks = settled_tasks().await;
     let baseline_watchers = etcd_watchers(&etcd)?;

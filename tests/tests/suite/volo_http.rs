@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use harness::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
 use rpc_ext_metrics::RpcMetrics;
 use tokio::net::TcpListener;
 use volo_http::server::{
@@ -162,7 +162,7 @@ async fn the_volo_http_client_propagates_and_is_measured() -> anyhow::Result<()>
         .await?;
     let client_span = spans
         .iter()
-        .find(|s| s.service == "caller" && s.kind == harness::otlp::SPAN_KIND_CLIENT)
+        .find(|s| s.service == "caller" && s.kind == tests::otlp::SPAN_KIND_CLIENT)
         .expect("client span");
     assert_eq!(client_span.name, "GET");
     assert_eq!(
