@@ -20,7 +20,12 @@ pub const DEFAULT_WEIGHT: u32 = 10;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Instance {
-    /// Logical service name (what clients resolve).
+    /// Logical service name (what clients resolve). Non-empty; each backend
+    /// refuses what it cannot store, with
+    /// [`Error::InvalidInstance`](crate::Error::InvalidInstance) before any
+    /// request: etcd a `/` (it separates the key's parts), Consul an empty,
+    /// `.` or `..` part between `/`s, Kubernetes anything but an RFC 1035
+    /// label.
     pub service: String,
     /// Address clients connect to.
     pub address: SocketAddr,
@@ -62,12 +67,14 @@ impl Instance {
         self
     }
 
+    /// What every backend needs: a name and a routable address. What a
+    /// name may contain beyond that is each backend's rule (etcd keys, Consul
+    /// URL paths, Kubernetes labels), checked by that backend.
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
-        if self.service.is_empty() || self.service.contains('/') {
-            return Err(crate::Error::InvalidInstance(format!(
-                "service name {:?} must be non-empty and contain no '/'",
-                self.service
-            )));
+        if self.service.is_empty() {
+            return Err(crate::Error::InvalidInstance(
+                "service name must be non-empty".to_owned(),
+            ));
         }
         if self.address.ip().is_unspecified() || self.address.port() == 0 {
             return Err(crate::Error::InvalidInstance(format!(
@@ -77,6 +84,17 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// FNV-1a of `text`: a hash fixed here rather than the standard library's
+/// (whose algorithm may change between Rust versions), so that every build
+/// and version of this crate derives the same backend names from an
+/// instance, and a successor process finds its predecessor's entry.
+#[cfg(any(feature = "consul", feature = "k8s"))]
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A random 128-bit registration id (32 lowercase hex digits), telling one
@@ -118,5 +136,14 @@ mod tests {
         assert!(a
             .chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn the_stable_hash_is_fnv_1a() {
+        // The published FNV-1a 64 test vectors: the hash must never change,
+        // or a new version would not find the entries an older one wrote.
+        assert_eq!(super::stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(super::stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(super::stable_hash("foobar"), 0x8594_4171_f739_67e8);
     }
 }

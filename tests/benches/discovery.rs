@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use tests::EtcdServer;
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
     Instance, Registry, Resolver,
 };
+use tests::EtcdServer;
 use volo::discovery::Discover;
 
 const REGISTRATIONS: usize = 1_000;

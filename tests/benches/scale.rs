@@ -49,7 +49,6 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use tests::EtcdServer;
 use rpc_ext_metrics::{
     Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side, DEFAULT_DURATION_BUCKETS,
     DEFAULT_SIZE_BUCKETS,
@@ -58,6 +57,7 @@ use rpc_ext_registry::{
     etcd::{encode_instance, EtcdResolver},
     Instance, Resolver, ServiceWatch,
 };
+use tests::EtcdServer;
 
 /// Counts allocations and live heap bytes.
 struct CountingAllocator;

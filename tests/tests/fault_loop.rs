@@ -7,11 +7,11 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use etcd_client::GetOptions;
-use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{encode_instance, EtcdRegistry, EtcdResolver},
     Instance, Registry, Resolver, ServiceWatch,
 };
+use tests::{EtcdServer, FaultProxy};
 use tokio::time::Instant;
 
 const FAULTS: usize = 100;

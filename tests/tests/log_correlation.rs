@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use echo::{servers::TonicEcho, tonic_gen};
-use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, Transport},
     RpcTracing,
 };
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use tokio::net::TcpListener;
 
 /// Log lines written inside a call carry the call's trace and span ids.

@@ -30,8 +30,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
-use tests::PrometheusServer;
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
+use tests::PrometheusServer;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},

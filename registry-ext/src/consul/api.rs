@@ -126,6 +126,38 @@ impl CheckDefinition {
     }
 }
 
+/// Refuses a name Consul's HTTP API could not address. The agent decodes the
+/// whole path before routing it (Go's `net/http`), so a `/` inside a name
+/// works, but a path that cleans to another one (an empty, `.` or `..`
+/// segment: `/a`, `a/`, `a//b`, `a/../b`, `..`) is answered with a redirect, and
+/// the instance could be neither resolved nor deregistered
+/// (hashicorp/consul#1096, #2813).
+fn check_service_name(name: &str) -> Result<()> {
+    if name.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Err(Error::InvalidInstance(format!(
+            "service name {name:?} cannot be used with Consul: split at '/', no part may be \
+             empty, '.' or '..'"
+        )));
+    }
+    Ok(())
+}
+
+/// The service ID: `<service>-<ip>-<port>`, the same for the same instance in
+/// every process (a successor replaces its predecessor's entry, see
+/// `REGISTRATION_META`). IDs never hold a `/`: agents answer a deregistration
+/// of such an ID with a redirect (hashicorp/consul#2813). A name with a `/`
+/// therefore gets it replaced and a hash of the exact name appended, so that
+/// `a/b` and `a-b` on one address stay two services.
+fn service_id(service: &str, address: std::net::SocketAddr) -> String {
+    let id =
+        format!("{service}-{}-{}", address.ip(), address.port()).replace([':', '[', ']', '/'], "-");
+    if service.contains('/') {
+        format!("{id}-{:08x}", crate::instance::stable_hash(service) as u32)
+    } else {
+        id
+    }
+}
+
 impl Registration {
     /// The registration of `instance`, or [`Error::InvalidInstance`] if its
     /// tags cannot be stored in Consul's service `Meta` (see `meta.rs`):
@@ -135,14 +167,14 @@ impl Registration {
         check: &Check,
         deregister_after: Duration,
     ) -> Result<Self> {
+        check_service_name(&instance.service)?;
         let address = instance.address;
         let registration = crate::instance::registration_id();
         let mut meta = encode_tags(&instance.tags)?;
         meta.insert(WEIGHT_META.to_owned(), instance.weight.to_string());
         meta.insert(REGISTRATION_META.to_owned(), registration.clone());
         Ok(Self {
-            id: format!("{}-{}-{}", instance.service, address.ip(), address.port())
-                .replace([':', '[', ']', '/'], "-"),
+            id: service_id(&instance.service, address),
             name: instance.service.clone(),
             address: address.ip().to_string(),
             port: address.port(),
@@ -468,6 +500,34 @@ mod tests {
             Registration::of(&too_long, &check, Duration::ZERO),
             Err(Error::InvalidInstance(_))
         ));
+    }
+
+    #[test]
+    fn slashes_stay_out_of_ids_and_names_keep_apart() {
+        let at = "127.0.0.1:8001".parse().unwrap();
+        assert_eq!(service_id("echo", at), "echo-127.0.0.1-8001");
+        assert_eq!(
+            service_id("echo", "[::1]:8001".parse().unwrap()),
+            "echo---1-8001"
+        );
+        let slashed = service_id("a/b", at);
+        assert!(slashed.starts_with("a-b-127.0.0.1-8001-"), "{slashed}");
+        assert!(!slashed.contains('/'));
+        assert_ne!(slashed, service_id("a-b", at));
+        assert_eq!(slashed, service_id("a/b", at), "stable across calls");
+    }
+
+    #[test]
+    fn names_consul_cannot_route_are_refused() {
+        for good in ["echo", "a/b", "team/payments/api", "a?c#d", "a.b/c.d"] {
+            assert!(check_service_name(good).is_ok(), "{good}");
+        }
+        for bad in ["/a", "a/", "a//b", "a/./b", "a/../b", "/", "..", "."] {
+            assert!(
+                matches!(check_service_name(bad), Err(Error::InvalidInstance(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,14 @@ impl Registry for EtcdRegistry {
     async fn register(&self, mut instance: Instance) -> Result<Registration> {
         instance.address = advertise_address(instance.address, self.shared.advertise_ip)?;
         instance.validate()?;
+        // `<prefix>/<service>/<address>`: a `/` in the name would put the
+        // instance inside another service's range (`a/b` under `a`).
+        if instance.service.contains('/') {
+            return Err(Error::InvalidInstance(format!(
+                "service name {:?} cannot be stored in etcd: it contains '/'",
+                instance.service
+            )));
+        }
         let entry = Entry {
             key: self.key_of(&instance),
             value: encode_instance(&instance),

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::{routing::get, Router};
-use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use rpc_ext_metrics::RpcMetrics;
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER};
 use tokio::net::TcpListener;
 
 use crate::support::pipeline;

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use tests::consul::{AclPolicy, ConsulStandIn};
 use rpc_ext_registry::{
     consul::{Check, ConsulRegistry, ConsulResolver},
     Instance, Registry, Resolver,
 };
+use tests::consul::{AclPolicy, ConsulStandIn};
 
 use crate::support::{addr, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
@@ -258,36 +258,70 @@ async fn names_with_url_delimiters_register_resolve_and_deregister() -> anyhow::
     let agent = Agent::any().await?;
     let (registry, resolver) = pair(&agent.address())?;
     // `?` and `#` would start a query or a fragment if they were not
-    // percent-encoded; the ID (`<name>-<ip>-<port>`) keeps them too.
-    // Instances cannot be named with a `/` (`Instance::validate`), but a
-    // resolver may be asked for one: it must query that very name.
-    let service = format!("{}?c#d", unique("a"));
-    let registration = registry
-        .register(Instance::new(&service, addr(7751)))
+    // percent-encoded; `/` would split the name across path segments. The
+    // agent decodes the whole path, so a `/` inside a name reaches it whole;
+    // the ID replaces it (agents redirect deregistrations of IDs with a `/`).
+    let base = unique("a");
+    let query_like = format!("{base}?c#d");
+    let slashed = format!("{base}/b?c#d");
+    let a = registry
+        .register(Instance::new(&query_like, addr(7751)))
         .await?;
-    let resolved = resolver.resolve(&service).await?;
-    assert_eq!(resolved.len(), 1);
-    assert_eq!(resolved[0].service, service);
-    assert_eq!(resolved[0].address, addr(7751));
-    let prefix = service.split('?').next().unwrap_or_default();
-    assert!(resolver.resolve(prefix).await?.is_empty());
-    assert!(resolver.resolve(&format!("{service}/x")).await?.is_empty());
-    let with_slash = format!("{prefix}/b?c#d");
-    assert!(resolver.resolve(&with_slash).await?.is_empty());
-
-    // Longer than the TTL: the passes reach the check, so it stays passing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut watch = resolver.subscribe(&service).await?;
-    wait_for_ports(&mut watch, &[7751], WATCH_DEADLINE).await?;
-    if let Agent::StandIn(stand_in) = &agent {
-        assert_eq!(stand_in.service_ids().len(), 1);
+    let b = registry
+        .register(Instance::new(&slashed, addr(7751)))
+        .await?;
+    for (service, other) in [(&query_like, &slashed), (&slashed, &query_like)] {
+        let resolved = resolver.resolve(service).await?;
+        assert_eq!(resolved.len(), 1, "{service}");
+        assert_eq!(&resolved[0].service, service);
+        assert_eq!(resolved[0].address, addr(7751));
+        assert_ne!(service, other);
+    }
+    // Neighbouring names see nothing: the name is matched whole, not by a
+    // prefix that a `?`, `#` or `/` cut short.
+    for neighbour in [base.clone(), format!("{base}/b"), format!("{query_like}/x")] {
+        assert!(
+            resolver.resolve(&neighbour).await?.is_empty(),
+            "{neighbour}"
+        );
     }
 
-    registration.deregister().await?;
-    wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
+    // Longer than the TTL: the passes reach both checks, so they stay passing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut query_watch = resolver.subscribe(&query_like).await?;
+    let mut slashed_watch = resolver.subscribe(&slashed).await?;
+    wait_for_ports(&mut query_watch, &[7751], WATCH_DEADLINE).await?;
+    wait_for_ports(&mut slashed_watch, &[7751], WATCH_DEADLINE).await?;
+    if let Agent::StandIn(stand_in) = &agent {
+        let ids = stand_in.service_ids();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.iter().all(|id| !id.contains('/')), "{ids:?}");
+    }
+
+    b.deregister().await?;
+    wait_for_ports(&mut slashed_watch, &[], WATCH_DEADLINE).await?;
+    assert_eq!(resolver.resolve(&query_like).await?.len(), 1);
+    a.deregister().await?;
+    wait_for_ports(&mut query_watch, &[], WATCH_DEADLINE).await?;
     if let Agent::StandIn(stand_in) = &agent {
         assert!(stand_in.service_ids().is_empty());
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_agent_would_redirect_are_refused_before_any_request() -> anyhow::Result<()> {
+    let stand_in = ConsulStandIn::start().await?;
+    let (registry, _) = pair(&stand_in.address())?;
+    for name in ["/echo", "echo/", "a//b", "a/./b", "a/../b", ".."] {
+        match registry.register(Instance::new(name, addr(7752))).await {
+            Err(rpc_ext_registry::Error::InvalidInstance(reason)) => {
+                assert!(reason.contains(name), "{reason}");
+            }
+            other => anyhow::bail!("{name}: expected InvalidInstance, got {other:?}"),
+        }
+    }
+    assert_eq!(stand_in.register_requests(), 0);
     Ok(())
 }
 

@@ -4,12 +4,12 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use echo::{servers, tonic_gen, volo_gen};
-use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     volo::VoloDiscover,
     Instance, Registry,
 };
+use tests::{eventually, EtcdServer};
 use tokio::{net::TcpListener, sync::watch};
 use volo::discovery::Discover;
 

@@ -7,11 +7,11 @@ use std::{
     time::Duration,
 };
 
-use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver, ServiceWatch,
 };
+use tests::{EtcdServer, FaultProxy};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::support::{instance, wait_for_keys, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};

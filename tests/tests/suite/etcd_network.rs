@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use etcd_client::{CompactionOptions, GetOptions};
-use tests::{EtcdServer, FaultProxy};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
     Registry, Resolver,
 };
+use tests::{EtcdServer, FaultProxy};
 
 use crate::support::{instance, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 

@@ -8,8 +8,8 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use tests::{eventually, PrometheusServer};
 use rpc_ext_metrics::{prometheus, MetricsEndpoint};
+use tests::{eventually, PrometheusServer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -6,9 +6,9 @@
 
 use std::{process::Output, time::Duration};
 
-use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use opentelemetry::trace::{Tracer, TracerProvider};
 use rpc_ext_tracing::otlp::{Error, OtlpTracing, Transport};
+use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use tokio::{net::TcpListener, time::Instant};
 
 use crate::support::example_binary;

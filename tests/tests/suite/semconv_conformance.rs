@@ -22,16 +22,16 @@ use echo::{
     thrift::volo_thrift_gen::echo as thrift,
     tonic_gen, volo_gen,
 };
+use opentelemetry::metrics::MeterProvider as _;
+use rpc_ext_core::volo_grpc::ObservedStream;
+use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
+use rpc_ext_tracing::RpcTracing;
 use tests::{
     otlp::{
         OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
     },
     PrometheusServer,
 };
-use opentelemetry::metrics::MeterProvider as _;
-use rpc_ext_core::volo_grpc::ObservedStream;
-use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
-use rpc_ext_tracing::RpcTracing;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tower::ServiceExt as _;

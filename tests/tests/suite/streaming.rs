@@ -20,10 +20,10 @@ use echo::{
     servers::{TonicEcho, VoloEcho, FAIL},
     tonic_gen, volo_gen,
 };
-use tests::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
 use rpc_ext_metrics::volo::ObservedStream;
 use rpc_ext_metrics::RpcMetrics;
 use rpc_ext_tracing::{otlp::TracingGuard, RpcTracing};
+use tests::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
 use tokio::{net::TcpListener, sync::mpsc, sync::watch};
 use tokio_stream::wrappers::ReceiverStream;
 

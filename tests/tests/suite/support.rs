@@ -2,12 +2,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tests::otlp::{OtlpReceiver, Protocol};
 use rpc_ext_registry::{Instance, ServiceWatch};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard, Transport},
     RpcTracing,
 };
+use tests::otlp::{OtlpReceiver, Protocol};
 
 use echo::tonic_gen;
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use echo::{servers::TonicEcho, thrift::volo_thrift_gen::echo as thrift, tonic_gen};
-use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use rpc_ext_metrics::RpcMetrics;
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 

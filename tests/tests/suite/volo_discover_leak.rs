@@ -9,8 +9,8 @@ use std::{
 };
 
 use anyhow::Context;
-use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{etcd::EtcdResolver, volo::VoloDiscover};
+use tests::{eventually, EtcdServer};
 use volo::discovery::Discover;
 
 /// How long the tasks and watches may take to go after the drop.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
 use rpc_ext_metrics::RpcMetrics;
+use tests::otlp::{OtlpReceiver, Protocol, SPAN_KIND_SERVER, STATUS_ERROR};
 use tokio::net::TcpListener;
 use volo_http::server::{
     route::{get, Router},
