@@ -15,9 +15,10 @@
 //! registration: the cluster's endpoints controller maintains their slices.
 //! [`K8sRegistry`] is for instances outside that controller (a VM, another
 //! cluster): it manages one EndpointSlice per instance, labelled
-//! `endpointslice.kubernetes.io/managed-by: registry-ext`, created on
-//! register and deleted on deregister. The Service itself should have no
-//! selector, so the endpoints controller leaves those slices alone.
+//! `endpointslice.kubernetes.io/managed-by: registry-ext`, with a Lease it
+//! renews (see [Liveness](#liveness)), both created on register and deleted
+//! on deregister. The Service itself should have no selector, so the
+//! endpoints controller leaves those slices alone.
 //!
 //! Targets name a Service, its namespace and one of the Service's ports, by
 //! name or number: `k8s://echo.default:grpc`, `echo.default:80`, or
@@ -55,9 +56,10 @@
 //! # Permissions
 //!
 //! The resolver needs `list` and `watch` on
-//! `endpointslices.discovery.k8s.io` (and `get` on `services` for numeric
-//! targets); the registry `get`, `create`, `patch` and `delete` on
-//! `endpointslices.discovery.k8s.io`. `deploy/kubernetes/rbac.yaml` in the
+//! `endpointslices.discovery.k8s.io` and `leases.coordination.k8s.io` (and
+//! `get` on `services` for numeric targets); the registry `get`, `create`,
+//! `patch` and `delete` on `endpointslices.discovery.k8s.io`, and `get`,
+//! `create`, `update` and `delete` on `leases.coordination.k8s.io`. `deploy/kubernetes/rbac.yaml` in the
 //! repository has the Roles, a ServiceAccount and the bindings. A request
 //! the API server refuses (403) is reported as
 //! [`Error::PermissionDenied`](crate::Error::PermissionDenied), whose
@@ -71,34 +73,56 @@
 //! prefix plus a hash of the three, so long names with IPv6 addresses do not
 //! collide), and labelled [`REGISTRATION_LABEL`] with a random id per
 //! registration. A process that registers the same instance again (a
-//! restart) takes the slice over; the process it replaced, deregistering
-//! later, sees another id and leaves the slice alone.
+//! restart) takes the slice and its Lease over; the process it replaced
+//! stops renewing a Lease another registration holds and, deregistering
+//! later, sees another id and leaves both alone.
 //!
 //! # Liveness
 //!
 //! Kubernetes keeps an EndpointSlice until someone deletes it, and nothing
-//! in it expires: unlike Consul's TTL check or an etcd lease, there is no
-//! heartbeat. A process that deregisters deletes its slice (dropping the
-//! [`Registration`] does it in the background, if the runtime lives on long
-//! enough), but one that dies without running that code — SIGKILL, an OOM
-//! kill, a lost host — leaves its slice in place, endpoint `ready: true`,
-//! and clients keep resolving it. The slice goes away only when the same
-//! instance registers again and later deregisters, or when an operator or a
-//! controller deletes it (select
-//! `endpointslice.kubernetes.io/managed-by=registry-ext`). Where stale
-//! endpoints matter, run such a controller (for example one that probes the
-//! endpoints, or one that ties each slice to a `coordination.k8s.io` Lease
-//! the process renews), or let clients eject endpoints that fail, as load
-//! balancers with outlier detection do. This crate does not implement a
-//! heartbeat.
+//! in it expires. A process that deregisters deletes its slice and its Lease
+//! (dropping the [`Registration`] does it in the background, if the runtime
+//! lives on long enough). So that the endpoint of a process that dies without
+//! deregistering (SIGKILL, an OOM kill, a lost host) is not used forever,
+//! each registration also holds a `coordination.k8s.io/v1` Lease of the
+//! slice's name, renewed every third of its duration
+//! ([`K8sRegistry::lease_duration`], 30 s by default), and the slice names
+//! it in its [`LEASE_LABEL`]. The resolver watches those Leases and uses
+//! the endpoint of a slice that names one only while the Lease is live:
+//! until its `leaseDurationSeconds` have passed, on the resolver's own
+//! clock, since the resolver last saw its `renewTime` change (or first saw
+//! it) — as client-go's leader election does, so clock skew between nodes
+//! does not matter. A Lease that does not exist makes the slice's endpoint
+//! expire one grace period after the resolver first saw it missing
+//! ([`K8sResolver::missing_lease_grace`], 30 s). When a Lease expires the
+//! resolver publishes the set without those endpoints; when it is renewed
+//! again, they come back. Slices without the label (those of the endpoints
+//! controller, or of an older version of this crate) are not affected.
+//!
+//! So a killed process's endpoint leaves every resolver at most one lease
+//! duration after its last renewal. A resolver that starts after the
+//! process died still uses it for one lease duration from its first sight
+//! of the Lease (it cannot tell how long ago, by its own clock, the
+//! `renewTime` was written). While the resolver's Lease watch fails (the
+//! API server unreachable, or no `watch` permission on Leases) it cannot see
+//! renewals, so that time does not count: nothing expires meanwhile, the
+//! error is reported in [`ServiceSnapshot::last_error`](crate::ServiceSnapshot),
+//! and liveness resumes once a new list of the Leases is complete. The
+//! slice itself stays in place until the same instance registers again and
+//! deregisters, or someone deletes it (select
+//! `endpointslice.kubernetes.io/managed-by=registry-ext`).
 //!
 //! [`Registration`]: crate::Registration
 
 mod api_versions;
+mod heartbeat;
+mod lease_watch;
+mod liveness;
 mod registry;
 mod resolver;
 mod slice;
 mod target;
+mod view;
 
 pub use registry::K8sRegistry;
 pub use resolver::K8sResolver;
@@ -115,8 +139,24 @@ pub const MANAGED_BY: &str = "registry-ext";
 /// registration deletes its slice on deregister only while it carries its id.
 pub const REGISTRATION_LABEL: &str = "registry-ext/registration";
 
+/// Label of a registry slice naming the Lease that tells whether its
+/// endpoint is live (the slice's own name).
+pub const LEASE_LABEL: &str = "registry-ext/lease";
+/// Label of a registration's Lease naming its Service; the resolver of a
+/// Service watches the Leases with it (and [`LEASE_MANAGED_BY_LABEL`]).
+pub const LEASE_SERVICE_LABEL: &str = "registry-ext/service";
+/// Label of a registration's Lease, with the value [`MANAGED_BY`].
+pub const LEASE_MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The lease duration of a registration unless
+/// [`K8sRegistry::lease_duration`] sets another, and the resolver's grace
+/// for a Lease that does not exist unless
+/// [`K8sResolver::missing_lease_grace`] sets another.
+pub const DEFAULT_LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// EndpointSlices, as RBAC rules and 403 messages name them.
 const SLICES: &str = "endpointslices.discovery.k8s.io";
+/// Leases, as RBAC rules and 403 messages name them.
+const LEASES: &str = "leases.coordination.k8s.io";
 /// Services (core API group).
 const SERVICES: &str = "services";
 

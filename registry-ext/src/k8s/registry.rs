@@ -1,6 +1,6 @@
 //! Registration as an EndpointSlice owned by the instance.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use k8s_openapi::{
     api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
@@ -10,11 +10,16 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
     Api, Client,
 };
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    api_error, api_versions::EndpointList, kube_error, target::is_service_name, MANAGED_BY,
-    REGISTRATION_LABEL, SLICES,
+    api_error,
+    api_versions::EndpointList,
+    heartbeat::{Heartbeat, Renewal},
+    kube_error,
+    target::is_service_name,
+    DEFAULT_LEASE_DURATION, LEASE_LABEL, MANAGED_BY, REGISTRATION_LABEL, SLICES,
 };
 use crate::{
     advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
@@ -30,9 +35,21 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// Each registration applies (server-side apply) one slice labelled
 /// `kubernetes.io/service-name: <service>` and
 /// `endpointslice.kubernetes.io/managed-by: registry-ext`, checks every 30 s
-/// (`recheck_interval`) that it still exists (re-applying it if someone deleted it), and deletes
-/// it on deregister. The instance's `zone` and `node` tags become the
-/// endpoint's zone and node name.
+/// (`recheck_interval`) that it still exists (re-applying it if someone
+/// deleted it), and deletes it on deregister. The instance's `zone` and
+/// `node` tags become the endpoint's zone and node name.
+///
+/// Each registration also holds a `coordination.k8s.io/v1` Lease of the
+/// slice's name, which the slice names in its
+/// [`LEASE_LABEL`](super::LEASE_LABEL): `holderIdentity` is the
+/// registration id, `leaseDurationSeconds` the
+/// [`lease_duration`](Self::lease_duration) (30 s by default), and
+/// `renewTime` is renewed every third of it (retried after a failure,
+/// created again if someone deleted the Lease). Resolvers stop using the
+/// endpoint once the Lease has not been renewed for its duration, so a
+/// process killed without deregistering (SIGKILL, OOM kill, lost host)
+/// leaves their sets within one lease duration; see the [module
+/// documentation](super#liveness).
 ///
 /// The slice is named after the service, IP and port (a readable prefix and
 /// a hash of the three), so registering the same instance again — a
@@ -40,7 +57,10 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// a random id ([`REGISTRATION_LABEL`](super::REGISTRATION_LABEL)), and
 /// deregistering deletes the slice only while it still carries that id (with
 /// a resource-version precondition), so an old process leaving after its
-/// successor registered does not remove the successor's slice.
+/// successor registered does not remove the successor's slice. The same
+/// holds for the Lease: the successor takes it over, the old process stops
+/// renewing a Lease held by another registration and deletes it only while
+/// it holds it.
 ///
 /// The instance's service name is the Service's name, so it must be one:
 /// an RFC 1035 label (`echo`, `payments-api`; at most 63 characters);
@@ -51,20 +71,21 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// name.
 ///
 /// It needs `get`, `create`, `patch` and `delete` on
-/// `endpointslices.discovery.k8s.io` in its namespace (see the [module
-/// documentation](super#permissions)); a refused request is an
+/// `endpointslices.discovery.k8s.io`, and `get`, `create`, `update` and
+/// `delete` on `leases.coordination.k8s.io` in its namespace (see the
+/// [module documentation](super#permissions)); a refused request is an
 /// [`Error::PermissionDenied`](crate::Error::PermissionDenied) naming the
 /// permission.
-///
-/// There is no liveness: a process killed without deregistering (SIGKILL,
-/// OOM kill, lost host) leaves its slice Ready; see the [module
-/// documentation](super#liveness).
 ///
 /// ```no_run
 /// use rpc_ext_registry::{k8s::K8sRegistry, Instance, Registry};
 ///
 /// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
-/// let registry = K8sRegistry::try_default().await?.namespace("prod").port_name("grpc");
+/// let registry = K8sRegistry::try_default()
+///     .await?
+///     .namespace("prod")
+///     .port_name("grpc")
+///     .lease_duration(std::time::Duration::from_secs(15));
 /// let registration = registry
 ///     .register(Instance::new("echo", "10.1.2.3:50051".parse().unwrap()))
 ///     .await?;
@@ -78,6 +99,7 @@ pub struct K8sRegistry {
     port_name: Option<String>,
     advertise_ip: Option<IpAddr>,
     recheck: Duration,
+    lease_duration: Duration,
 }
 
 impl std::fmt::Debug for K8sRegistry {
@@ -85,6 +107,7 @@ impl std::fmt::Debug for K8sRegistry {
         f.debug_struct("K8sRegistry")
             .field("namespace", &self.namespace)
             .field("port_name", &self.port_name)
+            .field("lease_duration", &self.lease_duration)
             .finish_non_exhaustive()
     }
 }
@@ -104,7 +127,19 @@ impl K8sRegistry {
             port_name: None,
             advertise_ip: None,
             recheck: RECHECK,
+            lease_duration: DEFAULT_LEASE_DURATION,
         }
+    }
+
+    /// How long a registration's Lease stays live without a renewal
+    /// (default 30 s, whole seconds, at least 1): the longest time resolvers
+    /// keep using the endpoint of a process that died without
+    /// deregistering. It is renewed every third of this. Resolvers read the
+    /// duration from each Lease, so registries may use different ones.
+    #[must_use]
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
     }
 
     /// How often each registration checks that its slice still exists
@@ -146,9 +181,10 @@ impl K8sRegistry {
 
     fn slice_of(&self, instance: &Instance, registration: &str) -> EndpointSlice {
         let ip = instance.address.ip();
+        let name = slice_name(&instance.service, ip, instance.address.port());
         EndpointSlice {
             metadata: ObjectMeta {
-                name: Some(slice_name(&instance.service, ip, instance.address.port())),
+                name: Some(name.clone()),
                 labels: Some(BTreeMap::from([
                     (
                         "kubernetes.io/service-name".to_owned(),
@@ -159,6 +195,8 @@ impl K8sRegistry {
                         MANAGED_BY.to_owned(),
                     ),
                     (REGISTRATION_LABEL.to_owned(), registration.to_owned()),
+                    // The Lease has the slice's name.
+                    (LEASE_LABEL.to_owned(), name.clone()),
                 ])),
                 ..ObjectMeta::default()
             },
@@ -203,24 +241,47 @@ impl Registry for K8sRegistry {
         let registration = crate::instance::registration_id();
         let slice = self.slice_of(&instance, &registration);
         let namespace = self.namespace_name();
-        let keeper = Keeper {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        let mut keeper = Keeper {
             api: Api::namespaced(self.client.clone(), &namespace),
+            heartbeat: Heartbeat::new(
+                Api::namespaced(self.client.clone(), &namespace),
+                namespace.clone(),
+                name.clone(),
+                registration.clone(),
+                instance.service.clone(),
+                self.lease_duration,
+            ),
+            held_by_other: false,
             namespace,
             recheck: self.recheck,
-            name: slice.metadata.name.clone().unwrap_or_default(),
+            name,
             slice,
             registration,
         };
         keeper.apply().await?;
-        info!(slice = %keeper.name, "registered as an EndpointSlice");
+        // The slice first: resolvers give a slice whose Lease they have not
+        // seen yet a grace period, so the order is invisible to them, and a
+        // registration refused here leaves no Lease behind.
+        if let Err(error) = keeper.heartbeat.acquire().await {
+            if let Err(cleanup) = keeper.delete_slice().await {
+                warn!(slice = %keeper.name, %cleanup, "cannot remove the slice of a failed registration");
+            }
+            return Err(error);
+        }
+        info!(slice = %keeper.name, "registered as an EndpointSlice with a Lease");
         let (registration, stop) = Registration::new(instance);
-        tokio::spawn(Arc::new(keeper).keep(stop));
+        tokio::spawn(keeper.keep(stop));
         Ok(registration)
     }
 }
 
 struct Keeper {
     api: Api<EndpointSlice>,
+    heartbeat: Heartbeat,
+    /// Whether the last renewal found the Lease held by another
+    /// registration (logged once per takeover).
+    held_by_other: bool,
     /// For naming a refused permission.
     namespace: String,
     recheck: Duration,
@@ -279,13 +340,23 @@ impl Keeper {
             .map_err(|error| api_error(error, "get", SLICES, &self.namespace))
     }
 
+    /// Deletes the slice, then the Lease, each only if it is still this
+    /// registration's. A Lease left behind (its delete failed) expires; a
+    /// slice left behind then names an expired Lease, so its endpoint is
+    /// not used either.
+    async fn delete(&self) -> Result<()> {
+        let slice = self.delete_slice().await;
+        let lease = self.heartbeat.release().await;
+        slice.and(lease)
+    }
+
     /// Deletes the slice if it is still this registration's. A slice
     /// labelled with another registration id was taken over by a later
     /// registration of the same instance (a successor process) and is left
     /// alone. The delete carries the resource version and UID that were
     /// checked as preconditions, so a takeover between the read and the
     /// delete makes the API server refuse it (409), and the check runs again.
-    async fn delete(&self) -> Result<()> {
+    async fn delete_slice(&self) -> Result<()> {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
             let Some(current) = self.get().await? else {
@@ -333,38 +404,89 @@ impl Keeper {
         ))
     }
 
-    async fn keep(self: Arc<Self>, mut stop: StopSignal) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut delay = self.recheck;
+    /// Renews the Lease every third of its duration and checks the slice
+    /// every `recheck`, until the handle asks to stop or is dropped.
+    async fn keep(mut self, mut stop: StopSignal) {
+        let renew_every = self.heartbeat.renew_interval();
+        let mut renewal_backoff = Backoff::new(Duration::from_millis(200), renew_every);
+        let mut check_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut next_renewal = Instant::now() + renew_every;
+        let mut next_check = Instant::now() + self.recheck;
         loop {
             tokio::select! {
                 reason = stop.wait() => {
                     reason.reply(self.delete().await);
                     return;
                 }
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep_until(next_renewal.min(next_check)) => {}
             }
-            let present = self.get().await.map(|found| found.is_some());
-            delay = match present {
-                Ok(true) => {
-                    backoff.reset();
-                    self.recheck
+            if Instant::now() >= next_renewal {
+                let delay = match self.renew(renew_every).await {
+                    Ok(()) => {
+                        renewal_backoff.reset();
+                        renew_every
+                    }
+                    Err(error) => {
+                        warn!(lease = %self.name, %error, "Lease renewal failed; retrying");
+                        renewal_backoff.next_delay()
+                    }
+                };
+                next_renewal = Instant::now() + delay;
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + self.check(&mut check_backoff).await;
+            }
+        }
+    }
+
+    /// One renewal, given at most `limit` so that an API server that does
+    /// not answer delays the retry rather than every later renewal.
+    async fn renew(&mut self, limit: Duration) -> Result<()> {
+        match tokio::time::timeout(limit, self.heartbeat.renew()).await {
+            Ok(Ok(Renewal::Renewed)) => {
+                self.held_by_other = false;
+                Ok(())
+            }
+            Ok(Ok(Renewal::HeldBy(holder))) => {
+                // Taken over by a successor: its Lease, not ours to renew.
+                // Checked again at each renewal, so that a Lease the
+                // successor deleted is created again while this
+                // registration lives.
+                if !std::mem::replace(&mut self.held_by_other, true) {
+                    info!(lease = %self.name, %holder, "Lease held by another registration; not renewing it");
                 }
-                Ok(false) => {
-                    warn!(slice = %self.name, "EndpointSlice gone; applying it again");
-                    match self.apply().await {
-                        Ok(()) => self.recheck,
-                        Err(error) => {
-                            warn!(slice = %self.name, %error, "EndpointSlice re-apply failed");
-                            backoff.next_delay()
-                        }
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(crate::Error::backend(
+                super::BACKEND,
+                format!("Lease renewal took longer than {limit:?}"),
+            )),
+        }
+    }
+
+    /// Checks that the slice exists, applying it again if it does not; the
+    /// delay until the next check.
+    async fn check(&self, backoff: &mut Backoff) -> Duration {
+        match self.get().await.map(|found| found.is_some()) {
+            Ok(true) => {
+                backoff.reset();
+                self.recheck
+            }
+            Ok(false) => {
+                warn!(slice = %self.name, "EndpointSlice gone; applying it again");
+                match self.apply().await {
+                    Ok(()) => self.recheck,
+                    Err(error) => {
+                        warn!(slice = %self.name, %error, "EndpointSlice re-apply failed");
+                        backoff.next_delay()
                     }
                 }
-                Err(error) => {
-                    warn!(slice = %self.name, %error, "cannot check the EndpointSlice");
-                    backoff.next_delay()
-                }
-            };
+            }
+            Err(error) => {
+                warn!(slice = %self.name, %error, "cannot check the EndpointSlice");
+                backoff.next_delay()
+            }
         }
     }
 }

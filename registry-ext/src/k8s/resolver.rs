@@ -1,25 +1,26 @@
 //! Resolution from EndpointSlices with kube's runtime watcher.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     runtime::{watcher, WatchStreamExt},
     Api, Client,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::{debug, warn};
 
 use super::{
     api_error, denied,
-    slice::{candidates, select, Candidate},
-    PortSpec, Target, SERVICES, SLICES,
+    lease_watch::LeaseWatch,
+    view::{SliceMap, SliceView, Slices},
+    PortSpec, Target, DEFAULT_LEASE_DURATION, LEASES, SERVICES, SLICES,
 };
 use crate::{
     backend::{
         backoff::Backoff,
-        subscriptions::{publish_error, publish_instances, Subscriptions},
+        subscriptions::{publish_error, Subscriptions},
     },
     Error, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
@@ -33,6 +34,13 @@ const SERVICE_RECHECK: Duration = Duration::from_secs(60);
 /// else serving terminating ones; see the [module documentation](super)),
 /// pushing every change. A numeric port names a Service port and is mapped
 /// to the slices' port through the Service object.
+///
+/// Endpoints of slices written by [`K8sRegistry`](super::K8sRegistry) are
+/// used only while their registration's Lease is live (see the [module
+/// documentation](super#liveness)): the resolver then also watches the
+/// Service's registration Leases (needs `list` and `watch` on
+/// `leases.coordination.k8s.io`), and drops an endpoint when its Lease goes
+/// unrenewed for its duration, without waiting for any event.
 ///
 /// When the watch fails (the API server unreachable or answering errors),
 /// the last known instances are kept and the error is reported in
@@ -54,6 +62,7 @@ const SERVICE_RECHECK: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct K8sResolver {
     shared: Arc<Shared>,
+    missing_lease_grace: Duration,
 }
 
 struct Shared {
@@ -84,7 +93,31 @@ impl K8sResolver {
                 client,
                 subscriptions: Subscriptions::default(),
             }),
+            missing_lease_grace: DEFAULT_LEASE_DURATION,
         }
+    }
+
+    /// How long the endpoint of a slice that names a Lease which does not
+    /// exist is still used, from the moment the resolver first finds it
+    /// missing (default 30 s, the registry's default lease duration). A
+    /// registration writes its slice just before its Lease, and creates the
+    /// Lease again if someone deletes it, so a short absence is normal.
+    /// Applies to the targets subscribed after it is set.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use rpc_ext_registry::k8s::K8sResolver;
+    ///
+    /// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
+    /// let resolver = K8sResolver::try_default()
+    ///     .await?
+    ///     .missing_lease_grace(Duration::from_secs(10));
+    /// # let _ = resolver; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn missing_lease_grace(mut self, grace: Duration) -> Self {
+        self.missing_lease_grace = grace;
+        self
     }
 }
 
@@ -103,18 +136,13 @@ impl Resolver for K8sResolver {
             name: target.to_owned(),
             target: parsed,
         };
+        let grace = self.missing_lease_grace;
         self.shared
             .subscriptions
-            .subscribe(target, |tx| follower.run(tx))
+            .subscribe(target, |tx| follower.run(tx, grace))
             .await
     }
 }
-
-/// Candidates by slice name, in name order (so that of an address listed
-/// twice, the same slice's entry wins every time). Holds the slices the API
-/// server has for one Service, no more: deletions and re-lists remove the
-/// others.
-type Slices = BTreeMap<String, Vec<Candidate>>;
 
 /// Why one watcher ended.
 enum Ended {
@@ -135,11 +163,11 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(self, tx: watch::Sender<ServiceSnapshot>) {
+    async fn run(self, tx: watch::Sender<ServiceSnapshot>, missing_lease_grace: Duration) {
         let selector = format!("kubernetes.io/service-name={}", self.target.service);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // Kept across watcher restarts.
-        let mut slices = Slices::new();
+        let mut slices = Slices::new().missing_lease_grace(missing_lease_grace);
         loop {
             let port_name = tokio::select! {
                 () = tx.closed() => return,
@@ -225,7 +253,9 @@ impl Follower {
     }
 
     /// Follows one watcher until it fails, the subscribers are gone, or the
-    /// Service's mapping of a numeric target changes.
+    /// Service's mapping of a numeric target changes; and, once a slice
+    /// names a Lease, the Service's Leases, publishing again whenever one
+    /// expires.
     async fn follow(
         &self,
         tx: &watch::Sender<ServiceSnapshot>,
@@ -239,13 +269,21 @@ impl Follower {
     ) -> Ended {
         // Buffers a (re-)list so the current set stays in place until the
         // new list is complete.
-        let mut relisting: Option<Slices> = None;
+        let mut relisting: Option<SliceMap> = None;
+        let mut leases = LeaseWatch::new(
+            Api::namespaced(self.slices.clone().into_client(), &self.namespace),
+            &self.target.service,
+        );
+        if slices.name_leases() {
+            leases.start();
+        }
         let numeric = matches!(self.target.port, PortSpec::Number(_));
         let mut recheck = tokio::time::interval_at(
             tokio::time::Instant::now() + SERVICE_RECHECK,
             SERVICE_RECHECK,
         );
         loop {
+            let expiry = slices.liveness.next_expiry(Instant::now());
             let event = tokio::select! {
                 () = tx.closed() => return Ended::Unsubscribed,
                 _ = recheck.tick(), if numeric => {
@@ -254,45 +292,63 @@ impl Follower {
                     }
                     continue;
                 }
+                // A Lease expires: publish without its endpoints, now.
+                () = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    slices.publish(tx, leases.error());
+                    continue;
+                }
+                event = leases.next() => {
+                    if self.lease_event(event, slices, &mut leases) {
+                        slices.publish(tx, leases.error());
+                    }
+                    continue;
+                }
                 event = events.next() => event,
             };
             let changed = match event {
                 None => return Ended::Unsubscribed,
                 Some(Ok(watcher::Event::Init)) => {
-                    relisting = Some(Slices::new());
+                    relisting = Some(SliceMap::new());
                     false
                 }
                 Some(Ok(watcher::Event::InitApply(slice))) => {
-                    let (name, candidates) = self.candidates_of(port_name, &slice);
+                    let (name, view) = self.candidates_of(port_name, &slice);
                     relisting
-                        .get_or_insert_with(Slices::new)
-                        .insert(name, candidates);
+                        .get_or_insert_with(SliceMap::new)
+                        .insert(name, view);
                     false
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
-                    *slices = relisting.take().unwrap_or_default();
+                    slices.replace_all(relisting.take().unwrap_or_default());
                     backoff.reset();
                     true
                 }
                 Some(Ok(watcher::Event::Apply(slice))) => {
-                    let (name, candidates) = self.candidates_of(port_name, &slice);
-                    slices.insert(name, candidates);
+                    let (name, view) = self.candidates_of(port_name, &slice);
+                    slices.insert(name, view);
                     true
                 }
                 Some(Ok(watcher::Event::Delete(slice))) => {
                     let name = slice.metadata.name.unwrap_or_default();
-                    slices.remove(&name).is_some()
+                    slices.remove(&name)
                 }
                 Some(Err(error)) => {
-                    let error = self.watch_error(error);
+                    let error = self.watch_error(error, SLICES);
                     warn!(target = %self.name, %error, "EndpointSlice watch failed; keeping last known instances");
+                    // The API server is likely out of reach for the Lease
+                    // watch too: renewals made meanwhile cannot be seen.
+                    slices.liveness.pause(Instant::now());
                     publish_error(tx, error);
                     return Ended::Failed;
                 }
             };
             if changed {
-                // Also clears a published error.
-                publish_instances(tx, select(slices.values().map(Vec::as_slice)));
+                if slices.name_leases() {
+                    leases.start();
+                }
+                // Also clears a published error (but a failing Lease
+                // watch's).
+                slices.publish(tx, leases.error());
             }
         }
     }
@@ -314,25 +370,71 @@ impl Follower {
         }
     }
 
-    /// A watcher failure, with a 403 named as the permission it lacks.
-    fn watch_error(&self, error: watcher::Error) -> Error {
+    /// Applies an event of the Lease watch to the liveness of `slices`;
+    /// whether to publish again.
+    fn lease_event(
+        &self,
+        event: watcher::Result<watcher::Event<Lease>>,
+        slices: &mut Slices,
+        leases: &mut LeaseWatch,
+    ) -> bool {
+        let now = Instant::now();
+        let liveness = &mut slices.liveness;
+        match event {
+            Ok(watcher::Event::Init) => {
+                liveness.start_list();
+                false
+            }
+            Ok(watcher::Event::InitApply(lease)) => {
+                liveness.observe(&lease, now);
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                liveness.finish_list(now);
+                leases.listed();
+                true
+            }
+            Ok(watcher::Event::Apply(lease)) => {
+                liveness.observe(&lease, now);
+                true
+            }
+            Ok(watcher::Event::Delete(lease)) => {
+                liveness.forget(lease.metadata.name.as_deref().unwrap_or_default(), now);
+                true
+            }
+            Err(error) => {
+                let error = self.watch_error(error, LEASES);
+                warn!(target = %self.name, %error, "Lease watch failed; no endpoint expires until it is back");
+                liveness.pause(now);
+                leases.failed(error);
+                true
+            }
+        }
+    }
+
+    /// A watcher failure on `resource`, with a 403 named as the permission
+    /// it lacks.
+    fn watch_error(&self, error: watcher::Error, resource: &'static str) -> Error {
         match error {
             watcher::Error::InitialListFailed(error) => {
-                api_error(error, "list", SLICES, &self.namespace)
+                api_error(error, "list", resource, &self.namespace)
             }
             watcher::Error::WatchStartFailed(error) | watcher::Error::WatchFailed(error) => {
-                api_error(error, "watch", SLICES, &self.namespace)
+                api_error(error, "watch", resource, &self.namespace)
             }
             watcher::Error::WatchError(status) if status.code == 403 => {
-                denied(&status.message, "watch", SLICES, &self.namespace)
+                denied(&status.message, "watch", resource, &self.namespace)
             }
             other => Error::backend(super::BACKEND, other),
         }
     }
 
-    /// The slice's name and its candidates at the target's slice port.
-    fn candidates_of(&self, port_name: &str, slice: &EndpointSlice) -> (String, Vec<Candidate>) {
+    /// The slice's name and what it holds for the target's slice port.
+    fn candidates_of(&self, port_name: &str, slice: &EndpointSlice) -> (String, SliceView) {
         let name = slice.metadata.name.clone().unwrap_or_default();
-        (name, candidates(&self.name, port_name, slice))
+        (name, SliceView::of(&self.name, port_name, slice))
     }
 }
+
+#[cfg(test)]
+mod relist_tests;

@@ -1,9 +1,12 @@
 //! What the API server validates on a write, answered with the `422
 //! Invalid` Status it sends: object names (DNS subdomains, at most 253
-//! characters), label keys and values, and the `fieldManager` that server-side
-//! apply requires.
+//! characters), label keys and values, a Lease's duration and transitions,
+//! the `fieldManager` that server-side apply requires, and the resource
+//! version a Lease update must carry.
 
 use serde_json::{json, Value};
+
+use super::resource::{Resource, LEASES};
 
 /// A lowercase RFC 1123 subdomain: dot-separated labels of lowercase
 /// alphanumerics and `-`, each starting and ending alphanumeric, 253
@@ -49,9 +52,9 @@ pub(super) struct Invalid {
     why: String,
 }
 
-/// Checks what the API server checks on every EndpointSlice write that the
-/// stand-in supports: the name and the labels.
-pub(super) fn check_object(object: &Value) -> Result<(), Invalid> {
+/// Checks what the API server checks on every write of `resource` that the
+/// stand-in supports: the name, the labels and, of a Lease, the spec.
+pub(super) fn check_object(resource: Resource, object: &Value) -> Result<(), Invalid> {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     if !is_dns_subdomain(name) {
         return Err(Invalid {
@@ -87,7 +90,42 @@ pub(super) fn check_object(object: &Value) -> Result<(), Invalid> {
             }
         }
     }
+    if resource == LEASES {
+        check_lease_spec(&object["spec"])?;
+    }
     Ok(())
+}
+
+/// `ValidateLeaseSpec`: a duration, when given, is positive; transitions,
+/// when given, are not negative.
+fn check_lease_spec(spec: &Value) -> Result<(), Invalid> {
+    for (field, minimum, why) in [
+        ("leaseDurationSeconds", 1, "must be greater than 0"),
+        ("leaseTransitions", 0, "must be greater than or equal to 0"),
+    ] {
+        let value = &spec[field];
+        if value.is_null() {
+            continue;
+        }
+        if value.as_i64().is_none_or(|v| v < minimum) {
+            return Err(Invalid {
+                field: format!("spec.{field}"),
+                value: value.to_string(),
+                why: why.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An update of a resource that allows no unconditional update (a Lease)
+/// without `metadata.resourceVersion` is refused.
+pub(super) fn missing_resource_version() -> Invalid {
+    Invalid {
+        field: "metadata.resourceVersion".into(),
+        value: "0x0".into(),
+        why: "must be specified for an update".into(),
+    }
 }
 
 /// Server-side apply without `?fieldManager=` is refused.
@@ -132,5 +170,22 @@ mod tests {
         assert!(is_label_token(""));
         assert!(!is_label_token(&"a".repeat(64)));
         assert!(!is_label_token("echo/v1"));
+    }
+
+    #[test]
+    fn lease_durations_must_be_positive_and_transitions_not_negative() {
+        let lease = |spec: Value| json!({"metadata": {"name": "l"}, "spec": spec});
+        assert!(check_object(LEASES, &lease(json!({"leaseDurationSeconds": 2}))).is_ok());
+        assert!(check_object(LEASES, &lease(json!({}))).is_ok());
+        for bad in [
+            json!({"leaseDurationSeconds": 0}),
+            json!({"leaseDurationSeconds": -1}),
+            json!({"leaseTransitions": -1}),
+        ] {
+            assert!(check_object(LEASES, &lease(bad.clone())).is_err(), "{bad}");
+        }
+        // Not checked on other resources.
+        let slice = lease(json!({"leaseDurationSeconds": 0}));
+        assert!(check_object(super::super::resource::SLICES, &slice).is_ok());
     }
 }

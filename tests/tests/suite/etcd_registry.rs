@@ -3,13 +3,13 @@
 use std::{net::SocketAddr, time::Duration};
 
 use etcd_client::PutOptions;
-use tests::{eventually, EtcdServer};
 use rpc_ext_registry::{
     etcd::{EtcdRegistry, EtcdResolver},
-    Instance, Registry, Resolver,
+    Instance, Registry, Resolver, ServiceSnapshot, DEFAULT_WEIGHT,
 };
+use tests::{eventually, EtcdServer, FaultProxy};
 
-use crate::support::{addr, instance, wait_for_ports, WATCH_DEADLINE};
+use crate::support::{addr, instance, wait_for_ports, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
 async fn connect(etcd: &EtcdServer) -> anyhow::Result<(EtcdRegistry, EtcdResolver)> {
     tests::init_test_logging();
@@ -146,7 +146,7 @@ async fn a_revoked_lease_is_replaced_without_user_action() -> anyhow::Result<()>
     let lease = key.kvs()[0].lease();
     raw.lease_revoke(lease).await?;
     wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;
-    wait_for_ports(&mut watch, &[7401], crate::support::RECOVERY_DEADLINE).await?;
+    wait_for_ports(&mut watch, &[7401], RECOVERY_DEADLINE).await?;
     Ok(())
 }
 
@@ -177,22 +177,82 @@ async fn unreachable_etcd_keeps_the_last_known_set_and_reports_it() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_without_losing_updates_made_while_it_was_down() -> anyhow::Result<()> {
-    let mut etcd = EtcdServer::start().await?;
-    let (_, resolver) = connect(&etcd).await?;
-    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    let value = |port: u16| rpc_ext_registry::etcd::encode_instance(&instance("echo", port));
-    raw.put("/registry-ext/echo/a", value(7601), None).await?;
-    let mut watch = resolver.subscribe("echo").await?;
-    wait_for_ports(&mut watch, &[7601], WATCH_DEADLINE).await?;
-
-    // Restart etcd; write while the resolver is still reconnecting.
-    etcd.restart().await?;
-    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
-    raw.put("/registry-ext/echo/b", value(7602), None).await?;
-    raw.delete("/registry-ext/echo/a", None).await?;
-    raw.put("/registry-ext/echo/c", value(7603), Some(PutOptions::new()))
+    tests::init_test_logging();
+    let etcd = EtcdServer::start().await?;
+    // The resolver reaches etcd through the proxy; the writer goes straight
+    // to etcd, so the test decides when the watch is down and the writes
+    // still land.
+    let proxy = FaultProxy::in_front_of(&etcd.endpoint()).await?;
+    let resolver = EtcdResolver::builder([proxy.endpoint()])
+        .max_backoff(Duration::from_millis(500))
+        .build()
         .await?;
-    wait_for_ports(&mut watch, &[7602, 7603], crate::support::RECOVERY_DEADLINE).await?;
-    assert!(watch.current().last_error.is_none());
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let value = |instance: Instance| rpc_ext_registry::etcd::encode_instance(&instance);
+    raw.put("/registry-ext/echo/a", value(instance("echo", 7601)), None)
+        .await?;
+    raw.put("/registry-ext/echo/d", value(instance("echo", 7604)), None)
+        .await?;
+    let mut watch = resolver.subscribe("echo").await?;
+    wait_for_ports(&mut watch, &[7601, 7604], WATCH_DEADLINE).await?;
+    let before = watch.current();
+    assert!(before.last_error.is_none());
+
+    // Cut the resolver off and wait until its watch reports it.
+    proxy.set_refusing(true);
+    eventually(WATCH_DEADLINE, "the watch to report the cut", || {
+        let failed = watch.current().last_error.is_some();
+        async move { failed.then_some(()) }
+    })
+    .await?;
+
+    // Meanwhile: two instances added, one removed, one updated.
+    raw.put("/registry-ext/echo/b", value(instance("echo", 7602)), None)
+        .await?;
+    raw.delete("/registry-ext/echo/a", None).await?;
+    raw.put(
+        "/registry-ext/echo/c",
+        value(instance("echo", 7603)),
+        Some(PutOptions::new()),
+    )
+    .await?;
+    raw.put(
+        "/registry-ext/echo/d",
+        value(instance("echo", 7604).with_weight(99)),
+        None,
+    )
+    .await?;
+    // The watch was down for all four: still the error, the set from before
+    // the cut, and nothing published since (the generation grows with
+    // every published set).
+    let during = watch.current();
+    assert!(during.last_error.is_some(), "the cut is still reported");
+    assert_eq!(ports_and_weights(&during), ports_and_weights(&before));
+    assert_eq!(
+        during.generation, before.generation,
+        "a write reached the watch while it was down"
+    );
+
+    proxy.set_refusing(false);
+    let want = [(7602, DEFAULT_WEIGHT), (7603, DEFAULT_WEIGHT), (7604, 99)];
+    let resumed = eventually(RECOVERY_DEADLINE, "the watch to resume", || {
+        let snapshot = watch.current();
+        async move {
+            (snapshot.last_error.is_none() && ports_and_weights(&snapshot) == want)
+                .then_some(snapshot)
+        }
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}; the watch shows {:?}", watch.current()))?;
+    assert!(resumed.generation > before.generation);
     Ok(())
+}
+
+/// The snapshot's instances as (port, weight), in address order.
+fn ports_and_weights(snapshot: &ServiceSnapshot) -> Vec<(u16, u32)> {
+    snapshot
+        .instances
+        .iter()
+        .map(|i| (i.address.port(), i.weight))
+        .collect()
 }

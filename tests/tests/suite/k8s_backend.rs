@@ -4,12 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tests::k8s::{self, K8sStandIn, Pod};
 use rpc_ext_registry::{
     k8s::{K8sRegistry, K8sResolver},
     Error, Instance, Registry, Resolver, ServiceSnapshot, ServiceWatch,
 };
 use serde_json::{json, Value};
+use tests::k8s::{self, K8sStandIn, Pod};
 
 use crate::support::{RECOVERY_DEADLINE, WATCH_DEADLINE};
 
@@ -154,24 +154,40 @@ async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What a subscriber saw of one snapshot: addresses, generation, error.
+type Seen = (Vec<String>, u64, bool);
+type Recorded = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// Records every snapshot `watch` wakes its subscriber for, until aborted.
+/// A `tokio::sync::watch` subscriber may skip values; the unit test
+/// `k8s::resolver::relist_tests` checks every value the resolver holds.
+fn record_snapshots(mut watch: ServiceWatch) -> (Recorded, tokio::task::JoinHandle<()>) {
+    let seen = Recorded::default();
+    let task = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(snapshot) = watch.changed().await {
+                let entry = (
+                    ips(&snapshot.instances),
+                    snapshot.generation,
+                    snapshot.last_error.is_some(),
+                );
+                seen.lock().unwrap().push(entry);
+            }
+        }
+    });
+    (seen, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_watch_relists_without_dropping_the_current_set() -> anyhow::Result<()> {
     let api = K8sStandIn::start().await?;
     put_ready(&api, "echo-1", "echo", &["10.0.0.1"]);
     let resolver = K8sResolver::new(api.client()?);
     let mut watch = resolver.subscribe("k8s://echo.default:grpc").await?;
-
-    // Record every snapshot the resolver publishes from here on.
-    let mut observer = watch.clone();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorder = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while let Ok(snapshot) = observer.changed().await {
-                seen.lock().unwrap().push(ips(&snapshot.instances));
-            }
-        })
-    };
+    let before = watch.current();
+    assert_eq!(ips(&before.instances), ["10.0.0.1:50051"]);
+    let (seen, recorder) = record_snapshots(watch.clone());
 
     // History compacted and connections cut: the watcher's resume gets
     // 410 Gone and it must list again; a change happens meanwhile.
@@ -185,15 +201,26 @@ async fn an_expired_watch_relists_without_dropping_the_current_set() -> anyhow::
     // And updates keep flowing after the re-list.
     put_ready(&api, "echo-1", "echo", &["10.0.0.2"]);
     wait_for_ips(&mut watch, &["10.0.0.2:50051"]).await?;
+    let after = until(&watch, "the error cleared", WATCH_DEADLINE, |s| {
+        s.last_error.is_none().then_some(s)
+    })
+    .await?;
     recorder.abort();
-    assert!(
-        api.list_requests() > lists_before,
-        "the watcher did not list again after 410"
+    assert_eq!(
+        api.list_requests(),
+        lists_before + 1,
+        "one new list after 410"
     );
+    assert_eq!(ips(&after.instances), ["10.0.0.2:50051"]);
+    assert!(after.generation > before.generation);
     let seen = seen.lock().unwrap().clone();
     assert!(
-        seen.iter().all(|set| !set.is_empty()),
+        seen.iter().all(|(set, _, _)| !set.is_empty()),
         "the set went empty during the re-list: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+        "the generation went back: {seen:?}"
     );
     Ok(())
 }
@@ -451,7 +478,8 @@ async fn a_numeric_target_names_the_service_port_and_resolves_to_the_target_port
 
 /// The `(verb, resource)` rules of each Role in the manifest users apply,
 /// by Role name, so that the tests grant exactly what the manifest grants.
-fn manifest_roles() -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, String)>>> {
+pub(crate) fn manifest_roles(
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, String)>>> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/kubernetes/rbac.yaml"
@@ -508,7 +536,7 @@ fn manifest_roles() -> anyhow::Result<std::collections::BTreeMap<String, Vec<(St
 }
 
 /// Lets the stand-in allow exactly `rules` (verb, resource).
-fn grant<'a>(api: &K8sStandIn, rules: impl IntoIterator<Item = &'a (String, String)>) {
+pub(crate) fn grant<'a>(api: &K8sStandIn, rules: impl IntoIterator<Item = &'a (String, String)>) {
     let rules: Vec<(&str, &str)> = rules
         .into_iter()
         .map(|(verb, resource)| (verb.as_str(), resource.as_str()))
