@@ -100,6 +100,30 @@ async fn malformed_values_are_skipped() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_name_with_a_slash_is_refused_before_any_write() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (registry, resolver) = connect(&etcd).await?;
+    // `a/b` would be stored under `/registry-ext/a/b/…`, inside the range of
+    // service `a`.
+    match registry.register(instance("a/b", 7102)).await {
+        Err(rpc_ext_registry::Error::InvalidInstance(reason)) => {
+            assert!(reason.contains("a/b"), "{reason}");
+        }
+        other => anyhow::bail!("expected InvalidInstance, got {other:?}"),
+    }
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let stored = raw
+        .get(
+            "/registry-ext/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    assert_eq!(stored.kvs().len(), 0, "nothing was written");
+    assert!(resolver.resolve("a").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_registration_deregisters() -> anyhow::Result<()> {
     let etcd = EtcdServer::start().await?;
     let (registry, resolver) = connect(&etcd).await?;
