@@ -301,13 +301,11 @@ const HASH_DIGITS: usize = 12;
 /// exact service, IP and port still fit in 63 characters. The hash keeps
 /// apart instances whose readable prefixes are the same once cut or
 /// sanitised (a long service name with IPv6 addresses that differ at the
-/// end, `a.b` and `a-b`). It is FNV-1a, fixed here, so that every build and
-/// version of this crate gives an instance the same name.
+/// end, `a.b` and `a-b`). The hash is fixed (`stable_hash`), so that every
+/// build and version of this crate gives an instance the same name.
 fn slice_name(service: &str, ip: IpAddr, port: u16) -> String {
     let full = format!("{service}\0{ip}\0{port}");
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = crate::instance::stable_hash(&full);
     let readable = format!("{service}-{ip}-{port}")
         .to_ascii_lowercase()
         .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
