@@ -12,6 +12,10 @@
 //! | Consul | `consul` | `consul::ConsulRegistry`, `consul::ConsulResolver` |
 //! | Kubernetes EndpointSlices | `k8s` | `k8s::K8sRegistry`, `k8s::K8sResolver` |
 //!
+//! Registries and resolvers report what they go through (renewals,
+//! re-registrations, watch restarts, a stale set served during an outage)
+//! as plain data in [`health`], for a metrics exporter to read.
+//!
 //! ```
 //! use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
 //!
@@ -30,6 +34,7 @@
 mod address;
 mod diff;
 mod error;
+pub mod health;
 mod instance;
 mod memory;
 mod registry;

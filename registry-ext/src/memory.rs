@@ -10,9 +10,14 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    advertise_address, registry::Stop, Instance, Registration, Registry, Resolver, Result,
-    ServiceSnapshot, ServiceWatch,
+    advertise_address,
+    health::{RegistryHealth, SubscriptionProbe},
+    registry::Stop,
+    Instance, Registration, Registry, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
+
+/// The backend name in errors and health entries.
+const BACKEND: &str = "memory";
 
 /// A registry and resolver that live in this process.
 ///
@@ -35,6 +40,7 @@ use crate::{
 pub struct MemoryRegistry {
     inner: Arc<Mutex<State>>,
     advertise_ip: Option<IpAddr>,
+    health: RegistryHealth,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +52,10 @@ struct State {
 struct Service {
     instances: BTreeMap<SocketAddr, Arc<Instance>>,
     tx: watch::Sender<ServiceSnapshot>,
+    /// Listed from the first subscription on, for as long as the registry
+    /// lives: the registry itself keeps the view current, there is no
+    /// follower that could end.
+    subscription: Option<SubscriptionProbe>,
 }
 
 impl Service {
@@ -53,6 +63,7 @@ impl Service {
         Self {
             instances: BTreeMap::new(),
             tx: watch::channel(ServiceSnapshot::new(Vec::new(), 1)).0,
+            subscription: None,
         }
     }
 
@@ -60,7 +71,16 @@ impl Service {
         let instances: Vec<_> = self.instances.values().cloned().collect();
         self.tx.send_modify(|snapshot| {
             *snapshot = ServiceSnapshot::new(instances, snapshot.generation + 1);
+            self.record(snapshot);
         });
+    }
+
+    /// Every view of this registry is current: each one confirms the set.
+    fn record(&self, snapshot: &ServiceSnapshot) {
+        if let Some(probe) = &self.subscription {
+            probe.shows(snapshot);
+            probe.confirmed();
+        }
     }
 }
 
@@ -69,6 +89,34 @@ impl MemoryRegistry {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The health of this registry's registrations and subscriptions,
+    /// shared by its clones.
+    ///
+    /// Registrations are listed while their handle lives; their state is
+    /// always [`Registered`](crate::health::RegistrationState::Registered)
+    /// and their counters stay at zero, since nothing can fail in process.
+    /// A service is listed as a subscription from its first `subscribe`
+    /// (or `resolve`) for as long as the registry lives, never stale.
+    ///
+    /// ```
+    /// use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> rpc_ext_registry::Result<()> {
+    /// let registry = MemoryRegistry::new();
+    /// let _echo = registry
+    ///     .register(Instance::new("echo", "127.0.0.1:50051".parse().unwrap()))
+    ///     .await?;
+    /// registry.resolve("echo").await?;
+    /// let health = registry.health().snapshot();
+    /// assert_eq!(health.registrations.len(), 1);
+    /// assert_eq!(health.subscriptions[0].instances, 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.health.clone()
     }
 
     /// The IP to advertise for instances registered on an unspecified address.
@@ -96,7 +144,9 @@ impl Registry for MemoryRegistry {
             service.instances.insert(entry.address, entry.clone());
             service.publish();
         });
-        let (registration, mut stop) = Registration::new(instance);
+        let (mut registration, mut stop) = Registration::new(instance);
+        // Nothing to renew in process: the entry only says it is there.
+        let _probe = registration.track(BACKEND, &self.health);
         let registry = self.clone();
         tokio::spawn(async move {
             let reason: Stop = stop.wait().await;
@@ -115,7 +165,13 @@ impl Registry for MemoryRegistry {
 
 impl Resolver for MemoryRegistry {
     async fn subscribe(&self, service: &str) -> Result<ServiceWatch> {
-        let rx = self.with_service(service, |s| s.tx.subscribe());
+        let rx = self.with_service(service, |s| {
+            if s.subscription.is_none() {
+                s.subscription = Some(self.health.subscription(BACKEND, service));
+                s.record(&s.tx.borrow());
+            }
+            s.tx.subscribe()
+        });
         Ok(ServiceWatch::new(service, rx))
     }
 }

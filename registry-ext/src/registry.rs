@@ -4,7 +4,10 @@ use std::future::Future;
 
 use tokio::sync::oneshot;
 
-use crate::{Instance, Result};
+use crate::{
+    health::{Listing, RegistrationProbe, RegistryHealth},
+    Instance, Result,
+};
 
 /// A backend that instances register themselves into.
 ///
@@ -43,6 +46,9 @@ type StopRequest = oneshot::Sender<Result<()>>;
 pub struct Registration {
     instance: Instance,
     stop: Option<oneshot::Sender<StopRequest>>,
+    /// The registration's health entry, listed while the handle lives: gone
+    /// as soon as `deregister` returns or the handle is dropped.
+    listing: Option<Listing>,
 }
 
 impl Registration {
@@ -53,9 +59,22 @@ impl Registration {
             Self {
                 instance,
                 stop: Some(tx),
+                listing: None,
             },
             StopSignal(rx),
         )
+    }
+
+    /// Lists this registration in `health` under `backend` for as long as
+    /// the handle lives; its keeper records through the returned probe.
+    pub(crate) fn track(
+        &mut self,
+        backend: &'static str,
+        health: &RegistryHealth,
+    ) -> RegistrationProbe {
+        let (listing, probe) = health.registration(backend, &self.instance);
+        self.listing = Some(listing);
+        probe
     }
 
     /// The instance as registered (with its advertised address).

@@ -1,10 +1,13 @@
 //! One background watch task per service, shared by every subscriber.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{collections::HashMap, future::Future, ops::Deref, sync::Arc};
 
 use tokio::sync::watch;
 
-use crate::{Error, Result, ServiceSnapshot, ServiceWatch};
+use crate::{
+    health::{RegistryHealth, SubscriptionProbe},
+    Error, Result, ServiceSnapshot, ServiceWatch,
+};
 
 /// The per-service watch tasks of one resolver.
 ///
@@ -12,17 +15,35 @@ use crate::{Error, Result, ServiceSnapshot, ServiceWatch};
 /// snapshots, so a resolver that is dropped stops the watches nobody uses.
 /// A task that ended anyway (it returned or panicked) is replaced on the next
 /// subscribe.
+///
+/// `Default` reports into a handle nobody reads, under no backend name: it
+/// serves the resolvers whose followers still take a plain
+/// `watch::Sender` (Kubernetes), whose entries are dropped at once.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     services: std::sync::Mutex<HashMap<String, watch::Receiver<ServiceSnapshot>>>,
+    backend: &'static str,
+    health: RegistryHealth,
 }
 
 impl Subscriptions {
-    /// Returns the watch of `service`, spawning `start(sender)` the first time.
-    pub(crate) async fn subscribe<F, Fut>(&self, service: &str, start: F) -> Result<ServiceWatch>
+    /// Watch tasks whose subscriptions are listed in `health` under `backend`.
+    pub(crate) fn new(backend: &'static str, health: RegistryHealth) -> Self {
+        Self {
+            services: std::sync::Mutex::default(),
+            backend,
+            health,
+        }
+    }
+
+    /// Returns the watch of `service`, spawning `start(sender)` the first
+    /// time. The sender is a [`Publisher`], or (for followers not wired to
+    /// health) the bare channel.
+    pub(crate) async fn subscribe<F, Fut, S>(&self, service: &str, start: F) -> Result<ServiceWatch>
     where
-        F: FnOnce(watch::Sender<ServiceSnapshot>) -> Fut,
+        F: FnOnce(S) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
+        S: From<Publisher>,
     {
         let mut rx = {
             let mut services = self
@@ -36,7 +57,11 @@ impl Subscriptions {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(ServiceSnapshot::default());
-                    tokio::spawn(start(tx));
+                    let publisher = Publisher {
+                        tx,
+                        probe: self.health.subscription(self.backend, service),
+                    };
+                    tokio::spawn(start(S::from(publisher)));
                     services.insert(service.to_owned(), rx.clone());
                     rx
                 }
@@ -59,31 +84,107 @@ impl Subscriptions {
     }
 }
 
+/// What a service follower sends through: its subscribers' channel (it
+/// derefs to it, for `closed()`) and the subscription's health entry, which
+/// goes away with the follower.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    // Dropped first (fields drop in order): once subscribers see the
+    // channel closed, the entry is gone.
+    probe: SubscriptionProbe,
+    tx: watch::Sender<ServiceSnapshot>,
+}
+
+impl Publisher {
+    /// The follower starts its watch over (after a failure, or from
+    /// scratch).
+    pub(crate) fn watch_restarted(&self) {
+        self.probe.restarted();
+    }
+}
+
+impl Deref for Publisher {
+    type Target = watch::Sender<ServiceSnapshot>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+/// For followers not wired to health yet: the entry is dropped at once.
+impl From<Publisher> for watch::Sender<ServiceSnapshot> {
+    fn from(publisher: Publisher) -> Self {
+        publisher.tx
+    }
+}
+
+/// Where the `publish_*` functions send: a [`Publisher`], which also
+/// records each snapshot in the subscription's health entry, or a bare
+/// channel (followers not wired to health).
+pub(crate) trait Publish {
+    fn channel(&self) -> &watch::Sender<ServiceSnapshot>;
+    fn probe(&self) -> Option<&SubscriptionProbe>;
+}
+
+impl Publish for Publisher {
+    fn channel(&self) -> &watch::Sender<ServiceSnapshot> {
+        &self.tx
+    }
+
+    fn probe(&self) -> Option<&SubscriptionProbe> {
+        Some(&self.probe)
+    }
+}
+
+impl Publish for watch::Sender<ServiceSnapshot> {
+    fn channel(&self) -> &watch::Sender<ServiceSnapshot> {
+        self
+    }
+
+    fn probe(&self) -> Option<&SubscriptionProbe> {
+        None
+    }
+}
+
 /// Publishes a failure while keeping the last known instances.
-pub(crate) fn publish_error(tx: &watch::Sender<ServiceSnapshot>, error: Error) {
+pub(crate) fn publish_error(to: &impl Publish, error: Error) {
     let error = Arc::new(error);
-    tx.send_modify(|snapshot| snapshot.last_error = Some(error));
+    to.channel().send_modify(|snapshot| {
+        snapshot.last_error = Some(error);
+        if let Some(probe) = to.probe() {
+            probe.failed();
+            probe.shows(snapshot);
+        }
+    });
 }
 
 /// Clears a published failure once the backend answers again, even if no
 /// instance changed meanwhile.
 #[cfg(feature = "etcd")]
-pub(crate) fn publish_recovered(tx: &watch::Sender<ServiceSnapshot>) {
-    tx.send_if_modified(|snapshot| snapshot.last_error.take().is_some());
+pub(crate) fn publish_recovered(to: &impl Publish) {
+    to.channel().send_if_modified(|snapshot| {
+        let cleared = snapshot.last_error.take().is_some();
+        if let Some(probe) = to.probe() {
+            probe.confirmed();
+            probe.shows(snapshot);
+        }
+        cleared
+    });
 }
 
 /// Publishes a successful view; subscribers are woken only if the instances
 /// changed or an error was cleared.
-pub(crate) fn publish_instances(
-    tx: &watch::Sender<ServiceSnapshot>,
-    instances: Vec<Arc<crate::Instance>>,
-) {
-    tx.send_if_modified(|snapshot| {
+pub(crate) fn publish_instances(to: &impl Publish, instances: Vec<Arc<crate::Instance>>) {
+    to.channel().send_if_modified(|snapshot| {
         let next = ServiceSnapshot::new(instances, snapshot.generation + 1);
         let changed = snapshot.generation == 0
             || snapshot.last_error.is_some()
             || snapshot.instances != next.instances;
         *snapshot = next;
+        if let Some(probe) = to.probe() {
+            probe.confirmed();
+            probe.shows(snapshot);
+        }
         changed
     });
 }
@@ -103,7 +204,7 @@ mod tests {
     }
 
     /// A follower that publishes `port` and then keeps running.
-    async fn serve(tx: watch::Sender<ServiceSnapshot>, port: u16) {
+    async fn serve(tx: Publisher, port: u16) {
         publish_instances(&tx, instance(port));
         std::future::pending::<()>().await;
     }
@@ -121,7 +222,7 @@ mod tests {
     async fn a_follower_that_exits_is_replaced_on_the_next_subscribe() {
         let subscriptions = Subscriptions::default();
         let first = subscriptions
-            .subscribe("svc", |tx| async move {
+            .subscribe("svc", |tx: Publisher| async move {
                 publish_instances(&tx, instance(1));
                 // Returns: the sender is dropped, the snapshot frozen.
             })
@@ -151,7 +252,7 @@ mod tests {
     async fn a_follower_that_panics_is_replaced_on_the_next_subscribe() {
         let subscriptions = Subscriptions::default();
         let first = subscriptions
-            .subscribe("svc", |tx| async move {
+            .subscribe("svc", |tx: Publisher| async move {
                 let _tx = tx;
                 panic!("follower bug");
             })
@@ -163,5 +264,87 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ports(&second), [2]);
+    }
+
+    fn listed(health: &RegistryHealth) -> Vec<crate::health::SubscriptionHealth> {
+        health.snapshot().subscriptions
+    }
+
+    #[tokio::test]
+    async fn the_health_entry_mirrors_what_subscribers_see_and_ends_with_the_follower() {
+        let health = RegistryHealth::new();
+        let subscriptions = Subscriptions::new("test", health.clone());
+        let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<u8>(1);
+        let watch = subscriptions
+            .subscribe("svc", |tx: Publisher| async move {
+                publish_error(&tx, Error::Closed);
+                tx.watch_restarted();
+                publish_instances(&tx, instance(1));
+                while let Some(step) = step_rx.recv().await {
+                    match step {
+                        0 => publish_error(&tx, Error::Closed),
+                        _ => publish_instances(&tx, instance(2)),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        let served = &listed(&health)[0];
+        assert_eq!((served.backend, &*served.service), ("test", "svc"));
+        assert_eq!(
+            (served.instances, served.errors, served.watch_restarts),
+            (1, 1, 1)
+        );
+        assert!(!served.serving_stale, "the set arrived after the error");
+        assert!(served.last_update_age.is_some());
+
+        step_tx.send(0).await.unwrap();
+        let mut stale_watch = watch.clone();
+        let stale = stale_watch.changed().await.unwrap();
+        let health_now = &listed(&health)[0];
+        assert!(health_now.serving_stale);
+        assert_eq!(health_now.instances, stale.instances.len());
+        assert_eq!(health_now.errors, 2);
+
+        step_tx.send(1).await.unwrap();
+        let fresh = stale_watch.changed().await.unwrap();
+        let health_now = &listed(&health)[0];
+        assert!(!health_now.serving_stale);
+        assert_eq!(fresh.instances[0].address.port(), 2);
+
+        // The follower ends: its entry goes with it.
+        drop(step_tx);
+        assert!(matches!(stale_watch.changed().await, Err(Error::Closed)));
+        assert!(listed(&health).is_empty());
+        drop(watch);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_follower_leaves_no_entry() {
+        let health = RegistryHealth::new();
+        let subscriptions = Subscriptions::new("test", health.clone());
+        let first = subscriptions
+            .subscribe("svc", |tx: Publisher| async move {
+                let _tx = tx;
+                panic!("follower bug");
+            })
+            .await;
+        assert!(matches!(first, Err(Error::Closed)), "{first:?}");
+        assert!(listed(&health).is_empty());
+    }
+
+    #[tokio::test]
+    async fn followers_on_a_bare_channel_are_not_listed() {
+        let health = RegistryHealth::new();
+        let subscriptions = Subscriptions::new("test", health.clone());
+        let watch = subscriptions
+            .subscribe("svc", |tx: watch::Sender<ServiceSnapshot>| async move {
+                publish_instances(&tx, instance(1));
+                tx.closed().await;
+            })
+            .await
+            .unwrap();
+        assert_eq!(watch.current().instances.len(), 1);
+        assert!(listed(&health).is_empty());
     }
 }

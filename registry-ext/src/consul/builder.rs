@@ -3,7 +3,7 @@
 use std::{marker::PhantomData, net::IpAddr, time::Duration};
 
 use super::{api::Api, ConsulRegistry, ConsulResolver};
-use crate::{Error, Result};
+use crate::{health::RegistryHealth, Error, Result};
 
 /// Agent address used when neither the builder nor `CONSUL_HTTP_ADDR` set one.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
@@ -75,6 +75,7 @@ pub struct ConsulBuilder<T> {
     pub(crate) advertise_ip: Option<IpAddr>,
     pub(crate) wait: Duration,
     pub(crate) tags: Vec<String>,
+    pub(crate) health: Option<RegistryHealth>,
     target: PhantomData<fn() -> T>,
 }
 
@@ -94,6 +95,7 @@ impl<T> std::fmt::Debug for ConsulBuilder<T> {
             .field("advertise_ip", &self.advertise_ip)
             .field("wait", &self.wait)
             .field("tags", &self.tags)
+            .field("health", &self.health)
             .finish()
     }
 }
@@ -113,6 +115,7 @@ impl<T> ConsulBuilder<T> {
             advertise_ip: None,
             wait: Duration::from_secs(30),
             tags: Vec::new(),
+            health: None,
             target: PhantomData,
         }
     }
@@ -155,6 +158,24 @@ impl<T> ConsulBuilder<T> {
     /// Longest wait between retries after failures (default 5 s).
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.max_backoff = max;
+        self
+    }
+
+    /// Reports the health of the registrations or subscriptions into
+    /// `health` (default: a handle of this registry's or resolver's own,
+    /// see its `health()`), so that several can be read at once.
+    ///
+    /// ```
+    /// use rpc_ext_registry::{consul::{ConsulRegistry, ConsulResolver}, health::RegistryHealth};
+    ///
+    /// let health = RegistryHealth::new();
+    /// let registry = ConsulRegistry::builder().health(health.clone()).build().unwrap();
+    /// let resolver = ConsulResolver::builder().health(health.clone()).build().unwrap();
+    /// assert!(health.snapshot().registrations.is_empty());
+    /// # let _ = (registry, resolver);
+    /// ```
+    pub fn health(mut self, health: RegistryHealth) -> Self {
+        self.health = Some(health);
         self
     }
 

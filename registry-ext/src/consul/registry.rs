@@ -10,8 +10,11 @@ use super::{
     ConsulBuilder,
 };
 use crate::{
-    advertise_address, backend::backoff::Backoff, registry::StopSignal, Error, Instance,
-    Registration, Registry, Result,
+    advertise_address,
+    backend::backoff::Backoff,
+    health::{RegistrationProbe, RegistryHealth},
+    registry::StopSignal,
+    Error, Instance, Registration, Registry, Result,
 };
 
 /// Registers instances with the local Consul agent and keeps them there.
@@ -52,6 +55,7 @@ struct Shared {
     deregister_critical_after: Duration,
     max_backoff: Duration,
     advertise_ip: Option<IpAddr>,
+    health: RegistryHealth,
 }
 
 impl std::fmt::Debug for ConsulRegistry {
@@ -76,8 +80,18 @@ impl ConsulRegistry {
                 deregister_critical_after: builder.deregister_critical_after,
                 max_backoff: builder.max_backoff,
                 advertise_ip: builder.advertise_ip,
+                health: builder.health.unwrap_or_default(),
             }),
         }
+    }
+
+    /// The health of this registry's registrations (shared by its clones):
+    /// each one's state, TTL passes (or, for agent-run checks, presence
+    /// checks) that succeeded or failed, and re-registrations after the
+    /// agent forgot the service. See [`health`](crate::health).
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.shared.health.clone()
     }
 }
 
@@ -92,8 +106,9 @@ impl Registry for ConsulRegistry {
         )?;
         self.shared.register(&body).await?;
         info!(id = %body.id, "registered in Consul");
-        let (registration, stop) = Registration::new(instance);
-        tokio::spawn(self.shared.clone().keep(body, stop));
+        let (mut registration, stop) = Registration::new(instance);
+        let health = registration.track(super::BACKEND, &self.shared.health);
+        tokio::spawn(self.shared.clone().keep(body, stop, health));
         Ok(registration)
     }
 }
@@ -200,7 +215,7 @@ impl Shared {
         Ok(())
     }
 
-    async fn keep(self: Arc<Self>, body: Body, mut stop: StopSignal) {
+    async fn keep(self: Arc<Self>, body: Body, mut stop: StopSignal, health: RegistrationProbe) {
         let check_id = body.check_id();
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
         let mut delay = self.period();
@@ -223,27 +238,38 @@ impl Shared {
                 _ => self.api.has_service(&body.id).await,
             };
             delay = match present {
-                Ok(true) => self.healthy(&body.id, &mut backoff, &mut denied),
+                Ok(true) => {
+                    health.renewed();
+                    self.healthy(&body.id, &mut backoff, &mut denied)
+                }
                 Ok(false) => {
                     warn!(id = %body.id, "the Consul agent forgot the service; registering again");
+                    health.renewal_failed();
+                    health.lost();
                     match self.register(&body).await {
                         Ok(()) => {
+                            health.reregistered();
                             info!(id = %body.id, "registered in Consul again");
                             self.healthy(&body.id, &mut backoff, &mut denied)
                         }
-                        Err(error) => self.after_failure(
-                            &body.id,
-                            "re-registration",
-                            &error,
-                            &mut backoff,
-                            &mut denied,
-                        ),
+                        Err(error) => {
+                            health.renewal_failed();
+                            self.after_failure(
+                                &body.id,
+                                "re-registration",
+                                &error,
+                                &mut backoff,
+                                &mut denied,
+                            )
+                        }
                     }
                 }
                 // Within a period, so that a short outage does not cost the TTL.
-                Err(error) => self
-                    .after_failure(&body.id, "keep-alive", &error, &mut backoff, &mut denied)
-                    .min(self.period()),
+                Err(error) => {
+                    health.renewal_failed();
+                    self.after_failure(&body.id, "keep-alive", &error, &mut backoff, &mut denied)
+                        .min(self.period())
+                }
             };
         }
     }

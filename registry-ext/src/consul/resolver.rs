@@ -2,16 +2,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::{api::Api, ConsulBuilder};
 use crate::{
     backend::{
         backoff::Backoff,
-        subscriptions::{publish_error, publish_instances, Subscriptions},
+        subscriptions::{publish_error, publish_instances, Publisher, Subscriptions},
     },
-    Error, Resolver, Result, ServiceSnapshot, ServiceWatch,
+    health::RegistryHealth,
+    Error, Resolver, Result, ServiceWatch,
 };
 
 /// Shortest time between two queries that saw the same index, so a proxy
@@ -36,8 +37,9 @@ fn effective_wait(wait: Duration) -> Duration {
 /// backwards (agent restart, leader change), kept above zero, and queries
 /// that return the same index are spaced out. While Consul answers errors or
 /// garbage, the last known instances are kept and the error reported in
-/// [`ServiceSnapshot::last_error`]. So is an answer the token's ACLs
-/// filtered ([`Error::PermissionDenied`](crate::Error::PermissionDenied)):
+/// [`ServiceSnapshot::last_error`](crate::ServiceSnapshot::last_error). So
+/// is an answer the token's ACLs filtered
+/// ([`Error::PermissionDenied`](crate::Error::PermissionDenied)):
 /// it is not the set of instances, and is never published as one; the
 /// resolver then asks again without blocking, after backoff, until the
 /// token may read the service and its nodes.
@@ -61,6 +63,7 @@ struct Shared {
     wait: Duration,
     max_backoff: Duration,
     subscriptions: Subscriptions,
+    health: RegistryHealth,
 }
 
 impl std::fmt::Debug for ConsulResolver {
@@ -78,15 +81,26 @@ impl ConsulResolver {
     }
 
     pub(crate) fn new(api: Api, builder: ConsulBuilder<Self>) -> Self {
+        let health = builder.health.unwrap_or_default();
         Self {
             shared: Arc::new(Shared {
                 api: Arc::new(api),
                 tags: builder.tags.into(),
                 wait: effective_wait(builder.wait),
                 max_backoff: builder.max_backoff,
-                subscriptions: Subscriptions::default(),
+                subscriptions: Subscriptions::new(super::BACKEND, health.clone()),
+                health,
             }),
         }
+    }
+
+    /// The health of this resolver's subscriptions (shared by its clones):
+    /// per followed service, the instances shown, the age of the last
+    /// answer, query restarts, errors, and whether the last known set is
+    /// served while Consul fails. See [`health`](crate::health).
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.shared.health.clone()
     }
 }
 
@@ -115,7 +129,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(self, tx: watch::Sender<ServiceSnapshot>) {
+    async fn run(self, tx: Publisher) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
         let mut index = 0u64;
         loop {
@@ -129,6 +143,11 @@ impl Follower {
                     backoff.reset();
                     publish_instances(&tx, instances.into_iter().map(Arc::new).collect());
                     let unchanged = next == index;
+                    if next < index {
+                        // The index went backwards: the next query starts
+                        // over from 0.
+                        tx.watch_restarted();
+                    }
                     index = next_index(index, next);
                     unchanged_pause(unchanged, started.elapsed())
                 }
@@ -141,6 +160,7 @@ impl Follower {
                         index = 0;
                     }
                     publish_error(&tx, error);
+                    tx.watch_restarted();
                     Some(backoff.next_delay())
                 }
             };

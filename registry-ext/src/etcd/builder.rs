@@ -5,7 +5,7 @@ use std::{marker::PhantomData, net::IpAddr, sync::Arc, time::Duration};
 use etcd_client::{Client, ConnectOptions};
 
 use super::{EtcdRegistry, EtcdResolver};
-use crate::{Error, Result};
+use crate::{health::RegistryHealth, Error, Result};
 
 /// Key prefix used when none is set.
 pub const DEFAULT_PREFIX: &str = "/registry-ext";
@@ -49,6 +49,7 @@ pub struct EtcdBuilder<T> {
     pub(crate) max_backoff: Duration,
     pub(crate) advertise_ip: Option<IpAddr>,
     pub(crate) data_loss_grace: Duration,
+    pub(crate) health: Option<RegistryHealth>,
     target: PhantomData<fn() -> T>,
 }
 
@@ -73,6 +74,7 @@ impl<T> std::fmt::Debug for EtcdBuilder<T> {
             .field("max_backoff", &self.max_backoff)
             .field("advertise_ip", &self.advertise_ip)
             .field("data_loss_grace", &self.data_loss_grace)
+            .field("health", &self.health)
             .finish()
     }
 }
@@ -94,6 +96,7 @@ impl<T> EtcdBuilder<T> {
             max_backoff: Duration::from_secs(5),
             advertise_ip: None,
             data_loss_grace: DEFAULT_DATA_LOSS_GRACE,
+            health: None,
             target: PhantomData,
         }
     }
@@ -132,6 +135,24 @@ impl<T> EtcdBuilder<T> {
     /// Longest wait between retries after failures (default 5 s).
     pub fn max_backoff(mut self, max: Duration) -> Self {
         self.max_backoff = max;
+        self
+    }
+
+    /// Reports the health of the registrations or subscriptions into
+    /// `health` (default: a handle of this registry's or resolver's own,
+    /// see its `health()`), so that several can be read at once.
+    ///
+    /// ```
+    /// use rpc_ext_registry::{etcd::{EtcdRegistry, EtcdResolver}, health::RegistryHealth};
+    ///
+    /// let health = RegistryHealth::new();
+    /// let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"]).health(health.clone());
+    /// let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"]).health(health.clone());
+    /// // build both; `health.snapshot()` then reads every entry of both.
+    /// # let _ = (registry, resolver);
+    /// ```
+    pub fn health(mut self, health: RegistryHealth) -> Self {
+        self.health = Some(health);
         self
     }
 

@@ -10,8 +10,11 @@ use tracing::{debug, info, warn};
 
 use super::{codec::encode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
-    advertise_address, backend::backoff::Backoff, registry::StopSignal, Error, Instance,
-    Registration, Registry, Result,
+    advertise_address,
+    backend::backoff::Backoff,
+    health::{RegistrationProbe, RegistryHealth},
+    registry::StopSignal,
+    Error, Instance, Registration, Registry, Result,
 };
 
 /// Registers instances into etcd and keeps them there.
@@ -47,6 +50,7 @@ struct Shared {
     request_timeout: Duration,
     max_backoff: Duration,
     advertise_ip: Option<IpAddr>,
+    health: RegistryHealth,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -73,8 +77,18 @@ impl EtcdRegistry {
                 request_timeout: builder.request_timeout,
                 max_backoff: builder.max_backoff,
                 advertise_ip: builder.advertise_ip,
+                health: builder.health.unwrap_or_default(),
             }),
         }
+    }
+
+    /// The health of this registry's registrations (shared by its clones):
+    /// each one's state, lease renewals that etcd answered or that failed,
+    /// and re-registrations after a lost lease. See
+    /// [`health`](crate::health).
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.shared.health.clone()
     }
 
     /// The key an instance is stored under.
@@ -106,8 +120,9 @@ impl Registry for EtcdRegistry {
         };
         let lease = self.shared.put_with_new_lease(&entry).await?;
         info!(key = %entry.key, lease, "registered in etcd");
-        let (registration, stop) = Registration::new(instance);
-        tokio::spawn(self.shared.clone().keep(entry, lease, stop));
+        let (mut registration, stop) = Registration::new(instance);
+        let health = registration.track(super::BACKEND, &self.shared.health);
+        tokio::spawn(self.shared.clone().keep(entry, lease, stop, health));
         Ok(registration)
     }
 }
@@ -180,7 +195,13 @@ impl Shared {
     }
 
     /// Keeps `entry` registered until the handle stops it.
-    async fn keep(self: Arc<Self>, entry: Entry, mut lease: i64, mut stop: StopSignal) {
+    async fn keep(
+        self: Arc<Self>,
+        entry: Entry,
+        mut lease: i64,
+        mut stop: StopSignal,
+        health: RegistrationProbe,
+    ) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
         let mut expires = Instant::now() + self.ttl;
         loop {
@@ -189,8 +210,9 @@ impl Shared {
                     reason.reply(self.remove(&entry, lease).await);
                     return;
                 }
-                lost = self.keep_alive(lease, &mut expires, &mut backoff) => lost,
+                lost = self.keep_alive(lease, &mut expires, &mut backoff, &health) => lost,
             };
+            health.renewal_failed();
             if !lost.lease_gone && Instant::now() < expires {
                 // Only the connection broke: renewing the same lease keeps
                 // the key untouched, so watchers see no change at all.
@@ -205,6 +227,7 @@ impl Shared {
                 continue;
             }
             warn!(key = %entry.key, lease, error = %lost.error, "etcd lease lost; registering again");
+            health.lost();
             loop {
                 tokio::select! {
                     reason = stop.wait() => {
@@ -221,18 +244,28 @@ impl Shared {
                         lease = new_lease;
                         expires = Instant::now() + self.ttl;
                         backoff.reset();
+                        health.reregistered();
                         info!(key = %entry.key, lease, "registered in etcd again");
                         break;
                     }
-                    Err(error) => warn!(key = %entry.key, %error, "etcd re-registration failed"),
+                    Err(error) => {
+                        health.renewal_failed();
+                        warn!(key = %entry.key, %error, "etcd re-registration failed");
+                    }
                 }
             }
         }
     }
 
     /// Renews `lease` every third of its TTL, moving `expires` on with each
-    /// answer; returns why it stopped.
-    async fn keep_alive(&self, lease: i64, expires: &mut Instant, backoff: &mut Backoff) -> Lost {
+    /// answer (each one a renewal in `health`); returns why it stopped.
+    async fn keep_alive(
+        &self,
+        lease: i64,
+        expires: &mut Instant,
+        backoff: &mut Backoff,
+        health: &RegistrationProbe,
+    ) -> Lost {
         let (mut keeper, mut responses) = match with_retry(self.request_timeout, || {
             let mut client = self.client();
             async move { client.lease_keep_alive(lease).await }
@@ -244,6 +277,7 @@ impl Shared {
             Ok(stream) => {
                 *expires = Instant::now() + self.ttl;
                 backoff.reset();
+                health.renewed();
                 stream
             }
             Err(error) if says_lease_not_found(&error) => return Lost::lease(error),
@@ -266,6 +300,7 @@ impl Shared {
                         let ttl = Duration::from_secs(response.ttl().unsigned_abs());
                         *expires = Instant::now() + ttl;
                         backoff.reset();
+                        health.renewed();
                     }
                     Ok(Some(_)) => {
                         return Lost::lease(Error::backend(super::BACKEND, format!("lease {lease} not found (expired or etcd data lost)")));

@@ -4,16 +4,19 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use etcd_client::{Client, GetOptions, WatchOptions};
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
     backend::{
         backoff::Backoff,
-        subscriptions::{publish_error, publish_instances, publish_recovered, Subscriptions},
+        subscriptions::{
+            publish_error, publish_instances, publish_recovered, Publisher, Subscriptions,
+        },
     },
-    Error, Instance, Resolver, Result, ServiceSnapshot, ServiceWatch,
+    health::RegistryHealth,
+    Error, Instance, Resolver, Result, ServiceWatch,
 };
 
 /// Resolves services registered by [`EtcdRegistry`](super::EtcdRegistry)
@@ -22,7 +25,7 @@ use crate::{
 /// Each service is listed once, then watched: changes reach subscribers as
 /// soon as etcd reports them. When etcd is unreachable the last known
 /// instances stay in place and the error is reported in
-/// [`ServiceSnapshot::last_error`].
+/// [`ServiceSnapshot::last_error`](crate::ServiceSnapshot::last_error).
 ///
 /// # Data loss
 ///
@@ -62,6 +65,7 @@ struct Shared {
     max_backoff: Duration,
     data_loss_grace: Duration,
     subscriptions: Subscriptions,
+    health: RegistryHealth,
 }
 
 impl std::fmt::Debug for EtcdResolver {
@@ -79,6 +83,7 @@ impl EtcdResolver {
     }
 
     pub(crate) fn new(client: Client, builder: EtcdBuilder<Self>) -> Self {
+        let health = builder.health.clone().unwrap_or_default();
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -86,9 +91,19 @@ impl EtcdResolver {
                 request_timeout: builder.request_timeout,
                 max_backoff: builder.max_backoff,
                 data_loss_grace: builder.data_loss_grace,
-                subscriptions: Subscriptions::default(),
+                subscriptions: Subscriptions::new(super::BACKEND, health.clone()),
+                health,
             }),
         }
+    }
+
+    /// The health of this resolver's subscriptions (shared by its clones):
+    /// per followed service, the instances shown, the age of etcd's last
+    /// answer, watch restarts, errors, and whether the last known set is
+    /// served while etcd is unreachable. See [`health`](crate::health).
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.shared.health.clone()
     }
 }
 
@@ -193,7 +208,7 @@ impl std::fmt::Display for HeaderCheck {
 }
 
 impl ServiceFollower {
-    async fn run(mut self, tx: watch::Sender<ServiceSnapshot>) {
+    async fn run(mut self, tx: Publisher) {
         let mut backoff = Backoff::new(Duration::from_millis(50), self.max_backoff);
         loop {
             let error = tokio::select! {
@@ -202,6 +217,7 @@ impl ServiceFollower {
             };
             warn!(prefix = %self.prefix, %error, "etcd watch interrupted; keeping last known instances");
             publish_error(&tx, error);
+            tx.watch_restarted();
             tokio::select! {
                 () = tx.closed() => return,
                 () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -210,11 +226,7 @@ impl ServiceFollower {
     }
 
     /// Lists if needed, then applies watch events until something breaks.
-    async fn follow(
-        &mut self,
-        tx: &watch::Sender<ServiceSnapshot>,
-        backoff: &mut Backoff,
-    ) -> Error {
+    async fn follow(&mut self, tx: &Publisher, backoff: &mut Backoff) -> Error {
         let revision = match self.revision {
             Some(revision) => revision,
             None => match self.list().await {
@@ -401,7 +413,7 @@ impl ServiceFollower {
 
     /// Publishes `instances`, unless data was lost lately and no instance
     /// is back yet (subscribers then keep the last known set).
-    fn publish(&mut self, tx: &watch::Sender<ServiceSnapshot>) {
+    fn publish(&mut self, tx: &Publisher) {
         if let Some(until) = self.holding_until {
             if self.instances.is_empty() && Instant::now() < until {
                 debug!(prefix = %self.prefix, "etcd empty after data loss; keeping the last known instances");

@@ -16,6 +16,7 @@ mod metrics_endpoint;
 mod metrics_prometheus;
 mod otlp_export;
 mod readme_wiring;
+mod registry_health;
 mod semconv_conformance;
 mod streaming;
 mod support;
