@@ -27,7 +27,8 @@ pub enum TraceFault {
     #[default]
     Healthy,
     /// Answer `UNAVAILABLE` (gRPC) or 503 (HTTP) and keep nothing (a
-    /// collector shedding load).
+    /// collector shedding load); the refused spans are still decoded and
+    /// listed apart, in [`OtlpReceiver::refused_spans`](super::OtlpReceiver::refused_spans).
     Unavailable,
     /// Keep the spans, but answer only after this long.
     Slow(Duration),
@@ -55,6 +56,9 @@ pub(super) struct Collector {
 #[derive(Default)]
 struct State {
     spans: Mutex<Vec<ReceivedSpan>>,
+    /// Spans of the requests [`TraceFault::Unavailable`] refused, once per
+    /// request that carried them (a retried request twice).
+    refused: Mutex<Vec<ReceivedSpan>>,
     points: Mutex<Vec<ReceivedPoint>>,
     fault: Mutex<TraceFault>,
     /// Trace export requests, indexed by `Protocol as usize`.
@@ -78,7 +82,11 @@ impl Collector {
         let fault = *self.state.fault.lock().unwrap();
         match fault {
             TraceFault::Healthy => {}
-            TraceFault::Unavailable => return Err(Unavailable),
+            TraceFault::Unavailable => {
+                let spans = received::spans(request);
+                self.state.refused.lock().unwrap().extend(spans);
+                return Err(Unavailable);
+            }
             TraceFault::Slow(delay) => tokio::time::sleep(delay).await,
         }
         let spans = received::spans(request);
@@ -106,6 +114,10 @@ impl Collector {
 
     pub fn points(&self) -> Vec<ReceivedPoint> {
         self.state.points.lock().unwrap().clone()
+    }
+
+    pub fn refused_spans(&self) -> Vec<ReceivedSpan> {
+        self.state.refused.lock().unwrap().clone()
     }
 
     pub fn set_trace_fault(&self, fault: TraceFault) {

@@ -149,6 +149,14 @@ impl OtlpReceiver {
         self.collector.spans()
     }
 
+    /// The spans of every trace export refused with
+    /// [`TraceFault::Unavailable`], decoded like [`OtlpReceiver::spans`]:
+    /// once per refused request, so a span an exporter sent again after a
+    /// refusal is listed again (tell them apart by trace and span id).
+    pub fn refused_spans(&self) -> Vec<ReceivedSpan> {
+        self.collector.refused_spans()
+    }
+
     /// Every metric data point received so far (each export appends).
     pub fn points(&self) -> Vec<ReceivedPoint> {
         self.collector.points()

@@ -225,6 +225,13 @@ async fn trace_faults_apply_to_both_transports() -> anyhow::Result<()> {
     assert_eq!(answer.status(), 503);
     assert!(receiver.spans().is_empty());
     assert_eq!(receiver.export_requests(), 2);
+    // Refused, but decoded and listed apart: one span per refused request.
+    let refused: Vec<String> = receiver
+        .refused_spans()
+        .into_iter()
+        .map(|span| span.name)
+        .collect();
+    assert_eq!(refused, ["lost", "lost"]);
 
     let delay = Duration::from_millis(300);
     receiver.set_trace_fault(TraceFault::Slow(delay));

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use echo::tonic_gen;
-use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard},
     prometheus::ExportStatsCollector,
     RpcTracing,
 };
+use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
 use tokio::{sync::watch, time::Instant};
 
 use crate::support::{traced_tonic_echo, transport, TonicEchoClient};
@@ -19,6 +19,7 @@ use crate::support::{traced_tonic_echo, transport, TonicEchoClient};
 const QUEUE: usize = 256;
 /// The processor's default batch; one batch may be out for export.
 const BATCH: u64 = 512;
+const WARM_UP_CALLS_PER_SIDE: usize = 100;
 const CALLS_PER_SIDE: usize = 1_500;
 
 fn pipeline(
@@ -65,6 +66,49 @@ fn sample(text: &str, series: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// The span export series of one scrape of an [`ExportStatsCollector`].
+#[derive(Debug)]
+struct Scraped {
+    /// `otel_sdk_processor_span_processed_total{error_type=""}`: queued.
+    queued: Option<u64>,
+    /// `otel_sdk_processor_span_processed_total{error_type="queue_full"}`.
+    dropped: Option<u64>,
+    /// `otel_sdk_exporter_span_exported_total{error_type=""}`.
+    exported: Option<u64>,
+    /// `otel_sdk_exporter_span_exported_total{error_type="export_failed"}`.
+    failed: Option<u64>,
+    /// `otel_sdk_processor_span_queue_size`: queued or being exported.
+    held: Option<u64>,
+}
+
+/// Scrapes `stats` as Prometheus text, the way an application exposes it.
+fn scrape(
+    stats: &std::sync::Arc<rpc_ext_tracing::ExportStats>,
+) -> anyhow::Result<(String, Scraped)> {
+    let registry = prometheus::Registry::new();
+    registry.register(Box::new(ExportStatsCollector::new(stats.clone())))?;
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
+    let labels =
+        r#"otel_component_name="tracing_ext_batch",otel_component_type="batching_span_processor""#;
+    let series = |name: &str, error_type: &str| {
+        sample(
+            &text,
+            &format!(r#"{name}{{error_type="{error_type}",{labels}}}"#),
+        )
+    };
+    let scraped = Scraped {
+        queued: series("otel_sdk_processor_span_processed_total", ""),
+        dropped: series("otel_sdk_processor_span_processed_total", "queue_full"),
+        exported: series("otel_sdk_exporter_span_exported_total", ""),
+        failed: series("otel_sdk_exporter_span_exported_total", "export_failed"),
+        held: sample(
+            &text,
+            &format!("otel_sdk_processor_span_queue_size{{{labels}}}"),
+        ),
+    };
+    Ok((text, scraped))
+}
+
 /// Runs calls alternately against a server exporting to a healthy collector
 /// and one exporting to `sick`, so machine noise hits both alike.
 async fn compare_with_healthy(
@@ -88,7 +132,7 @@ async fn compare_with_healthy(
     let (stop, stopped) = watch::channel(false);
     let mut healthy = traced_tonic_echo(&healthy_tracing, stopped.clone()).await?;
     let mut sick_client = traced_tonic_echo(&sick_tracing, stopped).await?;
-    for _ in 0..100 {
+    for _ in 0..WARM_UP_CALLS_PER_SIDE {
         timed_call(&mut healthy).await?;
         timed_call(&mut sick_client).await?;
     }
@@ -110,23 +154,7 @@ async fn compare_with_healthy(
         percentile(&mut sick_times, 0.99),
     );
 
-    let registry = prometheus::Registry::new();
-    registry.register(Box::new(ExportStatsCollector::new(stats.clone())))?;
-    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
-    let labels =
-        r#"otel_component_name="tracing_ext_batch",otel_component_type="batching_span_processor""#;
-    let dropped = sample(
-        &text,
-        &format!(r#"otel_sdk_processor_span_processed_total{{error_type="queue_full",{labels}}}"#),
-    );
-    let failed = sample(
-        &text,
-        &format!(r#"otel_sdk_exporter_span_exported_total{{error_type="export_failed",{labels}}}"#),
-    );
-    let exported = sample(
-        &text,
-        &format!(r#"otel_sdk_exporter_span_exported_total{{error_type="",{labels}}}"#),
-    );
+    let (text, scraped) = scrape(&stats)?;
     eprintln!(
         "collector {sick} over {protocol}: p50 {sick_p50:?} vs healthy {healthy_p50:?} ({:.2}x), p99 {sick_p99:?} vs {healthy_p99:?} ({:.2}x); \
          spans ended {}, dropped {}, failed {}, exported {}, most pending {most_pending} (bound {})",
@@ -146,7 +174,8 @@ async fn compare_with_healthy(
         sick_p50 <= healthy_p50 * 2 + Duration::from_millis(1),
         "median {sick_p50:?} against {healthy_p50:?} with a healthy collector"
     );
-    // Memory: spans held never exceed the queue plus the batch in flight.
+    // Spans held, by the processor's own count, never exceed the queue plus
+    // the batch in flight (the heap they take: tests/export_memory.rs).
     assert!(
         most_pending <= QUEUE as u64 + BATCH,
         "{most_pending} spans held"
@@ -156,9 +185,9 @@ async fn compare_with_healthy(
         stats.dropped() + stats.failed() > 0,
         "nothing was lost: {stats:?}"
     );
-    assert_eq!(dropped, Some(stats.dropped()), "{text}");
-    assert_eq!(failed, Some(stats.failed()), "{text}");
-    assert_eq!(exported, Some(stats.exported()), "{text}");
+    assert_eq!(scraped.dropped, Some(stats.dropped()), "{text}");
+    assert_eq!(scraped.failed, Some(stats.failed()), "{text}");
+    assert_eq!(scraped.exported, Some(stats.exported()), "{text}");
 
     let _ = stop.send(true);
     drop(healthy_guard);
@@ -187,6 +216,9 @@ async fn collector_down() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A collector that decodes every export and answers `UNAVAILABLE`: once
+/// the pipeline is shut down, what the receiver decoded and what the scrape
+/// says account for every span the server ended, one per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_answering_unavailable() -> anyhow::Result<()> {
     for protocol in Protocol::ALL {
@@ -204,7 +236,48 @@ async fn collector_answering_unavailable() -> anyhow::Result<()> {
             "the exporter never reached the collector over {protocol}"
         );
         assert!(receiver.spans().is_empty());
-        assert_eq!(stats.exported(), 0);
+
+        // After shutdown nothing is held: every span has its outcome (the
+        // worker may still be counting the last ones on a loaded machine).
+        tests::eventually(Duration::from_secs(10), "the processor drained", || async {
+            (stats.pending() == 0).then_some(())
+        })
+        .await?;
+        let (text, scraped) = scrape(&stats)?;
+        // The spans the receiver decoded from the requests it refused,
+        // counted by the receiver; the exporter retries a refused request
+        // (up to its 300 ms timeout), so a span may arrive more than once.
+        let refused = receiver.refused_spans();
+        let distinct: std::collections::HashSet<(&str, &str)> = refused
+            .iter()
+            .map(|span| (span.trace_id.as_str(), span.span_id.as_str()))
+            .collect();
+        let ended = (WARM_UP_CALLS_PER_SIDE + CALLS_PER_SIDE) as u64;
+        eprintln!(
+            "over {protocol}: {ended} calls; the collector refused {} distinct spans ({} with \
+             retries) in {} requests; scraped: {scraped:?}",
+            distinct.len(),
+            refused.len(),
+            receiver.export_requests_over(protocol),
+        );
+        assert!(
+            refused
+                .iter()
+                .all(|span| span.service == "echo" && span.name == "echo.Echo/Say"),
+            "spans of another service reached the collector"
+        );
+        assert_eq!(scraped.held, Some(0), "{text}");
+        assert_eq!(scraped.exported, Some(0), "{text}");
+        // Every span in a failed batch reached the collector (and no other).
+        assert_eq!(scraped.failed, Some(distinct.len() as u64), "{text}");
+        // Every span the server ended (one per call) was queued and failed,
+        // or dropped: ended = failed + dropped.
+        assert_eq!(scraped.queued, scraped.failed, "{text}");
+        assert_eq!(
+            scraped.failed.zip(scraped.dropped).map(|(f, d)| f + d),
+            Some(ended),
+            "{text}"
+        );
     }
     Ok(())
 }

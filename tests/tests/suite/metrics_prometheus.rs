@@ -1,15 +1,18 @@
 //! Metrics from real Volo gRPC and tonic RPCs, scraped by a real Prometheus.
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use echo::{
     servers::{TonicEcho, VoloEcho, FAIL},
     tonic_gen, volo_gen,
 };
-use tests::{eventually, PrometheusServer};
 use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
+use tests::{eventually, PrometheusServer};
 use tokio::{net::TcpListener, sync::watch};
 use tower::{Service, ServiceBuilder};
+
+mod exposition;
+mod junk;
 
 const OK_CALLS: usize = 20;
 const FAILED_CALLS: usize = 5;
@@ -285,69 +288,157 @@ async fn prometheus_scrapes_server_and_client_metrics_of_real_rpcs() -> anyhow::
     Ok(())
 }
 
+/// Junk from clients of every kind — gRPC paths (random, 6,000 characters
+/// long, non-UTF-8 percent escapes, no service or method, extra segments,
+/// unknown methods), HTTP paths and verbs, content types, `:authority`,
+/// `:scheme` and `Host` — answered with every gRPC status (valid or not) and
+/// an HTTP status of every class: each family keeps within the product of
+/// its labels' finite values, and no label carries a client's string.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_junk_paths_do_not_grow_the_series() -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    use junk::{Answer, FiniteLabels, Plan, ANSWER_METHOD, ORIGINS};
+
     let (_stop, shutdown) = stop_pair();
     let metrics = RpcMetrics::builder().build()?;
-    let addr = tonic_server(&metrics, shutdown()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-
-    // Real method first, so there is a legitimate series to keep.
-    tonic_gen::echo_client::EchoClient::new(channel.clone())
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
+            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+                served_by: addr,
+            }))
+            .add_service(Answer)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown(),
+            ),
+    );
+    let mut channels = Vec::new();
+    for origin in ORIGINS {
+        let origin = origin
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .origin(origin)
+                .connect()
+                .await?,
+        );
+    }
+    // The real method first, OK: a legitimate series to keep.
+    tonic_gen::echo_client::EchoClient::new(channels[0].clone())
         .say(tonic_gen::SayRequest {
             message: "hi".into(),
         })
         .await?;
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    for i in 0..5_000 {
-        grpc.ready().await?;
-        let path = http::uri::PathAndQuery::from_str(&format!("/junk{i}.Service/Method{i}"))?;
-        let result: Result<tonic::Response<tonic_gen::SayReply>, _> = grpc
-            .unary(
-                tonic::Request::new(tonic_gen::SayRequest {
-                    message: "x".into(),
-                }),
-                path,
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
-        assert_eq!(result.unwrap_err().code(), tonic::Code::Unimplemented);
-    }
-    // Plain HTTP to unknown paths (no route template): collapsed as well.
-    for i in 0..5_000 {
-        let request = http::Request::builder()
-            .uri(format!("http://{addr}/no/such/page/{i}"))
-            .header("content-type", "text/plain")
-            .body(tonic::body::Body::empty())?;
-        let mut channel = channel.clone();
-        let _ = tower::ServiceExt::ready(&mut channel)
+
+    let plan = Plan::new(channels.len())?;
+    let (grpc_requests, http_requests) = (plan.grpc_requests, plan.http_requests);
+    // A 103 is not a final response: the client's HTTP/2 stack resets those
+    // streams, after the server has recorded them.
+    let (mut answered, mut reset_after_103) = (0u64, 0u64);
+    for (origin, request) in plan.requests {
+        let answers_103 = request.uri().path().starts_with("/test.Answer/")
+            && request
+                .headers()
+                .get("x-answer-http-status")
+                .is_some_and(|status| status == "103");
+        let mut channel = channels[origin].clone();
+        let result = tower::ServiceExt::ready(&mut channel)
             .await?
             .call(request)
             .await;
+        match result {
+            Ok(response) => {
+                answered += 1;
+                response.into_body().collect().await?;
+            }
+            Err(_) if answers_103 => reset_after_103 += 1,
+            Err(error) => return Err(error.into()),
+        }
     }
 
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
-    let series: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("rpc_server_call_duration_seconds_count"))
-        .collect();
-    assert!(series.len() <= 4, "series grew: {series:#?}");
-    assert!(series
-        .iter()
-        .any(|s| s.contains(r#"rpc_method="echo.Echo/Say""#)));
-    assert!(text.contains(r#"rpc_server_call_duration_seconds_count{error_type="UNIMPLEMENTED",rpc_method="_OTHER",rpc_response_status_code="UNIMPLEMENTED",rpc_system_name="grpc"} 5000"#), "{text}");
-    let http: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .collect();
-    assert!(http.len() <= 2, "series grew: {http:#?}");
-    assert!(
-        http.iter().all(|s| s.contains(r#"http_route="_OTHER""#)),
-        "{http:#?}"
+    let series = junk::series_of(&text)?;
+    let finite = FiniteLabels::new(&plan.http_statuses);
+    for (family, labels) in &series {
+        assert!(
+            finite.allow(family, labels),
+            "a series outside the finite label values: {family} {labels:?}"
+        );
+        for (_, value) in labels {
+            let raw = finite.client_input_in(value, &plan.sent);
+            assert!(raw.is_none(), "client input {raw:?} in {family} {labels:?}");
+        }
+    }
+    let mut figures = Vec::new();
+    for (family, bound) in finite.bounds() {
+        let count = series.iter().filter(|(f, _)| f == family).count();
+        figures.push(format!("{family} {count} (bound {bound})"));
+        assert!(
+            count <= bound,
+            "{family}: {count} series, more than {bound}"
+        );
+    }
+    eprintln!(
+        "{grpc_requests} gRPC and {http_requests} HTTP junk requests ({} distinct client \
+         strings), {answered} answered, {reset_after_103} reset after a 103; series: {}",
+        plan.sent.len(),
+        figures.join(", ")
     );
-    assert!(!text.contains("/no/such/page"), "a raw path became a label");
+    // Every status the handler gave was recorded: each gRPC code of its
+    // method, each HTTP status.
+    let has = |family: &str, wanted: &[(&str, &str)]| {
+        series.iter().any(|(f, labels)| {
+            f == family
+                && wanted
+                    .iter()
+                    .all(|&(name, value)| labels.iter().any(|(n, v)| n == name && v == value))
+        })
+    };
+    for (status, _) in finite.grpc_outcomes.iter().filter(|(s, _)| !s.is_empty()) {
+        assert!(
+            has(
+                "rpc_server_call_duration_seconds",
+                &[
+                    ("rpc_method", ANSWER_METHOD),
+                    ("rpc_response_status_code", status)
+                ]
+            ),
+            "no {ANSWER_METHOD} series with {status}"
+        );
+    }
+    for (status, _) in finite.http_outcomes.iter().filter(|(s, _)| !s.is_empty()) {
+        assert!(
+            has(
+                "http_server_request_duration_seconds",
+                &[("http_response_status_code", status)]
+            ),
+            "no HTTP series with status {status}"
+        );
+    }
+    // And every request was recorded, once, under those series.
+    assert_eq!(answered + reset_after_103, grpc_requests + http_requests);
+    let families = exposition::parse(&text)?;
+    let calls = |family: &str| {
+        families.get(family).map_or(0.0, |f| {
+            f.samples
+                .iter()
+                .filter(|s| s.name.ends_with("_count"))
+                .map(|s| s.value)
+                .sum::<f64>()
+        })
+    };
+    assert_eq!(
+        calls("rpc_server_call_duration_seconds"),
+        (grpc_requests + 1) as f64
+    );
+    assert_eq!(
+        calls("http_server_request_duration_seconds"),
+        http_requests as f64
+    );
     Ok(())
 }
 
@@ -366,9 +457,9 @@ async fn the_same_calls_are_exported_as_opentelemetry_metrics() -> anyhow::Resul
 async fn exported_as_opentelemetry_metrics_over(
     protocol: tests::otlp::Protocol,
 ) -> anyhow::Result<()> {
-    use tests::otlp::Protocol;
     use opentelemetry::metrics::MeterProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
+    use tests::otlp::Protocol;
 
     let receiver = tests::otlp::OtlpReceiver::start().await?;
     let builder = opentelemetry_otlp::MetricExporter::builder();
@@ -458,10 +549,16 @@ async fn exported_as_opentelemetry_metrics_over(
     Ok(())
 }
 
-/// Scrapes while serving: every scrape answers a well-formed exposition, and
-/// counters only grow.
+/// Scrapes while serving: every line of every scrape parses (see
+/// [`exposition`]), `promtool check metrics` accepts a scrape taken under
+/// load, and counters only grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    };
+
     let (_stop, shutdown) = stop_pair();
     let metrics = RpcMetrics::builder().build()?;
     let endpoint =
@@ -473,9 +570,14 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
 
     const CALLERS: usize = 4;
     const CALLS: usize = 250;
+    const SCRAPERS: usize = 4;
+    /// Scrapes per scraper at least (more while calls are still served).
+    const SCRAPES: usize = 50;
+    let completed = Arc::new(AtomicUsize::new(0));
     let mut callers = Vec::new();
     for _ in 0..CALLERS {
         let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
+        let completed = completed.clone();
         callers.push(tokio::spawn(async move {
             for _ in 0..CALLS {
                 client
@@ -483,18 +585,26 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
                         message: "hi".into(),
                     })
                     .await?;
+                completed.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         }));
     }
     let url = format!("http://{}/metrics", endpoint.local_addr());
+    // The first scrape taken entirely while calls were being served, a
+    // quarter of them done at least.
+    let under_load: Arc<Mutex<Option<(usize, String)>>> = Arc::default();
     let mut scrapers = Vec::new();
-    for _ in 0..4 {
-        let url = url.clone();
+    for _ in 0..SCRAPERS {
+        let (url, completed, under_load) = (url.clone(), completed.clone(), under_load.clone());
         scrapers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut last = 0.0;
-            for _ in 0..50 {
+            let mut n = 0;
+            // At least SCRAPES each, and on until the last call is served.
+            while n < SCRAPES || completed.load(Ordering::Relaxed) < CALLERS * CALLS {
+                n += 1;
+                let before = completed.load(Ordering::Relaxed);
                 let body = http
                     .get(&url)
                     .send()
@@ -502,23 +612,70 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
                     .error_for_status()?
                     .text()
                     .await?;
-                let total: f64 = body
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("rpc_server_call_duration_seconds_count{")
-                            && l.contains(r#"rpc_response_status_code="OK""#)
+                let after = completed.load(Ordering::Relaxed);
+                let families = exposition::parse(&body)
+                    .map_err(|e| anyhow::anyhow!("scrape {n}: {e:#}\n{body}"))?;
+                let total: f64 = families
+                    .get("rpc_server_call_duration_seconds")
+                    .map(|family| {
+                        family
+                            .samples
+                            .iter()
+                            .filter(|s| {
+                                s.name == "rpc_server_call_duration_seconds_count"
+                                    && s.label("rpc_response_status_code") == Some("OK")
+                            })
+                            .map(|s| s.value)
+                            .sum()
                     })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
+                    .unwrap_or(0.0);
                 anyhow::ensure!(total >= last, "counter went backwards: {last} -> {total}");
                 last = total;
+                if before >= CALLERS * CALLS / 4 && after < CALLERS * CALLS {
+                    let mut kept = under_load.lock().unwrap();
+                    if kept.is_none() {
+                        *kept = Some((before, body));
+                    }
+                }
             }
-            anyhow::Ok(())
+            anyhow::Ok(n)
         }));
     }
-    for task in callers.into_iter().chain(scrapers) {
+    for task in callers {
         task.await??;
     }
+    let mut scrapes = 0;
+    for task in scrapers {
+        scrapes += task.await??;
+    }
+    let (calls_before, body) = under_load
+        .lock()
+        .unwrap()
+        .take()
+        .expect("no scrape was taken while calls were being served");
+    let promtool = tests::require_binary("promtool", "prometheus")?;
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut check.stdin.take().expect("promtool's stdin"),
+        body.as_bytes(),
+    )?;
+    let checked = check.wait_with_output()?;
+    eprintln!(
+        "{scrapes} scrapes parsed; promtool check metrics on a scrape taken after \
+         {calls_before} of {} calls ({} lines): {}; {}{}",
+        CALLERS * CALLS,
+        body.lines().count(),
+        checked.status,
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(checked.status.success(), "promtool rejected:\n{body}");
+
     let text = rpc_ext_metrics::encode_text(metrics.registry())?;
     assert!(
         text.contains(&format!(

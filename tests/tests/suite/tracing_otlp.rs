@@ -4,11 +4,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use echo::{servers::TonicEcho, tonic_gen, volo_gen};
+use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+use rpc_ext_tracing::{otlp::OtlpTracing, RpcTracing};
 use tests::otlp::{
     OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR,
 };
-use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
-use rpc_ext_tracing::{otlp::OtlpTracing, RpcTracing};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 
@@ -401,8 +401,10 @@ async fn junk_trace_headers_start_a_new_trace_and_the_call_succeeds() -> anyhow:
 }
 
 /// A collector that accepts connections and never answers: calls go on,
-/// and the spans the processor holds stay within its bounds (exact drop
-/// counting is tested with a gated exporter in rpc-ext-tracing's unit tests).
+/// and the spans the processor holds, by its own counters, stay within its
+/// bounds. The heap they take is measured in `tests/export_memory.rs`, a
+/// process of its own; exact drop counting is tested with a gated exporter
+/// in rpc-ext-tracing's unit tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_collector_neither_fails_calls_nor_grows_memory() -> anyhow::Result<()> {
     for protocol in Protocol::ALL {
