@@ -71,6 +71,13 @@
 //! [`OTHER`]; HTTP methods are normalized and raw paths never used; so
 //! clients cannot grow the series count.
 //!
+//! # Registry health
+//!
+//! With the `registry-health` feature, `RegistryHealthCollector` exports
+//! the health of rpc-ext-registry's registrations and resolver
+//! subscriptions (`rpc_registry_*` families) into the same registry, read
+//! at each scrape.
+//!
 //! # Left out on request
 //!
 //! gRPC health checks ([`RpcMetricsBuilder::skip_health_checks`]) and
@@ -102,6 +109,8 @@ mod observer;
 #[cfg(feature = "otel")]
 mod otel;
 mod recorder;
+#[cfg(feature = "registry-health")]
+mod registry_health;
 mod skip;
 pub mod status;
 
@@ -116,6 +125,8 @@ pub use error::Error;
 pub use metrics::{RpcMetrics, RpcMetricsBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS};
 pub use prometheus;
 pub use recorder::CallRecorder;
+#[cfg(feature = "registry-health")]
+pub use registry_health::RegistryHealthCollector;
 pub use rpc_ext_core::semconv::{Conventions, SEMCONV_VERSION};
 pub use rpc_ext_core::{thrift, GrpcCode, RpcSystem, Side, OTHER};
 

@@ -17,6 +17,7 @@ mod metrics_prometheus;
 mod otlp_export;
 mod readme_wiring;
 mod registry_health;
+mod registry_health_metrics;
 mod semconv_conformance;
 mod streaming;
 mod support;
