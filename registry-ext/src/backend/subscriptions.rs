@@ -15,11 +15,7 @@ use crate::{
 /// snapshots, so a resolver that is dropped stops the watches nobody uses.
 /// A task that ended anyway (it returned or panicked) is replaced on the next
 /// subscribe.
-///
-/// `Default` reports into a handle nobody reads, under no backend name: it
-/// serves the resolvers whose followers still take a plain
-/// `watch::Sender` (Kubernetes), whose entries are dropped at once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Subscriptions {
     services: std::sync::Mutex<HashMap<String, watch::Receiver<ServiceSnapshot>>>,
     backend: &'static str,
@@ -36,14 +32,12 @@ impl Subscriptions {
         }
     }
 
-    /// Returns the watch of `service`, spawning `start(sender)` the first
-    /// time. The sender is a [`Publisher`], or (for followers not wired to
-    /// health) the bare channel.
-    pub(crate) async fn subscribe<F, Fut, S>(&self, service: &str, start: F) -> Result<ServiceWatch>
+    /// Returns the watch of `service`, spawning `start(publisher)` the first
+    /// time.
+    pub(crate) async fn subscribe<F, Fut>(&self, service: &str, start: F) -> Result<ServiceWatch>
     where
-        F: FnOnce(S) -> Fut,
+        F: FnOnce(Publisher) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
-        S: From<Publisher>,
     {
         let mut rx = {
             let mut services = self
@@ -57,11 +51,8 @@ impl Subscriptions {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(ServiceSnapshot::default());
-                    let publisher = Publisher {
-                        tx,
-                        probe: self.health.subscription(self.backend, service),
-                    };
-                    tokio::spawn(start(S::from(publisher)));
+                    let probe = self.health.subscription(self.backend, service);
+                    tokio::spawn(start(Publisher::new(tx, probe)));
                     services.insert(service.to_owned(), rx.clone());
                     rx
                 }
@@ -96,11 +87,29 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
+    /// Sends into `tx` and records what it sends through `probe`.
+    pub(crate) fn new(tx: watch::Sender<ServiceSnapshot>, probe: SubscriptionProbe) -> Self {
+        Self { probe, tx }
+    }
+
     /// The follower starts its watch over (after a failure, or from
     /// scratch).
     pub(crate) fn watch_restarted(&self) {
         self.probe.restarted();
     }
+}
+
+/// Why a view is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The backend sent it (a list, an answer, an event): it confirms the
+    /// set.
+    Backend,
+    /// The follower's own reasons (a Kubernetes Lease expiring on its
+    /// clock, a watch beside the main one failing): it confirms nothing.
+    /// Only the Kubernetes follower has such reasons.
+    #[cfg(any(feature = "k8s", test))]
+    Local,
 }
 
 impl Deref for Publisher {
@@ -111,80 +120,69 @@ impl Deref for Publisher {
     }
 }
 
-/// For followers not wired to health yet: the entry is dropped at once.
-impl From<Publisher> for watch::Sender<ServiceSnapshot> {
-    fn from(publisher: Publisher) -> Self {
-        publisher.tx
-    }
-}
-
-/// Where the `publish_*` functions send: a [`Publisher`], which also
-/// records each snapshot in the subscription's health entry, or a bare
-/// channel (followers not wired to health).
-pub(crate) trait Publish {
-    fn channel(&self) -> &watch::Sender<ServiceSnapshot>;
-    fn probe(&self) -> Option<&SubscriptionProbe>;
-}
-
-impl Publish for Publisher {
-    fn channel(&self) -> &watch::Sender<ServiceSnapshot> {
-        &self.tx
-    }
-
-    fn probe(&self) -> Option<&SubscriptionProbe> {
-        Some(&self.probe)
-    }
-}
-
-impl Publish for watch::Sender<ServiceSnapshot> {
-    fn channel(&self) -> &watch::Sender<ServiceSnapshot> {
-        self
-    }
-
-    fn probe(&self) -> Option<&SubscriptionProbe> {
-        None
-    }
-}
-
 /// Publishes a failure while keeping the last known instances.
-pub(crate) fn publish_error(to: &impl Publish, error: Error) {
+pub(crate) fn publish_error(to: &Publisher, error: Error) {
     let error = Arc::new(error);
-    to.channel().send_modify(|snapshot| {
+    to.tx.send_modify(|snapshot| {
         snapshot.last_error = Some(error);
-        if let Some(probe) = to.probe() {
-            probe.failed();
-            probe.shows(snapshot);
-        }
+        to.probe.failed();
+        to.probe.shows(snapshot);
     });
 }
 
 /// Clears a published failure once the backend answers again, even if no
 /// instance changed meanwhile.
 #[cfg(feature = "etcd")]
-pub(crate) fn publish_recovered(to: &impl Publish) {
-    to.channel().send_if_modified(|snapshot| {
+pub(crate) fn publish_recovered(to: &Publisher) {
+    to.tx.send_if_modified(|snapshot| {
         let cleared = snapshot.last_error.take().is_some();
-        if let Some(probe) = to.probe() {
-            probe.confirmed();
-            probe.shows(snapshot);
-        }
+        to.probe.confirmed();
+        to.probe.shows(snapshot);
         cleared
     });
 }
 
-/// Publishes a successful view; subscribers are woken only if the instances
-/// changed or an error was cleared.
-pub(crate) fn publish_instances(to: &impl Publish, instances: Vec<Arc<crate::Instance>>) {
-    to.channel().send_if_modified(|snapshot| {
-        let next = ServiceSnapshot::new(instances, snapshot.generation + 1);
-        let changed = snapshot.generation == 0
-            || snapshot.last_error.is_some()
-            || snapshot.instances != next.instances;
+/// Publishes a successful view the backend just sent; subscribers are
+/// woken only if the instances changed or an error was cleared.
+#[cfg(any(feature = "etcd", feature = "consul", test))]
+pub(crate) fn publish_instances(to: &Publisher, instances: Vec<Arc<crate::Instance>>) {
+    publish_view(to, instances, None, Cause::Backend);
+}
+
+/// Publishes `instances` with `failure` as the snapshot's error: the
+/// failure of a watch that runs beside the one that produced the set
+/// (Kubernetes: the Lease watch, whose failure leaves the slices followed),
+/// or `None` to clear any error. Subscribers are woken only if the
+/// instances or the error changed. A failing watch keeps one error until it
+/// recovers and may be published with every change meanwhile, so the
+/// failure is counted in the health entry when it is first published, not
+/// again for the same `Arc`. The set counts as confirmed by the backend
+/// only for [`Cause::Backend`]; the entry is updated before subscribers
+/// are woken.
+pub(crate) fn publish_view(
+    to: &Publisher,
+    instances: Vec<Arc<crate::Instance>>,
+    failure: Option<&Arc<Error>>,
+    cause: Cause,
+) {
+    to.tx.send_if_modified(|snapshot| {
+        let mut next = ServiceSnapshot::new(instances, snapshot.generation + 1);
+        next.last_error = failure.cloned();
+        let same_error = match (&snapshot.last_error, &next.last_error) {
+            (None, None) => true,
+            (Some(shown), Some(new)) => Arc::ptr_eq(shown, new),
+            _ => false,
+        };
+        let changed =
+            snapshot.generation == 0 || !same_error || snapshot.instances != next.instances;
         *snapshot = next;
-        if let Some(probe) = to.probe() {
-            probe.confirmed();
-            probe.shows(snapshot);
+        if failure.is_some() && !same_error {
+            to.probe.failed();
         }
+        if cause == Cause::Backend {
+            to.probe.confirmed();
+        }
+        to.probe.shows(snapshot);
         changed
     });
 }
@@ -220,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_that_exits_is_replaced_on_the_next_subscribe() {
-        let subscriptions = Subscriptions::default();
+        let subscriptions = Subscriptions::new("test", RegistryHealth::new());
         let first = subscriptions
             .subscribe("svc", |tx: Publisher| async move {
                 publish_instances(&tx, instance(1));
@@ -250,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_that_panics_is_replaced_on_the_next_subscribe() {
-        let subscriptions = Subscriptions::default();
+        let subscriptions = Subscriptions::new("test", RegistryHealth::new());
         let first = subscriptions
             .subscribe("svc", |tx: Publisher| async move {
                 let _tx = tx;
@@ -334,17 +332,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn followers_on_a_bare_channel_are_not_listed() {
+    async fn a_side_failure_published_with_every_view_counts_once() {
         let health = RegistryHealth::new();
-        let subscriptions = Subscriptions::new("test", health.clone());
-        let watch = subscriptions
-            .subscribe("svc", |tx: watch::Sender<ServiceSnapshot>| async move {
-                publish_instances(&tx, instance(1));
-                tx.closed().await;
-            })
-            .await
-            .unwrap();
-        assert_eq!(watch.current().instances.len(), 1);
-        assert!(listed(&health).is_empty());
+        let (tx, mut rx) = watch::channel(ServiceSnapshot::default());
+        let publisher = Publisher::new(tx, health.subscription("test", "svc"));
+        publish_instances(&publisher, instance(1));
+        rx.borrow_and_update();
+
+        let lease_watch_down = Arc::new(Error::Closed);
+        publish_view(
+            &publisher,
+            instance(1),
+            Some(&lease_watch_down),
+            Cause::Local,
+        );
+        assert!(rx.has_changed().unwrap(), "the error is news");
+        rx.borrow_and_update();
+        // The same failure again, with the same set: no news, no new error.
+        publish_view(
+            &publisher,
+            instance(1),
+            Some(&lease_watch_down),
+            Cause::Local,
+        );
+        assert!(!rx.has_changed().unwrap());
+        // A change while it lasts: news, still the one failure.
+        publish_view(
+            &publisher,
+            instance(2),
+            Some(&lease_watch_down),
+            Cause::Backend,
+        );
+        assert!(rx.has_changed().unwrap());
+        let shown = rx.borrow_and_update().clone();
+        assert!(Arc::ptr_eq(
+            shown.last_error.as_ref().unwrap(),
+            &lease_watch_down
+        ));
+        let failing = &listed(&health)[0];
+        assert_eq!((failing.errors, failing.instances), (1, 1));
+        assert!(failing.serving_stale);
+
+        // Another failure (the restarted watch failed again): counted.
+        publish_view(
+            &publisher,
+            instance(2),
+            Some(&Arc::new(Error::Closed)),
+            Cause::Local,
+        );
+        assert_eq!(listed(&health)[0].errors, 2);
+        publish_view(&publisher, instance(2), None, Cause::Backend);
+        assert!(rx.borrow_and_update().last_error.is_none());
+        let recovered = &listed(&health)[0];
+        assert!(!recovered.serving_stale);
+        assert_eq!(recovered.errors, 2);
     }
 }

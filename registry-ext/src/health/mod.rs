@@ -2,14 +2,15 @@
 //! this process is going through, as plain data a metrics exporter turns
 //! into series.
 //!
-//! Every etcd, Consul and in-process registry and resolver owns a
-//! [`RegistryHealth`] handle (its `health()`; the etcd and Consul builders
-//! take one with `health(..)` so that several report into one). The
-//! Kubernetes backend does not report yet. The backends record into it from
-//! the code paths that keep registrations alive and follow services;
-//! [`RegistryHealth::snapshot`] reads it. Recording is a few relaxed atomic
-//! operations, with no lock held across an await; a lock is taken only when
-//! an entry is added or removed and while a snapshot copies the entry list.
+//! Every etcd, Consul, Kubernetes and in-process registry and resolver owns
+//! a [`RegistryHealth`] handle (its `health()`; the etcd and Consul builders
+//! take one with `health(..)`, the Kubernetes registry and resolver with
+//! `with_health(..)`, so that several report into one). The backends
+//! record into it from the code paths that keep registrations alive and
+//! follow services; [`RegistryHealth::snapshot`] reads it. Recording is a
+//! few relaxed atomic operations, with no lock held across an await; a lock
+//! is taken only when an entry is added or removed and while a snapshot
+//! copies the entry list.
 //!
 //! An exporter reads a snapshot per scrape and writes, per entry, gauges
 //! for the state, instances, ages and `serving_stale`, and counters for the

@@ -20,11 +20,12 @@ pub enum RegistrationState {
     /// The backend holds the registration: it was written, and since then
     /// every renewal succeeded or the failures were not (yet) a loss — an
     /// etcd lease within its TTL, a Consul agent that has not answered
-    /// "unknown". Failed renewals show in
-    /// [`renewals_failed`](RegistrationHealth::renewals_failed).
+    /// "unknown", a Kubernetes Lease within its duration. Failed renewals
+    /// show in [`renewals_failed`](RegistrationHealth::renewals_failed).
     Registered,
     /// The backend lost the registration (etcd lease expired or gone,
-    /// Consul agent forgot the service) and the keeper is writing it again,
+    /// Consul agent forgot the service, Kubernetes EndpointSlice deleted or
+    /// Lease unrenewed for its duration) and the keeper is writing it again,
     /// retrying with backoff until it succeeds or the handle is dropped.
     /// Resolvers may not see the instance meanwhile.
     Reregistering,
@@ -83,14 +84,17 @@ pub struct RegistrationHealth {
     pub in_state_for: Duration,
     /// Renewals the backend confirmed: an etcd lease keep-alive answered
     /// with a TTL; a Consul TTL check passed, or for checks the agent runs
-    /// (HTTP, gRPC, TCP) the agent confirming it still has the service.
-    /// Zero for the in-process backend, which needs none.
+    /// (HTTP, gRPC, TCP) the agent confirming it still has the service; a
+    /// Kubernetes Lease renewal the API server stored. Zero for the
+    /// in-process backend, which needs none.
     pub renewals_ok: u64,
     /// The keeper's failures: each renewal that failed or was refused, each
     /// loss found by renewing (etcd: the lease not found, or its TTL passed
-    /// unrenewed; Consul: the agent no longer knows the check or service),
-    /// and each failed attempt to write the registration again. Rising
-    /// while `renewals_ok` stands still is the keep-alive failing.
+    /// unrenewed; Consul: the agent no longer knows the check or service;
+    /// Kubernetes: the EndpointSlice found deleted), each failed check
+    /// (Kubernetes: a failed read of the slice), and each failed attempt to
+    /// write the registration again. Rising while `renewals_ok` stands
+    /// still is the keep-alive failing.
     pub renewals_failed: u64,
     /// Times the registration was written again after the backend lost it
     /// (each return from [`Reregistering`](RegistrationState::Reregistering)
@@ -185,7 +189,20 @@ impl RegistrationProbe {
     /// written again is held by the backend again (without a new write:
     /// the backend kept or regained it by itself).
     pub(crate) fn renewed(&self) {
+        self.renewal_counted();
+        self.regained();
+    }
+
+    /// The backend confirmed a renewal of a part of the registration, which
+    /// leaves its state as it is (Kubernetes: the Lease renewed while the
+    /// slice is being applied again).
+    pub(crate) fn renewal_counted(&self) {
         self.cell.renewals_ok.fetch_add(1, Relaxed);
+    }
+
+    /// The backend holds a lost registration again without a new write of
+    /// this keeper (it kept or regained it by itself).
+    pub(crate) fn regained(&self) {
         self.cell.enter(RegistrationState::Registered);
     }
 

@@ -32,17 +32,24 @@ pub struct SubscriptionHealth {
     /// How many instances subscribers are shown now.
     pub instances: usize,
     /// Time since the backend last confirmed the set: a list, an answer or
-    /// an event that was published, or (etcd) a watch established again.
-    /// `None` until the first success. A backend confirms a quiet service
-    /// only as often as it speaks: a Consul blocking query returns at least
-    /// every `wait`, but an etcd watch or a Kubernetes watcher on a service
-    /// that does not change stays silent, so there the age grows while all
-    /// is well; `serving_stale` is what tells a failure.
+    /// an event that was published, or (etcd) a watch established again;
+    /// an endpoint a Kubernetes resolver drops because its Lease expired is
+    /// the resolver's own clock, not an update. `None` until the first
+    /// success. A backend confirms a quiet service only as often as it
+    /// speaks: a Consul blocking query returns at least every `wait`, but
+    /// an etcd watch or a Kubernetes watcher on a service that does not
+    /// change stays silent, so there the age grows while all is well;
+    /// `serving_stale` is what tells a failure.
     pub last_update_age: Option<Duration>,
     /// Times the follower started over: etcd a new watch (listing first if
     /// needed) after the previous one broke; Consul a query sent again
     /// after a failed one, or from index 0 after the index went backwards;
-    /// Kubernetes a new watcher after a failure or a port change.
+    /// Kubernetes a new watcher (of the EndpointSlices, or of the
+    /// registrations' Leases) after a failure or a port change, and a
+    /// re-list kube's watcher makes by itself. A Kubernetes watch that the
+    /// API server ends (as it does every few minutes) and that kube's
+    /// watcher resumes from its resource version loses nothing and is not
+    /// counted.
     pub watch_restarts: u64,
     /// Failures reported to subscribers (each one set
     /// [`ServiceSnapshot::last_error`]).

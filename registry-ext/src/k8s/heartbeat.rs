@@ -71,10 +71,15 @@ impl Heartbeat {
         }
     }
 
+    /// The Lease's duration, as written in it (whole seconds).
+    pub(super) fn duration(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.duration_seconds).unwrap_or(1))
+    }
+
     /// How often the Lease is renewed: a third of its duration, so that two
     /// renewals can fail before it expires.
     pub(super) fn renew_interval(&self) -> Duration {
-        Duration::from_secs(u64::try_from(self.duration_seconds).unwrap_or(1)) / 3
+        self.duration() / 3
     }
 
     /// Takes the Lease, whoever holds it: what a registration does when it

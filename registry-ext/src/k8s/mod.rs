@@ -116,6 +116,7 @@
 
 mod api_versions;
 mod heartbeat;
+mod keeper_health;
 mod lease_watch;
 mod liveness;
 mod registry;

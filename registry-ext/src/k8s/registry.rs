@@ -17,13 +17,14 @@ use super::{
     api_error,
     api_versions::EndpointList,
     heartbeat::{Heartbeat, Renewal},
+    keeper_health::KeeperHealth,
     kube_error,
     target::is_service_name,
     DEFAULT_LEASE_DURATION, LEASE_LABEL, MANAGED_BY, REGISTRATION_LABEL, SLICES,
 };
 use crate::{
-    advertise_address, backend::backoff::Backoff, registry::StopSignal, Instance, Registration,
-    Registry, Result,
+    advertise_address, backend::backoff::Backoff, health::RegistryHealth, registry::StopSignal,
+    Instance, Registration, Registry, Result,
 };
 
 /// How often a registration checks that its slice still exists, by default.
@@ -50,6 +51,16 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// process killed without deregistering (SIGKILL, OOM kill, lost host)
 /// leaves their sets within one lease duration; see the [module
 /// documentation](super#liveness).
+///
+/// Each registration is an entry of the registry's
+/// [`health`](Self::health): `Registered` while its slice is stored and
+/// its Lease renewed; `Reregistering` from the check that finds the slice
+/// deleted until it is applied again, and from the first failed renewal
+/// after the Lease went unrenewed for its duration (when resolvers stop
+/// using the endpoint) until a renewal is stored again. Every renewal the
+/// API server stored is counted in `renewals_ok`; every failed or refused
+/// renewal, slice found deleted, failed check and failed re-apply in
+/// `renewals_failed`.
 ///
 /// The slice is named after the service, IP and port (a readable prefix and
 /// a hash of the three), so registering the same instance again — a
@@ -100,6 +111,7 @@ pub struct K8sRegistry {
     advertise_ip: Option<IpAddr>,
     recheck: Duration,
     lease_duration: Duration,
+    health: RegistryHealth,
 }
 
 impl std::fmt::Debug for K8sRegistry {
@@ -128,7 +140,38 @@ impl K8sRegistry {
             advertise_ip: None,
             recheck: RECHECK,
             lease_duration: DEFAULT_LEASE_DURATION,
+            health: RegistryHealth::new(),
         }
+    }
+
+    /// Reports the health of the registrations into `health` (default: a
+    /// handle of this registry's own), so that several registries and
+    /// resolvers can be read at once (see
+    /// [`K8sResolver::with_health`](super::K8sResolver::with_health)).
+    #[must_use]
+    pub fn with_health(mut self, health: RegistryHealth) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The health of this registry's registrations (shared by its clones):
+    /// each one's state, the Lease renewals the API server stored or that
+    /// failed, and re-registrations after a deleted slice or an expired
+    /// Lease. See [`health`](crate::health).
+    ///
+    /// ```
+    /// use rpc_ext_registry::k8s::K8sRegistry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = kube::Config::new("http://127.0.0.1:6443".parse().unwrap());
+    /// let registry = K8sRegistry::new(kube::Client::try_from(config).unwrap());
+    /// // Nothing registered yet.
+    /// assert!(registry.health().snapshot().registrations.is_empty());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.health.clone()
     }
 
     /// How long a registration's Lease stays live without a renewal
@@ -270,8 +313,10 @@ impl Registry for K8sRegistry {
             return Err(error);
         }
         info!(slice = %keeper.name, "registered as an EndpointSlice with a Lease");
-        let (registration, stop) = Registration::new(instance);
-        tokio::spawn(keeper.keep(stop));
+        let (mut registration, stop) = Registration::new(instance);
+        let probe = registration.track(super::BACKEND, &self.health);
+        let health = KeeperHealth::new(probe, keeper.heartbeat.duration());
+        tokio::spawn(keeper.keep(stop, health));
         Ok(registration)
     }
 }
@@ -403,8 +448,9 @@ impl Keeper {
     }
 
     /// Renews the Lease every third of its duration and checks the slice
-    /// every `recheck`, until the handle asks to stop or is dropped.
-    async fn keep(mut self, mut stop: StopSignal) {
+    /// every `recheck`, recording both in `health`, until the handle asks
+    /// to stop or is dropped.
+    async fn keep(mut self, mut stop: StopSignal, mut health: KeeperHealth) {
         let renew_every = self.heartbeat.renew_interval();
         let mut renewal_backoff = Backoff::new(Duration::from_millis(200), renew_every);
         let mut check_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -420,30 +466,37 @@ impl Keeper {
             }
             if Instant::now() >= next_renewal {
                 let delay = match self.renew(renew_every).await {
-                    Ok(()) => {
+                    Ok(renewal) => {
+                        match renewal {
+                            Renewal::Renewed => health.lease_renewed(),
+                            Renewal::HeldBy(_) => health.lease_held_by_other(),
+                        }
                         renewal_backoff.reset();
                         renew_every
                     }
                     Err(error) => {
                         warn!(lease = %self.name, %error, "Lease renewal failed; retrying");
+                        if health.lease_renewal_failed() {
+                            warn!(lease = %self.name, "Lease unrenewed for its duration: resolvers no longer use the endpoint");
+                        }
                         renewal_backoff.next_delay()
                     }
                 };
                 next_renewal = Instant::now() + delay;
             }
             if Instant::now() >= next_check {
-                next_check = Instant::now() + self.check(&mut check_backoff).await;
+                next_check = Instant::now() + self.check(&mut check_backoff, &mut health).await;
             }
         }
     }
 
     /// One renewal, given at most `limit` so that an API server that does
     /// not answer delays the retry rather than every later renewal.
-    async fn renew(&mut self, limit: Duration) -> Result<()> {
+    async fn renew(&mut self, limit: Duration) -> Result<Renewal> {
         match tokio::time::timeout(limit, self.heartbeat.renew()).await {
             Ok(Ok(Renewal::Renewed)) => {
                 self.held_by_other = false;
-                Ok(())
+                Ok(Renewal::Renewed)
             }
             Ok(Ok(Renewal::HeldBy(holder))) => {
                 // Taken over by a successor: its Lease, not ours to renew.
@@ -453,7 +506,7 @@ impl Keeper {
                 if !std::mem::replace(&mut self.held_by_other, true) {
                     info!(lease = %self.name, %holder, "Lease held by another registration; not renewing it");
                 }
-                Ok(())
+                Ok(Renewal::HeldBy(holder))
             }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(crate::Error::backend(
@@ -465,24 +518,32 @@ impl Keeper {
 
     /// Checks that the slice exists, applying it again if it does not; the
     /// delay until the next check.
-    async fn check(&self, backoff: &mut Backoff) -> Duration {
+    async fn check(&self, backoff: &mut Backoff, health: &mut KeeperHealth) -> Duration {
         match self.get().await.map(|found| found.is_some()) {
             Ok(true) => {
+                health.slice_found();
                 backoff.reset();
                 self.recheck
             }
             Ok(false) => {
                 warn!(slice = %self.name, "EndpointSlice gone; applying it again");
+                health.slice_gone();
                 match self.apply().await {
-                    Ok(()) => self.recheck,
+                    Ok(()) => {
+                        health.slice_applied();
+                        info!(slice = %self.name, "EndpointSlice applied again");
+                        self.recheck
+                    }
                     Err(error) => {
                         warn!(slice = %self.name, %error, "EndpointSlice re-apply failed");
+                        health.slice_check_failed();
                         backoff.next_delay()
                     }
                 }
             }
             Err(error) => {
                 warn!(slice = %self.name, %error, "cannot check the EndpointSlice");
+                health.slice_check_failed();
                 backoff.next_delay()
             }
         }

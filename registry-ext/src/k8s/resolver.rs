@@ -8,7 +8,7 @@ use kube::{
     runtime::{watcher, WatchStreamExt},
     Api, Client,
 };
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{
@@ -20,9 +20,10 @@ use super::{
 use crate::{
     backend::{
         backoff::Backoff,
-        subscriptions::{publish_error, Subscriptions},
+        subscriptions::{publish_error, Cause, Publisher, Subscriptions},
     },
-    Error, Resolver, Result, ServiceSnapshot, ServiceWatch,
+    health::RegistryHealth,
+    Error, Resolver, Result, ServiceWatch,
 };
 
 /// How often a numeric target's Service is read again while the watch
@@ -44,10 +45,15 @@ const SERVICE_RECHECK: Duration = Duration::from_secs(60);
 ///
 /// When the watch fails (the API server unreachable or answering errors),
 /// the last known instances are kept and the error is reported in
-/// [`ServiceSnapshot::last_error`]. The watcher is then started again after
-/// a capped backoff: its fresh list replaces the set once complete and
-/// clears the error, so `last_error` does not outlive the outage even when
-/// nothing changed meanwhile (kube's watcher resumes a watch silently).
+/// [`ServiceSnapshot::last_error`](crate::ServiceSnapshot::last_error). The
+/// watcher is then started again after a capped backoff: its fresh list
+/// replaces the set once complete and clears the error, so `last_error`
+/// does not outlive the outage even when nothing changed meanwhile (kube's
+/// watcher resumes a watch silently).
+///
+/// Each followed target is an entry of the resolver's
+/// [`health`](Self::health): the instances shown, watch restarts, errors,
+/// and whether the last known set is served while the API server fails.
 ///
 /// ```no_run
 /// use rpc_ext_registry::{k8s::K8sResolver, volo::VoloDiscover};
@@ -68,6 +74,17 @@ pub struct K8sResolver {
 struct Shared {
     client: Client,
     subscriptions: Subscriptions,
+    health: RegistryHealth,
+}
+
+impl Shared {
+    fn new(client: Client, health: RegistryHealth) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            subscriptions: Subscriptions::new(super::BACKEND, health.clone()),
+            health,
+        })
+    }
 }
 
 impl std::fmt::Debug for K8sResolver {
@@ -89,12 +106,54 @@ impl K8sResolver {
     #[must_use]
     pub fn new(client: Client) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                client,
-                subscriptions: Subscriptions::default(),
-            }),
+            shared: Shared::new(client, RegistryHealth::new()),
             missing_lease_grace: DEFAULT_LEASE_DURATION,
         }
+    }
+
+    /// Reports the health of the subscriptions into `health` (default: a
+    /// handle of this resolver's own), so that several registries and
+    /// resolvers can be read at once. Set it before subscribing: the
+    /// resolver it returns follows targets on its own, and its clones made
+    /// before keep the previous handle.
+    ///
+    /// ```no_run
+    /// use rpc_ext_registry::{health::RegistryHealth, k8s::{K8sRegistry, K8sResolver}};
+    ///
+    /// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
+    /// let health = RegistryHealth::new();
+    /// let resolver = K8sResolver::try_default().await?.with_health(health.clone());
+    /// let registry = K8sRegistry::try_default().await?.with_health(health.clone());
+    /// // `health.snapshot()` reads the entries of both.
+    /// # let _ = (resolver, registry); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_health(self, health: RegistryHealth) -> Self {
+        Self {
+            shared: Shared::new(self.shared.client.clone(), health),
+            ..self
+        }
+    }
+
+    /// The health of this resolver's subscriptions (shared by its clones):
+    /// per followed target, the instances shown, the age of the last list
+    /// or event the API server sent, watch restarts, errors, and whether
+    /// the last known set is served while the API server fails. See
+    /// [`health`](crate::health).
+    ///
+    /// ```
+    /// use rpc_ext_registry::k8s::K8sResolver;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let config = kube::Config::new("http://127.0.0.1:6443".parse().unwrap());
+    /// let resolver = K8sResolver::new(kube::Client::try_from(config).unwrap());
+    /// // Nothing followed yet.
+    /// assert!(resolver.health().snapshot().subscriptions.is_empty());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn health(&self) -> RegistryHealth {
+        self.shared.health.clone()
     }
 
     /// How long the endpoint of a slice that names a Lease which does not
@@ -139,7 +198,7 @@ impl Resolver for K8sResolver {
         let grace = self.missing_lease_grace;
         self.shared
             .subscriptions
-            .subscribe(target, |tx| follower.run(tx, grace))
+            .subscribe(target, |tx: Publisher| follower.run(tx, grace))
             .await
     }
 }
@@ -163,7 +222,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(self, tx: watch::Sender<ServiceSnapshot>, missing_lease_grace: Duration) {
+    async fn run(self, tx: Publisher, missing_lease_grace: Duration) {
         let selector = format!("kubernetes.io/service-name={}", self.target.service);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // Kept across watcher restarts.
@@ -192,13 +251,16 @@ impl Follower {
             };
             match ended {
                 Ended::Unsubscribed => return,
-                Ended::PortChanged => {}
+                Ended::PortChanged => tx.watch_restarted(),
                 // Start a fresh watcher (list, then watch) after a pause.
                 // Its completed list clears the published error.
-                Ended::Failed => tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                },
+                Ended::Failed => {
+                    tx.watch_restarted();
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
             }
         }
     }
@@ -258,7 +320,7 @@ impl Follower {
     /// expires.
     async fn follow(
         &self,
-        tx: &watch::Sender<ServiceSnapshot>,
+        tx: &Publisher,
         mut events: futures::stream::BoxStream<
             'static,
             watcher::Result<watcher::Event<EndpointSlice>>,
@@ -270,6 +332,9 @@ impl Follower {
         // Buffers a (re-)list so the current set stays in place until the
         // new list is complete.
         let mut relisting: Option<SliceMap> = None;
+        // Whether this watcher has begun a list: another is a re-list the
+        // watcher made by itself, a restart as much as a new watcher.
+        let mut listing_began = false;
         let mut leases = LeaseWatch::new(
             Api::namespaced(self.slices.clone().into_client(), &self.namespace),
             &self.target.service,
@@ -292,14 +357,21 @@ impl Follower {
                     }
                     continue;
                 }
-                // A Lease expires: publish without its endpoints, now.
+                // A Lease expires: publish without its endpoints, now (the
+                // resolver's clock, not news from the API server).
                 () = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
-                    slices.publish(tx, leases.error());
+                    slices.publish(tx, leases.error(), Cause::Local);
                     continue;
                 }
                 event = leases.next() => {
+                    let failed = event.is_err();
                     if self.lease_event(event, slices, &mut leases) {
-                        slices.publish(tx, leases.error());
+                        let cause = if failed { Cause::Local } else { Cause::Backend };
+                        slices.publish(tx, leases.error(), cause);
+                    }
+                    if failed {
+                        // The Lease watch starts over after a pause.
+                        tx.watch_restarted();
                     }
                     continue;
                 }
@@ -308,6 +380,9 @@ impl Follower {
             let changed = match event {
                 None => return Ended::Unsubscribed,
                 Some(Ok(watcher::Event::Init)) => {
+                    if std::mem::replace(&mut listing_began, true) {
+                        tx.watch_restarted();
+                    }
                     relisting = Some(SliceMap::new());
                     false
                 }
@@ -348,7 +423,7 @@ impl Follower {
                 }
                 // Also clears a published error (but a failing Lease
                 // watch's).
-                slices.publish(tx, leases.error());
+                slices.publish(tx, leases.error(), Cause::Backend);
             }
         }
     }

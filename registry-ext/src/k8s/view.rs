@@ -5,14 +5,17 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     liveness::Liveness,
     slice::{candidates, select, Candidate},
     DEFAULT_LEASE_DURATION, LEASE_LABEL,
 };
-use crate::{backend::subscriptions::publish_instances, Error, ServiceSnapshot};
+use crate::{
+    backend::subscriptions::{publish_view, Cause, Publisher},
+    Error,
+};
 
 /// One slice, as far as resolution is concerned.
 #[derive(Debug, Clone)]
@@ -94,11 +97,14 @@ impl Slices {
     /// Publishes the endpoints kube-proxy would use among the slices whose
     /// Lease, if they name one, is live; and `lease_error`, if the Lease
     /// watch is failing, as the snapshot's error (it does not stop the
-    /// slices from being followed).
+    /// slices from being followed; it is counted in the health entry once,
+    /// however many times it is published). Clears any other error.
+    /// `cause` says whether the API server just confirmed the set.
     pub(super) fn publish(
         &mut self,
-        tx: &watch::Sender<ServiceSnapshot>,
+        tx: &Publisher,
         lease_error: Option<&Arc<Error>>,
+        cause: Cause,
     ) {
         let now = Instant::now();
         self.liveness.track(
@@ -118,10 +124,6 @@ impl Slices {
                     .is_none_or(|lease| liveness.is_live(lease, now))
             })
             .map(|slice| slice.candidates.as_slice());
-        // Also clears a published error.
-        publish_instances(tx, select(live));
-        if let Some(error) = lease_error {
-            tx.send_modify(|snapshot| snapshot.last_error = Some(error.clone()));
-        }
+        publish_view(tx, select(live), lease_error, cause);
     }
 }

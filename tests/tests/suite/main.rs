@@ -11,6 +11,7 @@ mod export_faults;
 mod graceful_shutdown;
 mod harness_selftest;
 mod k8s_backend;
+mod k8s_health;
 mod k8s_liveness;
 mod metrics_endpoint;
 mod metrics_prometheus;

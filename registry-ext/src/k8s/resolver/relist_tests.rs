@@ -22,8 +22,10 @@ use kube::{
     runtime::watcher::{self, Event},
 };
 use serde_json::json;
+use tokio::sync::watch;
 
 use super::*;
+use crate::{health::SubscriptionHealth, ServiceSnapshot};
 
 const PORT: &str = "grpc";
 
@@ -162,9 +164,12 @@ fn follower() -> Follower {
 }
 
 /// Runs one watcher per entry of `watchers` as [`Follower::run`] does and
-/// returns every value the channel held, in order.
-async fn fold(watchers: Vec<Vec<Step>>) -> Vec<Held> {
+/// returns every value the channel held, in order, and what the
+/// subscription's health entry shows at the end.
+async fn fold(watchers: Vec<Vec<Step>>) -> (Vec<Held>, SubscriptionHealth) {
     let (tx, rx) = watch::channel(ServiceSnapshot::default());
+    let health = RegistryHealth::new();
+    let tx = Publisher::new(tx, health.subscription(crate::k8s::BACKEND, "echo"));
     let recorder = Recorder::new(rx);
     let follower = follower();
     let mut slices = Slices::new();
@@ -190,12 +195,13 @@ async fn fold(watchers: Vec<Vec<Step>>) -> Vec<Held> {
         }
     }
     let values = lock(&recorder.held).clone();
-    values
+    let entry = health.snapshot().subscriptions.remove(0);
+    (values, entry)
 }
 
 #[tokio::test]
 async fn no_value_is_empty_across_an_expired_watch_and_dropped_connections() {
-    let values = fold(vec![
+    let (values, health) = fold(vec![
         // The first list, a change, then the watch expires (410 Gone).
         steps([
             listed(&[("echo-1", &["10.0.0.1"])]),
@@ -268,4 +274,12 @@ async fn no_value_is_empty_across_an_expired_watch_and_dropped_connections() {
             held(&["10.0.0.5"], 7, false),
         ]
     );
+
+    // The health entry: each failed watcher's error counted once, and the
+    // re-list the fourth watcher made by itself counted as a restart (the
+    // restarts after each failed watcher are `run`'s, not run here).
+    assert_eq!((health.errors, health.watch_restarts), (4, 1));
+    assert_eq!(health.instances, 1);
+    assert!(!health.serving_stale);
+    assert!(health.last_update_age.is_some());
 }
