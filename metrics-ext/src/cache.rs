@@ -11,6 +11,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, OnceLock, PoisonError,
     },
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
@@ -18,7 +19,8 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::{
     call::{Call, Outcome},
-    families::Families,
+    exemplar::{self, SeriesExemplars, TraceIds},
+    families::{Families, Family},
     labels::{KeyValues, OutcomeValues},
     metrics::Inner,
     RpcSystem, Side,
@@ -38,6 +40,8 @@ pub(crate) struct MethodHandles {
     /// The others: few per method, so a scan beats a map.
     statuses: ArcSwap<Vec<OutcomeHandles>>,
     status_writer: Mutex<()>,
+    /// Whether calls read their trace for exemplars when they start.
+    exemplars: bool,
     #[cfg(feature = "otel")]
     otel: Option<crate::otel::OtelMethod>,
 }
@@ -51,6 +55,9 @@ struct OutcomeHandles {
     outcome: Outcome,
     duration: Option<Histogram>,
     old_duration: Option<Histogram>,
+    /// The exemplar slots beside each duration series.
+    duration_exemplars: Option<Arc<SeriesExemplars>>,
+    old_duration_exemplars: Option<Arc<SeriesExemplars>>,
     old_calls: Option<IntCounter>,
     #[cfg(feature = "otel")]
     otel_attributes: Option<Arc<[opentelemetry::KeyValue]>>,
@@ -143,8 +150,20 @@ impl MethodHandles {
             first_statuses: Default::default(),
             statuses: ArcSwap::from_pointee(Vec::new()),
             status_writer: Mutex::new(()),
+            exemplars: inner.exemplars(),
             #[cfg(feature = "otel")]
             otel,
+        }
+    }
+
+    /// The trace a call starting now gives its exemplar: the current
+    /// span's, if sampled and exemplars are on.
+    #[inline]
+    pub(crate) fn current_trace(&self) -> Option<TraceIds> {
+        if self.exemplars {
+            exemplar::current()
+        } else {
+            None
         }
     }
 
@@ -185,14 +204,14 @@ impl MethodHandles {
     }
 
     /// Records one finished call.
-    pub(crate) fn record(&self, outcome: Outcome, seconds: f64) {
+    pub(crate) fn record(&self, outcome: Outcome, ended: &Ended) {
         if let Some(handles) = self.first_status(outcome) {
-            return self.observe(handles, seconds);
+            return self.observe(handles, ended);
         }
         {
             let statuses = self.statuses.load();
             if let Some(handles) = statuses.iter().find(|h| h.outcome == outcome) {
-                return self.observe(handles, seconds);
+                return self.observe(handles, ended);
             }
         }
         let writer = self
@@ -215,25 +234,33 @@ impl MethodHandles {
             }
         }
         drop(writer);
-        self.record(outcome, seconds);
+        self.record(outcome, ended);
     }
 
     fn outcome_handles(&self, outcome: Outcome) -> OutcomeHandles {
         let values = KeyValues::new(&self.key);
         let outcome_values = OutcomeValues::new(self.key.side, self.key.system, outcome);
         let labels = |labels| values.values(labels, Some(&outcome_values));
+        // The series and, beside it, its exemplar slots.
+        let histogram = |family: &Option<Family<prometheus::HistogramVec>>| {
+            let Some(family) = family else {
+                return (None, None);
+            };
+            let values = labels(family.labels);
+            let exemplars = family
+                .exemplars
+                .as_ref()
+                .map(|exemplars| exemplars.series(&values));
+            (Some(family.vec.with_label_values(&values)), exemplars)
+        };
+        let (duration, duration_exemplars) = histogram(&self.families.duration);
+        let (old_duration, old_duration_exemplars) = histogram(&self.families.old_duration);
         OutcomeHandles {
             outcome,
-            duration: self
-                .families
-                .duration
-                .as_ref()
-                .map(|f| f.vec.with_label_values(&labels(f.labels))),
-            old_duration: self
-                .families
-                .old_duration
-                .as_ref()
-                .map(|f| f.vec.with_label_values(&labels(f.labels))),
+            duration,
+            old_duration,
+            duration_exemplars,
+            old_duration_exemplars,
             old_calls: self
                 .families
                 .old_calls
@@ -259,12 +286,16 @@ impl MethodHandles {
         None
     }
 
-    fn observe(&self, handles: &OutcomeHandles, seconds: f64) {
+    fn observe(&self, handles: &OutcomeHandles, ended: &Ended) {
+        let seconds = ended.seconds;
         if let Some(histogram) = &handles.duration {
             histogram.observe(seconds);
         }
         if let Some(histogram) = &handles.old_duration {
             histogram.observe(seconds);
+        }
+        if let Some(trace) = ended.trace {
+            offer_exemplars(handles, trace, ended);
         }
         if let Some(counter) = &handles.old_calls {
             counter.inc();
@@ -274,6 +305,29 @@ impl MethodHandles {
             otel.record(attributes, seconds);
         }
     }
+}
+
+/// Offers a traced call's observation to its duration series' exemplars.
+/// Out of line: calls without a sampled span, most of them where sampling
+/// is a ratio, skip it at the cost of one test.
+#[inline(never)]
+fn offer_exemplars(handles: &OutcomeHandles, trace: TraceIds, ended: &Ended) {
+    if let Some(exemplars) = &handles.duration_exemplars {
+        exemplars.offer(trace, ended.seconds, ended.at);
+    }
+    if let Some(exemplars) = &handles.old_duration_exemplars {
+        exemplars.offer(trace, ended.seconds, ended.at);
+    }
+}
+
+/// How a call ended, for its duration series.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub(crate) seconds: f64,
+    /// When it ended: the exemplar's time.
+    pub(crate) at: Instant,
+    /// Its trace, if it has one to give its exemplar.
+    pub(crate) trace: Option<TraceIds>,
 }
 
 /// Every method seen so far, up to a cap per side.

@@ -40,7 +40,19 @@ pub fn encode_text(registry: &Registry) -> Result<String, Error> {
 
 /// Encodes every metric of `registry` in the OpenMetrics 1.0 text format
 /// (what Prometheus asks for first): counters are announced without their
-/// `_total` suffix and the exposition ends with `# EOF`.
+/// `_total` suffix, the `_bucket` lines of the duration histograms carry
+/// their exemplars (`# {trace_id="…",span_id="…"} value timestamp`, see
+/// [`RpcMetricsBuilder::exemplars`](crate::RpcMetricsBuilder::exemplars)),
+/// and the exposition ends with `# EOF`. Apart from exemplars and those
+/// two differences it is the Prometheus text format of [`encode_text`].
+///
+/// `registry` may be your own, with the RPC families registered into it
+/// ([`RpcMetricsBuilder::registry`](crate::RpcMetricsBuilder::registry))
+/// next to other collectors: the exemplars are found through the families
+/// it holds. To serve your registry from your own HTTP server with
+/// exemplars, answer OpenMetrics requests with this function (the
+/// `prometheus` crate's `TextEncoder` writes the text format, which has no
+/// exemplars).
 ///
 /// ```
 /// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
@@ -57,10 +69,18 @@ pub fn encode_text(registry: &Registry) -> Result<String, Error> {
 pub fn encode_openmetrics(registry: &Registry) -> Result<String, Error> {
     let encoder = TextEncoder::new();
     let mut out = String::new();
-    for family in registry.gather() {
+    let (families, exemplars) = crate::exemplar::gather(registry);
+    for family in families {
         let mut text = String::new();
         encoder.encode_utf8(std::slice::from_ref(&family), &mut text)?;
-        let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        let field_type = family.get_field_type();
+        if field_type == prometheus::proto::MetricType::HISTOGRAM {
+            if let Some(exemplars) = exemplars.iter().find(|e| e.is(family.name())) {
+                crate::exemplar::append_histogram(&mut out, &text, &family, exemplars);
+                continue;
+            }
+        }
+        let counter = field_type == prometheus::proto::MetricType::COUNTER;
         match family.name().strip_suffix("_total").filter(|_| counter) {
             // OpenMetrics names the counter family without the suffix its
             // samples carry.

@@ -5,10 +5,13 @@
 //! ([`prometheus_family`]); the OpenTelemetry mirror uses the same
 //! instrument names and the same [`Label`] lists.
 
+use std::sync::Arc;
+
 use prometheus::{core::Collector, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use rpc_ext_core::semconv::{metric, Conventions};
 
 use crate::{
+    exemplar::{FamilyExemplars, WithExemplars},
     labels::{prometheus_names, Label},
     Error, RpcSystem, Side,
 };
@@ -206,6 +209,9 @@ pub(crate) fn prometheus_family(instrument: &str, unit: &str) -> String {
 pub(crate) struct Family<V> {
     pub(crate) vec: V,
     pub(crate) labels: &'static [Label],
+    /// Where the exemplars of its series go: duration families, unless
+    /// exemplars are off.
+    pub(crate) exemplars: Option<Arc<FamilyExemplars>>,
 }
 
 /// The Prometheus families one kind of call (RPC or HTTP) of one side
@@ -239,7 +245,8 @@ impl SideFamilies {
 }
 
 /// Creates the families of `side` under `conventions`, and the collectors
-/// to register (each family once).
+/// to register (each family once). With `exemplars`, the duration
+/// families keep exemplars.
 ///
 /// Dup registers both schemes' durations (their names differ), but only
 /// the current in-flight and size families: the old ones have the same
@@ -249,23 +256,24 @@ pub(crate) fn side_families(
     conventions: Conventions,
     duration_buckets: &[f64],
     size_buckets: &[f64],
+    exemplars: bool,
 ) -> Result<(SideFamilies, Vec<Box<dyn Collector>>), Error> {
     let mut made = Made::default();
     let (mut rpc, mut http) = (Families::default(), Families::default());
     if conventions.current() {
         for (families, system) in [(&mut rpc, RpcSystem::Grpc), (&mut http, RpcSystem::Http)] {
             let specs = Specs::current(side, system);
-            families.duration = made.histogram(specs.duration, duration_buckets)?;
+            families.duration = made.histogram(specs.duration, duration_buckets, exemplars)?;
             families.active = made.gauge(specs.active)?;
-            families.request_size = made.histogram(specs.request_size, size_buckets)?;
-            families.response_size = made.histogram(specs.response_size, size_buckets)?;
+            families.request_size = made.histogram(specs.request_size, size_buckets, false)?;
+            families.response_size = made.histogram(specs.response_size, size_buckets, false)?;
         }
     } else {
         // HTTP calls were RPC calls (`rpc_system="http"`) in the old names.
         let specs = Specs::old(side);
         rpc.active = made.gauge(specs.active)?;
-        rpc.request_size = made.histogram(specs.request_size, size_buckets)?;
-        rpc.response_size = made.histogram(specs.response_size, size_buckets)?;
+        rpc.request_size = made.histogram(specs.request_size, size_buckets, false)?;
+        rpc.response_size = made.histogram(specs.response_size, size_buckets, false)?;
         http = rpc.clone();
     }
     if conventions.old() {
@@ -277,10 +285,12 @@ pub(crate) fn side_families(
             Side::Server => OLD_SERVER_CALL,
             Side::Client => OLD_CLIENT_CALL,
         };
-        let old_duration = HistogramVec::new(
-            HistogramOpts::new(format!("{prefix}_duration_seconds"), DURATION_HELP)
-                .buckets(duration_buckets.to_vec()),
-            &as_strs(&prometheus_names(labels)),
+        let old_duration = made.register_histogram(
+            format!("{prefix}_duration_seconds"),
+            DURATION_HELP,
+            labels,
+            duration_buckets,
+            exemplars,
         )?;
         let old_calls = IntCounterVec::new(
             Opts::new(
@@ -289,16 +299,13 @@ pub(crate) fn side_families(
             ),
             &as_strs(&prometheus_names(labels)),
         )?;
-        made.collectors.push(Box::new(old_duration.clone()));
         made.collectors.push(Box::new(old_calls.clone()));
         for families in [&mut rpc, &mut http] {
-            families.old_duration = Some(Family {
-                vec: old_duration.clone(),
-                labels,
-            });
+            families.old_duration = Some(old_duration.clone());
             families.old_calls = Some(Family {
                 vec: old_calls.clone(),
                 labels,
+                exemplars: None,
             });
         }
     }
@@ -316,18 +323,46 @@ impl Made {
         &mut self,
         spec: Option<Spec>,
         buckets: &[f64],
+        exemplars: bool,
     ) -> Result<Option<Family<HistogramVec>>, Error> {
         let Some(spec) = spec else { return Ok(None) };
+        self.register_histogram(
+            prometheus_family(spec.instrument, spec.unit),
+            spec.help,
+            spec.labels,
+            buckets,
+            exemplars,
+        )
+        .map(Some)
+    }
+
+    /// A histogram family, keeping exemplars if asked.
+    fn register_histogram(
+        &mut self,
+        name: String,
+        help: &str,
+        labels: &'static [Label],
+        buckets: &[f64],
+        exemplars: bool,
+    ) -> Result<Family<HistogramVec>, Error> {
+        let names = prometheus_names(labels);
         let vec = HistogramVec::new(
-            HistogramOpts::new(prometheus_family(spec.instrument, spec.unit), spec.help)
-                .buckets(buckets.to_vec()),
-            &as_strs(&prometheus_names(spec.labels)),
+            HistogramOpts::new(name.clone(), help).buckets(buckets.to_vec()),
+            &as_strs(&names),
         )?;
-        self.collectors.push(Box::new(vec.clone()));
-        Ok(Some(Family {
+        let exemplars = exemplars.then(|| Arc::new(FamilyExemplars::new(name, names, buckets)));
+        self.collectors.push(match &exemplars {
+            Some(exemplars) => Box::new(WithExemplars {
+                vec: vec.clone(),
+                exemplars: exemplars.clone(),
+            }),
+            None => Box::new(vec.clone()),
+        });
+        Ok(Family {
             vec,
-            labels: spec.labels,
-        }))
+            labels,
+            exemplars,
+        })
     }
 
     fn gauge(&mut self, spec: Option<Spec>) -> Result<Option<Family<IntGaugeVec>>, Error> {
@@ -340,6 +375,7 @@ impl Made {
         Ok(Some(Family {
             vec,
             labels: spec.labels,
+            exemplars: None,
         }))
     }
 }

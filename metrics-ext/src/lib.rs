@@ -78,6 +78,74 @@
 //! subscriptions (`rpc_registry_*` families) into the same registry, read
 //! at each scrape.
 //!
+//! # Exemplars
+//!
+//! The duration histograms' buckets carry exemplars of the calls whose
+//! OpenTelemetry span is sampled, with the span's `trace_id` and `span_id`,
+//! in the OpenMetrics exposition ([`encode_openmetrics`], and
+//! [`MetricsEndpoint`], which serves OpenMetrics to Prometheus): each
+//! bucket of each series shows the first sampled call since the last
+//! OpenMetrics scrape (Prometheus reads one exemplar per bucket per
+//! scrape), so a busy series writes its exemplars once per scrape and its
+//! other calls only compare two numbers. Prometheus keeps them with
+//! `--enable-feature=exemplar-storage`, and Grafana links them to the
+//! trace. The Prometheus text format has no exemplars and is unchanged.
+//! On by default; [`RpcMetricsBuilder::exemplars`] turns them off.
+//!
+//! The span is read from the current OpenTelemetry context (feature
+//! `exemplars`, on by default: the `opentelemetry` API crate only, no
+//! rpc-ext-tracing needed) when the call **starts**. With rpc-ext-tracing,
+//! its layer must be **outside** this crate's, so that its span is current
+//! when this layer starts the call:
+//!
+//! - tower: `ServiceBuilder::new().layer(tracing).layer(metrics)` (the
+//!   first layer is the outer one); `tonic::transport::Server::builder()`
+//!   `.layer(tracing).layer(metrics)` likewise;
+//! - Volo gRPC and Thrift servers: `.layer_front(metrics).layer_front(tracing)`
+//!   (the last `layer_front` is the outermost); Volo HTTP servers:
+//!   `.layer(tracing).layer(metrics)`; Volo clients:
+//!   `.layer_outer(tracing).layer_outer(metrics)`.
+//!
+//! The other way round, a server call has no span yet when it starts, so it
+//! gets no exemplar, and a client call sees the caller's span (the right
+//! trace, but its span id is the caller's, not the client span's). Any
+//! other tracing that makes an OpenTelemetry span current (of the
+//! `opentelemetry` 0.33 this crate reads) works the same way.
+//!
+//! ```
+//! use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+//! use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+//!
+//! let metrics = RpcMetrics::builder().conventions(Conventions::Current).build().unwrap();
+//! // What a tracing layer outside does: a sampled span is current.
+//! let span = SpanContext::new(
+//!     TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+//!     SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+//!     TraceFlags::SAMPLED,
+//!     false,
+//!     TraceState::default(),
+//! );
+//! let _in_span = opentelemetry::Context::current().with_remote_span_context(span).attach();
+//! let call = metrics.start_call(Call::rpc(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say"));
+//! call.finish(GrpcCode::OK, None);
+//!
+//! let text = rpc_ext_metrics::encode_openmetrics(metrics.registry()).unwrap();
+//! let bucket = text.lines().find(|line| line.contains(" # {")).unwrap();
+//! assert!(bucket.starts_with("rpc_server_call_duration_seconds_bucket{"), "{bucket}");
+//! assert!(bucket.contains(r#" # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736",span_id="00f067aa0ba902b7"} "#));
+//! // The Prometheus text format has none.
+//! assert!(!rpc_ext_metrics::encode_text(metrics.registry()).unwrap().contains("trace_id"));
+//! ```
+//!
+//! The slots cost nothing until a series sees its first sampled call; then
+//! 56 bytes per bucket (18 buckets by default: 1,008 bytes per duration
+//! series), made once. Recording stays lock-free and allocation-free.
+//!
+//! With your own registry ([`RpcMetricsBuilder::registry`]), serve
+//! [`encode_openmetrics`] of it to OpenMetrics scrapers: it finds the
+//! exemplars of the RPC families the registry holds (the `prometheus`
+//! crate's `TextEncoder` writes the text format, which has none).
+//!
 //! # Left out on request
 //!
 //! gRPC health checks ([`RpcMetricsBuilder::skip_health_checks`]) and
@@ -101,6 +169,7 @@ mod cache;
 mod call;
 mod endpoint;
 mod error;
+mod exemplar;
 mod families;
 mod labels;
 mod metrics;

@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     recognized: Recognized,
     /// What is left out, if anything: the one test a call pays otherwise.
     skips: Option<Skips>,
+    /// Whether the duration families keep exemplars.
+    exemplars: bool,
     pub(crate) cache: MethodCache,
 }
 
@@ -72,6 +74,10 @@ impl Inner {
             Side::Server => &self.server,
             Side::Client => &self.client,
         }
+    }
+
+    pub(crate) fn exemplars(&self) -> bool {
+        self.exemplars
     }
 
     #[cfg(feature = "otel")]
@@ -267,6 +273,7 @@ pub struct RpcMetricsBuilder {
     recognized: Vec<String>,
     skip_health_checks: bool,
     skip_http_routes: Vec<Box<str>>,
+    exemplars: bool,
     #[cfg(feature = "otel")]
     meter: Option<opentelemetry::metrics::Meter>,
 }
@@ -281,6 +288,7 @@ impl std::fmt::Debug for RpcMetricsBuilder {
             .field("recognized_methods", &self.recognized)
             .field("skip_health_checks", &self.skip_health_checks)
             .field("skip_http_routes", &self.skip_http_routes)
+            .field("exemplars", &self.exemplars)
             .finish_non_exhaustive()
     }
 }
@@ -296,6 +304,7 @@ impl Default for RpcMetricsBuilder {
             recognized: Vec::new(),
             skip_health_checks: false,
             skip_http_routes: Vec::new(),
+            exemplars: true,
             #[cfg(feature = "otel")]
             meter: None,
         }
@@ -461,6 +470,39 @@ impl RpcMetricsBuilder {
         self
     }
 
+    /// Whether the duration histograms keep exemplars: on by default.
+    ///
+    /// On, a call whose OpenTelemetry span is sampled when it starts (read
+    /// from the current context, with the `exemplars` feature, a default
+    /// one; see [the crate documentation](crate#exemplars) for the layer
+    /// order that makes rpc-ext-tracing's span current there) may leave its
+    /// trace id and span id beside the duration bucket it was counted in:
+    /// each bucket of each series keeps the first such call after each
+    /// scrape. The OpenMetrics exposition
+    /// ([`encode_openmetrics`](crate::encode_openmetrics), and
+    /// [`MetricsEndpoint`](crate::MetricsEndpoint) when Prometheus asks for
+    /// it) carries them; the Prometheus text format has no exemplars and is
+    /// unchanged. Off, calls do not read the context and keep nothing.
+    ///
+    /// ```
+    /// use rpc_ext_metrics::{Call, Conventions, GrpcCode, RpcMetrics, RpcSystem, Side};
+    ///
+    /// let metrics = RpcMetrics::builder()
+    ///     .conventions(Conventions::Current)
+    ///     .exemplars(false)
+    ///     .build()
+    ///     .unwrap();
+    /// metrics
+    ///     .start_call(Call::rpc(Side::Server, RpcSystem::Grpc, "echo.Echo", "Say"))
+    ///     .finish(GrpcCode::OK, None);
+    /// let text = rpc_ext_metrics::encode_openmetrics(metrics.registry()).unwrap();
+    /// assert!(!text.contains("trace_id"));
+    /// ```
+    pub fn exemplars(mut self, on: bool) -> Self {
+        self.exemplars = on;
+        self
+    }
+
     /// Also records every call into OpenTelemetry instruments from `meter`
     /// (feature `otel`), with the same names and attributes as the
     /// Prometheus families of the chosen [`conventions`](Self::conventions):
@@ -490,12 +532,17 @@ impl RpcMetricsBuilder {
         let conventions = self.conventions.unwrap_or_else(Conventions::from_env);
         let registry = self.registry.clone().unwrap_or_default();
         let recognized = Recognized::new(&self.recognized)?;
+        if self.exemplars {
+            // Taken now, before any call: exemplar times count from it.
+            crate::exemplar::anchor();
+        }
         let families = |side| {
             side_families(
                 side,
                 conventions,
                 &self.duration_buckets,
                 &self.size_buckets,
+                self.exemplars,
             )
         };
         let (server, server_collectors) = families(Side::Server)?;
@@ -523,6 +570,7 @@ impl RpcMetricsBuilder {
                 }),
                 recognized,
                 skips: Skips::new(self.skip_health_checks, &self.skip_http_routes),
+                exemplars: self.exemplars,
                 cache: MethodCache::new(self.max_methods),
             }),
         })

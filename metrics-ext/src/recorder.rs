@@ -3,8 +3,9 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    cache::{MethodHandles, OwnedKey},
+    cache::{Ended, MethodHandles, OwnedKey},
     call::{Call, Outcome},
+    exemplar::TraceIds,
     metrics::Inner,
 };
 
@@ -34,8 +35,18 @@ struct Active {
     handles: Arc<MethodHandles>,
     start: Instant,
     settle: Settle,
-    request_size: Option<u64>,
+    /// [`NO_SIZE`] until known: a plain `u64` keeps the recorder, moved
+    /// several times per call, a word smaller than an `Option`.
+    request_size: u64,
+    /// The sampled span current when the call started, for the exemplar
+    /// of its duration: read at the start, where a tracing layer outside
+    /// this one has made its span current (at the end it may not be: a
+    /// client's response body is read in its caller's context).
+    trace: Option<TraceIds>,
 }
+
+/// No request size: no message is that large.
+const NO_SIZE: u64 = u64::MAX;
 
 /// Where the call is recorded when it ends.
 enum Settle {
@@ -61,12 +72,14 @@ impl std::fmt::Debug for CallRecorder {
 impl CallRecorder {
     pub(crate) fn start(handles: Arc<MethodHandles>) -> Self {
         handles.started();
+        let trace = handles.current_trace();
         Self {
             active: Some(Active {
                 handles,
                 start: Instant::now(),
                 settle: Settle::Started,
-                request_size: None,
+                request_size: NO_SIZE,
+                trace,
             }),
         }
     }
@@ -129,7 +142,7 @@ impl CallRecorder {
     /// labels are settled).
     pub fn request_size(&mut self, bytes: u64) {
         if let Some(active) = &mut self.active {
-            active.request_size = Some(bytes);
+            active.request_size = bytes.min(NO_SIZE - 1);
         }
     }
 
@@ -144,7 +157,12 @@ impl CallRecorder {
 
 impl Active {
     fn complete(self, outcome: Outcome, response_size: Option<u64>) {
-        let seconds = self.start.elapsed().as_secs_f64();
+        let at = Instant::now();
+        let ended = Ended {
+            seconds: at.saturating_duration_since(self.start).as_secs_f64(),
+            at,
+            trace: self.trace,
+        };
         self.handles.ended();
         let resolved;
         let target = match self.settle {
@@ -166,8 +184,9 @@ impl Active {
             Settle::Pending(_) => &self.handles,
             Settle::Dropped => return,
         };
-        target.sizes(self.request_size, response_size);
-        target.record(outcome, seconds);
+        let request_size = (self.request_size != NO_SIZE).then_some(self.request_size);
+        target.sizes(request_size, response_size);
+        target.record(outcome, &ended);
     }
 }
 

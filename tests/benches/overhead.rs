@@ -12,6 +12,8 @@
 //! exporting to the same no-op sink, and axum-prometheus's metrics layer
 //! (the `metrics` facade into `metrics-exporter-prometheus`). Volo (motore
 //! service, gRPC context): bare; rpc-ext-metrics; rpc-ext-tracing sampled.
+//! rpc-ext-metrics also runs inside a sampled span (the exemplar cost),
+//! inside an unsampled one, and with exemplars off.
 
 // The counting allocator below is the only unsafe code: it forwards to the
 // system allocator.
@@ -28,7 +30,9 @@ use std::{
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use http_body_util::{BodyExt, Empty};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
@@ -85,6 +89,33 @@ fn provider(sampled: bool) -> SdkTracerProvider {
             BatchLimits::default(),
         ))
         .build()
+}
+
+/// A context whose span is `sampled` or not: what rpc-ext-tracing's layer
+/// makes current around the metrics layer inside it. Attached around a
+/// whole run, so the cases measure the metrics layer alone.
+fn span_context(sampled: bool) -> opentelemetry::Context {
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+        SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+        flags,
+        false,
+        TraceState::default(),
+    ))
+}
+
+/// The metrics the cases record into: exemplars on (the default) unless
+/// `exemplars` is false.
+fn rpc_metrics(exemplars: bool) -> rpc_ext_metrics::RpcMetrics {
+    rpc_ext_metrics::RpcMetrics::builder()
+        .exemplars(exemplars)
+        .build()
+        .unwrap()
 }
 
 type Request = http::Request<Empty<Bytes>>;
@@ -177,7 +208,8 @@ fn peer_metrics_layer(
 }
 
 fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
-    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+    let metrics = rpc_metrics(true);
+    let metrics_off = rpc_metrics(false);
     let off = provider(false);
     let on = provider(true);
     let tracing_off = RpcTracing::builder()
@@ -217,6 +249,21 @@ fn tower_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &
         "rpc-ext-metrics",
         ServiceBuilder::new()
             .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
+            .service_fn(noop)
+    );
+    {
+        let _sampled = span_context(true).attach();
+        case!(
+            "rpc-ext-metrics (in a sampled span: exemplars)",
+            ServiceBuilder::new()
+                .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics))
+                .service_fn(noop)
+        );
+    }
+    case!(
+        "rpc-ext-metrics (exemplars off)",
+        ServiceBuilder::new()
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics_off))
             .service_fn(noop)
     );
     let (peer_metrics, _peer_metrics_handle) = peer_metrics_layer(runtime);
@@ -299,7 +346,8 @@ where
 fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &mut Vec<String>) {
     use motore::layer::Layer;
 
-    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+    let metrics = rpc_metrics(true);
+    let metrics_off = rpc_metrics(false);
     let on = provider(true);
     let tracing_on = RpcTracing::builder()
         .tracer_provider(&on)
@@ -334,6 +382,17 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
         "rpc-ext-metrics",
         rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(VoloNoop)
     );
+    {
+        let _sampled = span_context(true).attach();
+        case!(
+            "rpc-ext-metrics (in a sampled span: exemplars)",
+            rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(VoloNoop)
+        );
+    }
+    case!(
+        "rpc-ext-metrics (exemplars off)",
+        rpc_ext_metrics::volo::MetricsLayer::server(&metrics_off).layer(VoloNoop)
+    );
     case!(
         "rpc-ext-tracing (100% sampled, batch export)",
         rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on).layer(VoloNoop)
@@ -345,7 +404,24 @@ fn volo_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, report: &m
 /// counting under `valgrind --tool=callgrind` (deterministic, unlike time
 /// on a shared machine).
 fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
-    let metrics = rpc_ext_metrics::RpcMetrics::builder().build().unwrap();
+    // `<metrics case>-sampled` / `-unsampled`: inside such a span; `-off`:
+    // exemplars off.
+    let (case, variant) = match case.rsplit_once('-') {
+        Some((metrics, variant @ ("sampled" | "unsampled" | "off")))
+            if metrics.ends_with("metrics") =>
+        {
+            (metrics, variant)
+        }
+        _ => (case, ""),
+    };
+    let (exemplars, span) = match variant {
+        "sampled" => (true, Some(true)),
+        "unsampled" => (true, Some(false)),
+        "off" => (false, None),
+        _ => (true, None),
+    };
+    let _span = span.map(|sampled| span_context(sampled).attach());
+    let metrics = rpc_metrics(exemplars);
     let on = provider(true);
     let tracing_on = RpcTracing::builder()
         .tracer_provider(&on)
@@ -416,6 +492,8 @@ fn main() {
         .expect("runtime");
     // OVERHEAD_CASE=bare|metrics|tracing|peer|peer-metrics (tower) or
     // volo-bare|volo-metrics|volo-tracing, OVERHEAD_ITERS=N: one case only.
+    // metrics and volo-metrics also as metrics-sampled, metrics-unsampled
+    // (inside such a span) and metrics-off (exemplars off).
     if let Ok(case) = std::env::var("OVERHEAD_CASE") {
         let iters = std::env::var("OVERHEAD_ITERS")
             .ok()

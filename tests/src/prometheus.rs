@@ -8,6 +8,20 @@ use tempfile::TempDir;
 
 use crate::{free_port, require_binary, ChildGuard};
 
+/// The job `rpc` scraping `targets` (`host:port`, path `/metrics`) every
+/// second.
+fn rpc_job(targets: &[String]) -> String {
+    let targets = targets
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "  - job_name: rpc\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+         static_configs:\n      - targets: [{targets}]\n"
+    )
+}
+
 /// A Prometheus that scrapes its targets every second.
 #[derive(Debug)]
 pub struct PrometheusServer {
@@ -21,22 +35,28 @@ impl PrometheusServer {
     /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`)
     /// under the job name `rpc`, and waits until it is ready.
     pub async fn start(targets: &[String]) -> anyhow::Result<Self> {
-        let targets = targets
-            .iter()
-            .map(|t| format!("'{t}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        Self::start_with_jobs(&format!(
-            "  - job_name: rpc\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
-             static_configs:\n      - targets: [{targets}]\n"
-        ))
-        .await
+        Self::start_with_jobs(&rpc_job(targets)).await
     }
 
     /// Starts Prometheus with `jobs`, the YAML list under `scrape_configs:`
     /// (each entry indented by two spaces), scraping every second, and
     /// waits until it is ready.
     pub async fn start_with_jobs(jobs: &str) -> anyhow::Result<Self> {
+        Self::start_with_jobs_and_flags(jobs, &[]).await
+    }
+
+    /// Like [`PrometheusServer::start`], with exemplar storage on
+    /// (`--enable-feature=exemplar-storage`): exemplars in the targets'
+    /// OpenMetrics expositions are kept, for
+    /// [`PrometheusServer::query_exemplars`].
+    pub async fn start_with_exemplars(targets: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_jobs_and_flags(&rpc_job(targets), &["--enable-feature=exemplar-storage"])
+            .await
+    }
+
+    /// Like [`PrometheusServer::start_with_jobs`], with more command-line
+    /// flags (`--enable-feature=...`).
+    pub async fn start_with_jobs_and_flags(jobs: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let binary = require_binary("prometheus", "prometheus")?;
         let dir = TempDir::with_prefix("prometheus-test-")?;
         let port = free_port()?;
@@ -54,7 +74,8 @@ impl PrometheusServer {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn");
+            .arg("--log.level=warn")
+            .args(flags);
         let process = ChildGuard::spawn("prometheus", command, &dir.path().join("log"))?;
         let mut server = Self {
             port,
@@ -113,6 +134,40 @@ impl PrometheusServer {
             .as_array()
             .cloned()
             .context("query result is not a vector")
+    }
+
+    /// Runs `/api/v1/query_exemplars` for `promql` over the last
+    /// `lookback` and returns `data`: one entry per series, its
+    /// `seriesLabels` and its `exemplars` (`labels`, `value`, `timestamp`).
+    /// Needs [`PrometheusServer::start_with_exemplars`].
+    pub async fn query_exemplars(
+        &self,
+        promql: &str,
+        lookback: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/query_exemplars", self.url()))
+            .query(&[
+                ("query", promql.to_owned()),
+                ("start", format!("{:.3}", now - lookback.as_secs_f64())),
+                // A little ahead: exemplars carry the targets' own clock.
+                ("end", format!("{:.3}", now + 60.0)),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["status"] != "success" {
+            bail!("exemplar query {promql:?} failed: {body}");
+        }
+        body["data"]
+            .as_array()
+            .cloned()
+            .context("exemplar query result is not a list")
     }
 
     /// The scalar value of the first sample of a query, if any.

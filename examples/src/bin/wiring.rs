@@ -49,9 +49,8 @@ async fn main() -> anyhow::Result<()> {
         .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(&metrics));
     let volo_client = EchoClientBuilder::new("echo")
         .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(&metrics));
-    // tonic
-    let tonic_server = tonic::transport::Server::builder()
-        .layer(rpc_ext_metrics::tower::MetricsLayer::server(&metrics));
+    // tonic: Server::builder().layer(tonic_metrics)
+    let tonic_metrics = rpc_ext_metrics::tower::MetricsLayer::server(&metrics);
     let tonic_client = EchoClient::new(
         tower::ServiceBuilder::new()
             .layer(rpc_ext_metrics::tower::MetricsLayer::client(&metrics).server_address("echo"))
@@ -71,12 +70,13 @@ async fn main() -> anyhow::Result<()> {
     let volo_server =
         volo_server.layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing));
     let volo_client = volo_client
-        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing))
+        .layer_outer_front(rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing))
         .address(addr) // or .discover(...): see rpc-ext-registry
         .build();
-    // tonic
-    let mut tonic_server =
-        tonic_server.layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing));
+    // tonic: the first layer is the outermost
+    let mut tonic_server = tonic::transport::Server::builder()
+        .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing))
+        .layer(tonic_metrics);
     let mut traced_client = EchoClient::new(
         tower::ServiceBuilder::new()
             .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))

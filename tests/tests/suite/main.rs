@@ -7,6 +7,7 @@ mod etcd_data_loss;
 mod etcd_faults;
 mod etcd_network;
 mod etcd_registry;
+mod exemplars;
 mod export_faults;
 mod graceful_shutdown;
 mod harness_selftest;
