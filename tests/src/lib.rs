@@ -10,11 +10,13 @@ pub mod otlp;
 mod process;
 mod prometheus;
 pub mod proxy;
+mod traced_echo;
 
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::{free_port, free_ports, require_binary, ChildGuard};
 pub use prometheus::PrometheusServer;
 pub use proxy::FaultProxy;
+pub use traced_echo::{traced_tonic_echo, TonicEchoClient};
 
 use std::time::Duration;
 

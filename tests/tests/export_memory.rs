@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use echo::{servers::TonicEcho, tonic_gen};
+use echo::tonic_gen;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{SdkTracerProvider, SpanData, SpanExporter},
@@ -42,7 +42,7 @@ use rpc_ext_tracing::{
     otlp::{OtlpTracing, Transport},
     BatchLimits, BoundedBatchProcessor, ExportStats, RpcTracing,
 };
-use tokio::{net::TcpListener, sync::watch, time::Instant};
+use tokio::{sync::watch, time::Instant};
 
 /// Counts live heap bytes and their peak since [`reset_peak`].
 struct CountingAllocator;
@@ -135,40 +135,10 @@ impl SpanExporter for NeverCalled {
     }
 }
 
-/// A traced tonic Echo server and a client of it; the server stops when
-/// the returned sender is dropped.
-async fn traced_echo(
-    tracing: &RpcTracing,
-) -> anyhow::Result<(
-    tonic_gen::echo_client::EchoClient<tonic::transport::Channel>,
-    watch::Sender<bool>,
-)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, mut stopped) = watch::channel(false);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
-            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
-                served_by: addr,
-            }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    Ok((tonic_gen::echo_client::EchoClient::new(channel), stop))
-}
-
 /// Makes `count` calls; returns the most spans the processor held after
 /// any of them (for the report: the assertions are on the heap).
 async fn calls(
-    client: &mut tonic_gen::echo_client::EchoClient<tonic::transport::Channel>,
+    client: &mut tests::TonicEchoClient,
     count: usize,
     stats: &ExportStats,
 ) -> anyhow::Result<u64> {
@@ -218,7 +188,8 @@ async fn bytes_per_span() -> anyhow::Result<u64> {
         .with_span_processor(processor)
         .build();
     let tracing = RpcTracing::builder().tracer_provider(&provider).build();
-    let (mut client, stop) = traced_echo(&tracing).await?;
+    let (stop, stopped) = watch::channel(false);
+    let mut client = tests::traced_tonic_echo(&tracing, stopped).await?;
     calls(&mut client, WARM_UP_CALLS, &stats).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = live();
@@ -294,7 +265,8 @@ async fn under_fault(fault: Fault, transport: Transport, bound: i64) -> anyhow::
     let tracing = RpcTracing::builder()
         .tracer_provider(guard.provider())
         .build();
-    let (mut client, stop) = traced_echo(&tracing).await?;
+    let (stop, stopped) = watch::channel(false);
+    let mut client = tests::traced_tonic_echo(&tracing, stopped).await?;
     calls(&mut client, WARM_UP_CALLS, &stats).await?;
     drained(&stats).await?;
     let baseline = live();

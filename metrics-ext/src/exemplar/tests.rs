@@ -46,6 +46,25 @@ fn current() -> RpcMetrics {
         .unwrap()
 }
 
+/// One `Say` call served OK while a span with the test's ids (sampled or
+/// not) is current.
+fn served_in_span(metrics: &RpcMetrics, sampled: bool) {
+    let _span = in_span(TRACE, SPAN, sampled);
+    metrics
+        .start_call(say(Side::Server))
+        .finish(GrpcCode::OK, None);
+}
+
+/// The OpenMetrics exposition of `registry` and its one exemplar line,
+/// asserted to be the only one.
+fn the_one_exemplar(registry: &Registry) -> (String, String) {
+    let text = encode_openmetrics(registry).unwrap();
+    let lines = exemplar_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    let line = lines[0].to_owned();
+    (text, line)
+}
+
 /// The lines of `text` that carry an exemplar.
 fn exemplar_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|line| line.contains(" # {")).collect()
@@ -95,22 +114,14 @@ fn parse(line: &str) -> (f64, String, String, f64, f64) {
 fn a_sampled_call_leaves_its_trace_on_its_bucket() {
     let metrics = current();
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    {
-        let _span = in_span(TRACE, SPAN, true);
-        metrics
-            .start_call(say(Side::Server))
-            .finish(GrpcCode::OK, None);
-    }
+    served_in_span(&metrics, true);
     let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let text = encode_openmetrics(metrics.registry()).unwrap();
-    let lines = exemplar_lines(&text);
-    assert_eq!(lines.len(), 1, "{text}");
-    let line = lines[0];
+    let (_, line) = the_one_exemplar(metrics.registry());
     assert!(
         line.starts_with(r#"rpc_server_call_duration_seconds_bucket{error_type="",rpc_method="echo.Echo/Say",rpc_response_status_code="OK",rpc_system_name="grpc",le=""#),
         "{line}"
     );
-    let (le, trace, span, value, timestamp) = parse(line);
+    let (le, trace, span, value, timestamp) = parse(&line);
     assert_eq!((trace.as_str(), span.as_str()), (TRACE, SPAN));
     // The bucket the value was counted in: the first bound at or above it.
     let bounds = crate::DEFAULT_DURATION_BUCKETS;
@@ -135,12 +146,7 @@ fn a_sampled_call_leaves_its_trace_on_its_bucket() {
 #[test]
 fn unsampled_untraced_and_switched_off_calls_leave_none() {
     let metrics = current();
-    {
-        let _span = in_span(TRACE, SPAN, false);
-        metrics
-            .start_call(say(Side::Server))
-            .finish(GrpcCode::OK, None);
-    }
+    served_in_span(&metrics, false);
     metrics
         .start_call(say(Side::Client))
         .finish(GrpcCode::OK, None);
@@ -180,10 +186,8 @@ fn the_trace_is_read_when_the_call_starts() {
         let _span = in_span(TRACE, SPAN, true);
         late.finish(GrpcCode::OK, None);
     }
-    let text = encode_openmetrics(metrics.registry()).unwrap();
-    let lines = exemplar_lines(&text);
-    assert_eq!(lines.len(), 1, "{text}");
-    assert!(lines[0].starts_with("rpc_server_call_duration_seconds_bucket{"));
+    let (_, line) = the_one_exemplar(metrics.registry());
+    assert!(line.starts_with("rpc_server_call_duration_seconds_bucket{"));
 }
 
 /// The Prometheus text format is what the `prometheus` crate's encoder
@@ -248,12 +252,7 @@ fn every_duration_family_of_the_call_carries_it() {
             .conventions(conventions)
             .build()
             .unwrap();
-        {
-            let _span = in_span(TRACE, SPAN, true);
-            metrics
-                .start_call(say(Side::Server))
-                .finish(GrpcCode::OK, None);
-        }
+        served_in_span(&metrics, true);
         let text = encode_openmetrics(metrics.registry()).unwrap();
         let lines = exemplar_lines(&text);
         assert_eq!(lines.len(), families.len(), "{conventions:?}: {text}");
@@ -299,15 +298,13 @@ fn a_users_registry_with_a_prefix_and_constant_labels_keeps_them() {
             .finish(GrpcCode::OK, None);
         theirs.observe(0.01);
     }
-    let text = encode_openmetrics(&registry).unwrap();
-    let lines = exemplar_lines(&text);
-    assert_eq!(lines.len(), 1, "{text}");
+    let (text, line) = the_one_exemplar(&registry);
     assert!(
-        lines[0].starts_with("shop_rpc_server_call_duration_seconds_bucket{"),
+        line.starts_with("shop_rpc_server_call_duration_seconds_bucket{"),
         "{text}"
     );
-    assert!(lines[0].contains(r#"region="eu""#));
-    assert_eq!(parse(lines[0]).1, TRACE);
+    assert!(line.contains(r#"region="eu""#));
+    assert_eq!(parse(&line).1, TRACE);
 }
 
 /// One bucket (a single bound above any call's duration), so every call
@@ -327,11 +324,9 @@ fn one_exemplar_per_bucket_per_scrape() {
                 .start_call(say(Side::Server))
                 .finish(GrpcCode::OK, None);
         }
-        let text = encode_openmetrics(metrics.registry()).unwrap();
-        let lines = exemplar_lines(&text);
-        assert_eq!(lines.len(), 1, "{text}");
-        assert!(lines[0].contains(r#"le="600""#), "{text}");
-        parse(lines[0]).2
+        let (text, line) = the_one_exemplar(metrics.registry());
+        assert!(line.contains(r#"le="600""#), "{text}");
+        parse(&line).2
     };
     assert_eq!(span_of_the_exemplar(&[1, 2, 3]), format!("{:016x}", 1));
     // Scraped: the next call takes the slot.
@@ -354,8 +349,6 @@ fn the_exemplar_follows_the_series_the_call_is_recorded_under() {
             .start_untrusted_call(say(Side::Server))
             .finish(GrpcCode::OK, None);
     }
-    let text = encode_openmetrics(metrics.registry()).unwrap();
-    let lines = exemplar_lines(&text);
-    assert_eq!(lines.len(), 1, "{text}");
-    assert!(lines[0].contains(r#"rpc_method="echo.Echo/Say""#), "{text}");
+    let (text, line) = the_one_exemplar(metrics.registry());
+    assert!(line.contains(r#"rpc_method="echo.Echo/Say""#), "{text}");
 }

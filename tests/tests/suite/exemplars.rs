@@ -6,12 +6,9 @@
 //! dashboard's latency panels ask for exemplars, and its Prometheus data
 //! source links them to the Jaeger data source.
 
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use echo::{
-    servers::{TonicEcho, VoloEcho},
-    tonic_gen, volo_gen,
-};
+use echo::{tonic_gen, volo_gen};
 use opentelemetry::trace::{
     FutureExt as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
@@ -26,7 +23,10 @@ use tests::{
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 
-use crate::support::pipeline;
+use crate::support::{
+    observed_volo_echo_client, pipeline, promtool_check_metrics, serve_observed_tonic_echo,
+    serve_volo_echo, until_stopped,
+};
 
 /// Calls made at the root of a trace: sampled (the SDK's default sampler,
 /// parent-based always-on).
@@ -76,10 +76,9 @@ impl Stack {
         let endpoint =
             MetricsEndpoint::serve("127.0.0.1:0".parse()?, metrics.registry().clone()).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let client = match name {
-            "tonic" => tonic_stack(&tracing, &metrics, listener, addr, stopped).await?,
-            _ => volo_stack(&tracing, &metrics, listener, addr, stopped),
+            "tonic" => tonic_stack(&tracing, &metrics, listener, stopped).await?,
+            _ => volo_stack(&tracing, &metrics, listener, stopped)?,
         };
         Ok(Self {
             name,
@@ -125,23 +124,9 @@ async fn tonic_stack(
     tracing: &RpcTracing,
     metrics: &RpcMetrics,
     listener: TcpListener,
-    addr: SocketAddr,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Client> {
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
-            .layer(rpc_ext_metrics::tower::MetricsLayer::server(metrics))
-            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
-                served_by: addr,
-            }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    let addr = serve_observed_tonic_echo(listener, tracing, metrics, stopped)?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
@@ -155,40 +140,22 @@ async fn tonic_stack(
     )))
 }
 
-/// Volo: the last `layer_front` is a server's outermost layer, the first
-/// `layer_outer` a client's.
+/// Volo: the tracing layer outside the metrics layer on both sides.
 fn volo_stack(
     tracing: &RpcTracing,
     metrics: &RpcMetrics,
     listener: TcpListener,
-    addr: SocketAddr,
-    mut stopped: watch::Receiver<bool>,
-) -> Client {
-    tokio::spawn(
-        volo_grpc::server::Server::new()
-            .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(metrics))
-            .layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(tracing))
-            .add_service(
-                volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
-                    served_by: addr,
-                }))
-                .build(),
-            )
-            .run_with_shutdown(
-                volo::net::incoming::DefaultIncoming::from(listener),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                    Ok(())
-                },
-            ),
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Client> {
+    // A stack of `(inner, outer)`.
+    let server_layers = motore::layer::Stack::new(
+        rpc_ext_metrics::volo::MetricsLayer::server(metrics),
+        rpc_ext_tracing::volo::GrpcTracingLayer::server(tracing),
     );
-    Client::Volo(
-        volo_gen::echo::EchoClientBuilder::new("echo")
-            .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(tracing))
-            .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(metrics))
-            .address(addr)
-            .build(),
-    )
+    let addr = serve_volo_echo(listener, server_layers, until_stopped(stopped))?;
+    Ok(Client::Volo(observed_volo_echo_client(
+        addr, tracing, metrics,
+    )))
 }
 
 /// A context whose span is a remote parent that was not sampled.
@@ -465,18 +432,7 @@ async fn prometheus_holds_the_trace_ids_the_otlp_receiver_got() -> anyhow::Resul
 
 /// `promtool check metrics` on a text exposition.
 fn promtool_accepts(text: &str) -> anyhow::Result<()> {
-    let promtool = tests::require_binary("promtool", "prometheus")?;
-    let mut check = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        &mut check.stdin.take().expect("promtool's stdin"),
-        text.as_bytes(),
-    )?;
-    let checked = check.wait_with_output()?;
+    let checked = promtool_check_metrics(text)?;
     anyhow::ensure!(
         checked.status.success(),
         "promtool rejected: {}{}",

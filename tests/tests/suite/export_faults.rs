@@ -11,10 +11,13 @@ use rpc_ext_tracing::{
     prometheus::ExportStatsCollector,
     RpcTracing,
 };
-use tests::otlp::{OtlpReceiver, Protocol, TraceFault};
+use tests::{
+    otlp::{OtlpReceiver, Protocol, TraceFault},
+    traced_tonic_echo, TonicEchoClient,
+};
 use tokio::{sync::watch, time::Instant};
 
-use crate::support::{traced_tonic_echo, transport, TonicEchoClient};
+use crate::support::transport;
 
 const QUEUE: usize = 256;
 /// The processor's default batch; one batch may be out for export.

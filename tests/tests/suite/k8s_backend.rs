@@ -11,7 +11,7 @@ use rpc_ext_registry::{
 use serde_json::{json, Value};
 use tests::k8s::{self, K8sStandIn, Pod};
 
-use crate::support::{RECOVERY_DEADLINE, WATCH_DEADLINE};
+use crate::support::{wait_for_ips_within, RECOVERY_DEADLINE, WATCH_DEADLINE};
 
 fn endpoint(ip: &str, ready: bool, terminating: bool) -> Value {
     json!({"addresses": [ip], "conditions": {"ready": ready, "terminating": terminating},
@@ -65,17 +65,6 @@ fn ips(instances: &[Arc<Instance>]) -> Vec<String> {
 /// arrive.
 async fn wait_for_ips(watch: &mut ServiceWatch, want: &[&str]) -> anyhow::Result<()> {
     wait_for_ips_within(watch, want, WATCH_DEADLINE).await
-}
-
-/// [`wait_for_ips`] for what may take longer (recovery after a fault).
-async fn wait_for_ips_within(
-    watch: &mut ServiceWatch,
-    want: &[&str],
-    deadline: Duration,
-) -> anyhow::Result<()> {
-    let want: Vec<std::net::SocketAddr> =
-        want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-    crate::support::wait_for_addresses(watch, &want, deadline).await
 }
 
 /// Waits until `check` finds what it looks for in the watch's snapshot.

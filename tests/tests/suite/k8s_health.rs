@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use rpc_ext_registry::{
-    health::{RegistrationHealth, RegistrationState, RegistryHealth, SubscriptionHealth},
+    health::{RegistrationState, RegistryHealth, SubscriptionHealth},
     k8s::{K8sRegistry, K8sResolver, REGISTRATION_LABEL},
     Instance, Registry, Resolver, ServiceWatch,
 };
@@ -18,7 +18,10 @@ use tests::{eventually, k8s::K8sStandIn};
 
 use crate::{
     k8s_backend::{grant, manifest_roles},
-    support::{wait_for_addresses, RECOVERY_DEADLINE, WATCH_DEADLINE},
+    support::{
+        only_registration, only_subscription, registration_where, slice_name, subscription_where,
+        wait_for_ips_within, RECOVERY_DEADLINE, WATCH_DEADLINE,
+    },
 };
 
 /// The lease duration of the registrations (renewed every 1 s), long
@@ -65,56 +68,6 @@ fn resolver(api: &K8sStandIn, health: &RegistryHealth) -> anyhow::Result<K8sReso
         .with_health(health.clone()))
 }
 
-fn registration_entry(health: &RegistryHealth) -> Option<RegistrationHealth> {
-    let mut registrations = health.snapshot().registrations;
-    assert!(registrations.len() <= 1, "{registrations:?}");
-    registrations.pop()
-}
-
-fn subscription_entry(health: &RegistryHealth) -> Option<SubscriptionHealth> {
-    let mut subscriptions = health.snapshot().subscriptions;
-    assert!(subscriptions.len() <= 1, "{subscriptions:?}");
-    subscriptions.pop()
-}
-
-/// Waits until the one registration in `health` satisfies `check`.
-async fn registration_where(
-    health: &RegistryHealth,
-    what: &str,
-    check: impl Fn(&RegistrationHealth) -> bool,
-) -> anyhow::Result<RegistrationHealth> {
-    eventually(RECOVERY_DEADLINE, what, || {
-        let found = registration_entry(health).filter(&check);
-        async move { found }
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}; it shows {:?}", registration_entry(health)))
-}
-
-/// Waits until the one subscription in `health` satisfies `check`.
-async fn subscription_where(
-    health: &RegistryHealth,
-    what: &str,
-    check: impl Fn(&SubscriptionHealth) -> bool,
-) -> anyhow::Result<SubscriptionHealth> {
-    eventually(RECOVERY_DEADLINE, what, || {
-        let found = subscription_entry(health).filter(&check);
-        async move { found }
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}; it shows {:?}", subscription_entry(health)))
-}
-
-async fn wait_for(
-    watch: &mut ServiceWatch,
-    want: &[&str],
-    deadline: Duration,
-) -> anyhow::Result<()> {
-    let want: Vec<std::net::SocketAddr> =
-        want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-    wait_for_addresses(watch, &want, deadline).await
-}
-
 fn addresses(watch: &ServiceWatch) -> Vec<String> {
     watch
         .current()
@@ -122,20 +75,6 @@ fn addresses(watch: &ServiceWatch) -> Vec<String> {
         .iter()
         .map(|i| i.address.to_string())
         .collect()
-}
-
-/// The name of the one slice of `service` in the stand-in (its Lease has
-/// the same name).
-fn slice_name(api: &K8sStandIn, service: &str) -> anyhow::Result<String> {
-    let names: Vec<String> = api
-        .names("default")
-        .into_iter()
-        .filter(|name| name.starts_with(&format!("{service}-")))
-        .collect();
-    match names.as_slice() {
-        [name] => Ok(name.clone()),
-        _ => anyhow::bail!("expected one slice of {service}, found {names:?}"),
-    }
 }
 
 /// A slice of `service` as the endpoints controller writes it (no Lease),
@@ -204,38 +143,41 @@ async fn a_deleted_slice_is_reregistering_until_applied_again() -> anyhow::Resul
         .clone();
     let resolver = resolver(&api, &health)?;
     let mut watch = resolver.subscribe("k8s://deleted.default:grpc").await?;
-    wait_for(&mut watch, &["10.30.0.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.30.0.1:50051"], WATCH_DEADLINE).await?;
 
-    let fresh = registration_entry(&health).expect("listed");
+    let fresh = only_registration(&health).expect("listed");
     assert_eq!(
         (fresh.backend, &*fresh.service, fresh.address),
         ("k8s", "deleted", "10.30.0.1:50051".parse()?)
     );
     assert_eq!(fresh.state, RegistrationState::Registered);
     assert_eq!((fresh.renewals_failed, fresh.reregistrations), (0, 0));
-    let followed = subscription_entry(&health).expect("listed");
+    let followed = only_subscription(&health).expect("listed");
     assert_eq!(
         (followed.backend, &*followed.service),
         ("k8s", "k8s://deleted.default:grpc")
     );
-    registration_where(&health, "two renewals", |r| r.renewals_ok >= 2).await?;
+    registration_where(&health, RECOVERY_DEADLINE, "two renewals", |r| {
+        r.renewals_ok >= 2
+    })
+    .await?;
 
     // The slice deleted, and its re-apply refused (the Role loses `patch`
     // on slices): the check finds it gone and the registration is lost
     // until it can apply it again; resolvers no longer see it.
     grant_all_but(&api, &rules, "patch", SLICES);
     api.remove("default", &name);
-    let lost = registration_where(&health, "the slice found deleted", |r| {
+    let lost = registration_where(&health, RECOVERY_DEADLINE, "the slice found deleted", |r| {
         r.state == RegistrationState::Reregistering
     })
     .await?;
     assert_eq!(lost.reregistrations, 0);
-    wait_for(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], WATCH_DEADLINE).await?;
     assert!(api.get("default", &name).is_none());
 
     // The Lease is renewed meanwhile: counted, but it does not make the
     // registration registered while its slice is missing.
-    let renewing = registration_where(&health, "two renewals while lost", |r| {
+    let renewing = registration_where(&health, RECOVERY_DEADLINE, "two renewals while lost", |r| {
         r.renewals_ok >= lost.renewals_ok + 2
     })
     .await?;
@@ -246,7 +188,7 @@ async fn a_deleted_slice_is_reregistering_until_applied_again() -> anyhow::Resul
     // Allowed again: applied at the next check, registered again once.
     grant(&api, &rules);
     let allowed = Instant::now();
-    let back = registration_where(&health, "registered again", |r| {
+    let back = registration_where(&health, RECOVERY_DEADLINE, "registered again", |r| {
         r.state == RegistrationState::Registered
     })
     .await?;
@@ -262,15 +204,15 @@ async fn a_deleted_slice_is_reregistering_until_applied_again() -> anyhow::Resul
     println!("slice deleted, re-apply refused then allowed: {back:?}");
     let stored = api.get("default", &name).expect("the slice applied again");
     assert_eq!(stored["metadata"]["labels"][REGISTRATION_LABEL], id);
-    wait_for(&mut watch, &["10.30.0.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.30.0.1:50051"], WATCH_DEADLINE).await?;
 
     // Every renewal counted is one the stand-in stored (after the first
     // write, which created the Lease), with at most one stored and not yet
     // counted (the keeper renews one at a time, and may be reading the
     // answer); read around the list of writes.
-    let before = registration_entry(&health).expect("listed");
+    let before = only_registration(&health).expect("listed");
     let renewals_stored = api.lease_writes("default", &name).len() as u64 - 1;
-    let after = registration_entry(&health).expect("listed");
+    let after = only_registration(&health).expect("listed");
     assert!(
         before.renewals_ok <= renewals_stored && renewals_stored <= after.renewals_ok + 1,
         "{renewals_stored} Lease renewals stored, counted {} then {}",
@@ -280,7 +222,7 @@ async fn a_deleted_slice_is_reregistering_until_applied_again() -> anyhow::Resul
 
     deregister(&api, &health, registration).await?;
     assert!(
-        subscription_entry(&health).is_some(),
+        only_subscription(&health).is_some(),
         "the resolver still follows"
     );
     unsubscribe(&health, resolver, watch).await
@@ -304,14 +246,19 @@ async fn refused_renewals_are_failures_and_an_expired_lease_is_a_loss() -> anyho
     let ours = holder(&api).expect("the Lease");
     let resolver = K8sResolver::new(api.client()?).missing_lease_grace(LEASE);
     let mut watch = resolver.subscribe("k8s://refused.default:grpc").await?;
-    wait_for(&mut watch, &["10.30.1.1:50051"], WATCH_DEADLINE).await?;
-    registration_where(&registry.health(), "two renewals", |r| r.renewals_ok >= 2).await?;
+    wait_for_ips_within(&mut watch, &["10.30.1.1:50051"], WATCH_DEADLINE).await?;
+    registration_where(&registry.health(), RECOVERY_DEADLINE, "two renewals", |r| {
+        r.renewals_ok >= 2
+    })
+    .await?;
 
     // Renewals refused (the Role loses `update` on Leases): failures, and
     // while the Lease is within its duration still registered.
     grant_all_but(&api, &rules, "update", LEASES);
-    let failing =
-        registration_where(&health, "a refused renewal", |r| r.renewals_failed >= 1).await?;
+    let failing = registration_where(&health, RECOVERY_DEADLINE, "a refused renewal", |r| {
+        r.renewals_failed >= 1
+    })
+    .await?;
     assert_eq!(failing.state, RegistrationState::Registered);
     // The keeper renews one at a time: once a refusal is recorded, every
     // renewal before it was counted, and each is a write the stand-in
@@ -323,11 +270,11 @@ async fn refused_renewals_are_failures_and_an_expired_lease_is_a_loss() -> anyho
     // Unrenewed for the lease duration: lost, from the first refusal after
     // it ran out (retries are at most 1 s apart); resolvers no longer use
     // the endpoint.
-    registration_where(&health, "the Lease run out", |r| {
+    registration_where(&health, RECOVERY_DEADLINE, "the Lease run out", |r| {
         r.state == RegistrationState::Reregistering
     })
     .await?;
-    let (read_from, lost, read_by) = (Instant::now(), registration_entry(&health), Instant::now());
+    let (read_from, lost, read_by) = (Instant::now(), only_registration(&health), Instant::now());
     let lost = lost.expect("listed");
     let entered_after = |read: Instant| {
         read.checked_sub(lost.in_state_for)
@@ -348,23 +295,23 @@ async fn refused_renewals_are_failures_and_an_expired_lease_is_a_loss() -> anyho
         (failing.renewals_ok, 0)
     );
     assert!(lost.renewals_failed >= 2, "{lost:?}");
-    wait_for(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], WATCH_DEADLINE).await?;
     assert_eq!(api.lease_writes("default", &name).len(), writes.len());
 
     // Allowed again: the next retry renews it, which registers it again.
     grant(&api, &rules);
-    let back = registration_where(&health, "registered again", |r| {
+    let back = registration_where(&health, RECOVERY_DEADLINE, "registered again", |r| {
         r.state == RegistrationState::Registered
     })
     .await?;
     assert_eq!(back.reregistrations, 1);
     assert_eq!(holder(&api), Some(ours));
-    wait_for(&mut watch, &["10.30.1.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.30.1.1:50051"], WATCH_DEADLINE).await?;
 
     // Refused once more, to count at rest: the renewal that registered it
     // again is a renewal too, and nothing else was stored.
     grant_all_but(&api, &rules, "update", LEASES);
-    let resting = registration_where(&health, "refused again", |r| {
+    let resting = registration_where(&health, RECOVERY_DEADLINE, "refused again", |r| {
         r.renewals_failed > back.renewals_failed
     })
     .await?;
@@ -392,8 +339,8 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
     let resolver = resolver(&api, &health)?;
     let target = "k8s://quiet.default:grpc";
     let mut watch = resolver.subscribe(target).await?;
-    wait_for(&mut watch, &["10.30.2.1:50051"], WATCH_DEADLINE).await?;
-    let fresh = subscription_entry(&health).expect("listed");
+    wait_for_ips_within(&mut watch, &["10.30.2.1:50051"], WATCH_DEADLINE).await?;
+    let fresh = only_subscription(&health).expect("listed");
     assert_eq!((fresh.backend, &*fresh.service), ("k8s", target));
     assert_eq!(fresh.instances, 1);
     assert_eq!((fresh.errors, fresh.watch_restarts), (0, 0));
@@ -409,13 +356,13 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
         "default",
         controller_slice("quiet-1", "quiet", &["10.30.2.1", "10.30.2.2"]),
     );
-    wait_for(
+    wait_for_ips_within(
         &mut watch,
         &["10.30.2.1:50051", "10.30.2.2:50051"],
         RECOVERY_DEADLINE,
     )
     .await?;
-    let resumed = subscription_entry(&health).expect("listed");
+    let resumed = only_subscription(&health).expect("listed");
     assert_eq!((resumed.errors, resumed.watch_restarts), (0, 0));
     assert_eq!(resumed.instances, 2);
     assert_eq!(api.list_requests(), lists);
@@ -429,9 +376,11 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
         "default",
         controller_slice("quiet-1", "quiet", &["10.30.2.2"]),
     );
-    wait_for(&mut watch, &["10.30.2.2:50051"], RECOVERY_DEADLINE).await?;
-    let relisted =
-        subscription_where(&health, "the new list complete", |s| !s.serving_stale).await?;
+    wait_for_ips_within(&mut watch, &["10.30.2.2:50051"], RECOVERY_DEADLINE).await?;
+    let relisted = subscription_where(&health, RECOVERY_DEADLINE, "the new list complete", |s| {
+        !s.serving_stale
+    })
+    .await?;
     assert_eq!((relisted.errors, relisted.watch_restarts), (1, 1));
     assert_eq!(relisted.instances, 1);
     assert_eq!(api.list_requests(), lists + 1);
@@ -441,7 +390,10 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
     // cannot resume and every new watcher fails; the set is kept, stale.
     api.set_unavailable(true);
     api.drop_watches();
-    let stale = subscription_where(&health, "serving stale", |s| s.serving_stale).await?;
+    let stale = subscription_where(&health, RECOVERY_DEADLINE, "serving stale", |s| {
+        s.serving_stale
+    })
+    .await?;
     assert_eq!(stale.instances, 1);
     assert_eq!(addresses(&watch), ["10.30.2.2:50051"]);
     assert!(watch.current().last_error.is_some());
@@ -449,7 +401,7 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
     // Still down a second later: stale, no update, each failure followed
     // by one new watcher.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let still = subscription_entry(&health).expect("listed");
+    let still = only_subscription(&health).expect("listed");
     assert!(still.serving_stale);
     let age = |s: &SubscriptionHealth| s.last_update_age.expect("a set was received");
     assert!(age(&still) >= age(&stale) + Duration::from_secs(1));
@@ -462,7 +414,10 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
     // more.
     api.set_unavailable(false);
     let back_at = Instant::now();
-    let recovered = subscription_where(&health, "recovered", |s| !s.serving_stale).await?;
+    let recovered = subscription_where(&health, RECOVERY_DEADLINE, "recovered", |s| {
+        !s.serving_stale
+    })
+    .await?;
     assert_eq!(recovered.errors, recovered.watch_restarts, "{recovered:?}");
     assert!(recovered.errors >= still.errors);
     assert!(age(&recovered) <= back_at.elapsed());
@@ -470,7 +425,7 @@ async fn resolver_failures_show_as_restarts_and_a_stale_set_until_it_recovers() 
     assert!(watch.current().last_error.is_none());
     assert_eq!(addresses(&watch), ["10.30.2.2:50051"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let settled = subscription_entry(&health).expect("listed");
+    let settled = only_subscription(&health).expect("listed");
     assert_eq!(
         (settled.errors, settled.watch_restarts),
         (recovered.errors, recovered.watch_restarts)
@@ -496,8 +451,8 @@ async fn a_refused_lease_watch_is_counted_once_per_failure() -> anyhow::Result<(
     let health = RegistryHealth::new();
     let resolver = resolver(&api, &health)?;
     let mut watch = resolver.subscribe("k8s://leased.default:grpc").await?;
-    wait_for(&mut watch, &["10.30.3.1:50051"], WATCH_DEADLINE).await?;
-    let refused = subscription_where(&health, "the Lease watch refused", |s| {
+    wait_for_ips_within(&mut watch, &["10.30.3.1:50051"], WATCH_DEADLINE).await?;
+    let refused = subscription_where(&health, RECOVERY_DEADLINE, "the Lease watch refused", |s| {
         s.serving_stale && s.errors >= 2
     })
     .await?;
@@ -508,22 +463,22 @@ async fn a_refused_lease_watch_is_counted_once_per_failure() -> anyhow::Result<(
     // counted once (with one restart) however often it is published.
     let controller = |ips: &[&str]| controller_slice("leased-ctl", "leased", ips);
     api.put("default", controller(&["10.30.3.2"]));
-    wait_for(
+    wait_for_ips_within(
         &mut watch,
         &["10.30.3.1:50051", "10.30.3.2:50051"],
         WATCH_DEADLINE,
     )
     .await?;
     api.put("default", controller(&["10.30.3.3"]));
-    wait_for(
+    wait_for_ips_within(
         &mut watch,
         &["10.30.3.1:50051", "10.30.3.3:50051"],
         WATCH_DEADLINE,
     )
     .await?;
     api.remove("default", "leased-ctl");
-    wait_for(&mut watch, &["10.30.3.1:50051"], WATCH_DEADLINE).await?;
-    let changed = subscription_entry(&health).expect("listed");
+    wait_for_ips_within(&mut watch, &["10.30.3.1:50051"], WATCH_DEADLINE).await?;
+    let changed = only_subscription(&health).expect("listed");
     assert!(changed.serving_stale);
     assert!(
         changed.watch_restarts == changed.errors || changed.watch_restarts + 1 == changed.errors,
@@ -532,13 +487,15 @@ async fn a_refused_lease_watch_is_counted_once_per_failure() -> anyhow::Result<(
 
     // Allowed: the next Lease list clears it.
     grant(&api, &rules);
-    let recovered =
-        subscription_where(&health, "the Lease watch back", |s| !s.serving_stale).await?;
+    let recovered = subscription_where(&health, RECOVERY_DEADLINE, "the Lease watch back", |s| {
+        !s.serving_stale
+    })
+    .await?;
     assert_eq!(recovered.errors, recovered.watch_restarts, "{recovered:?}");
     assert_eq!(recovered.instances, 1);
     assert!(watch.current().last_error.is_none());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let settled = subscription_entry(&health).expect("listed");
+    let settled = only_subscription(&health).expect("listed");
     assert_eq!(
         (
             settled.errors,
@@ -550,6 +507,6 @@ async fn a_refused_lease_watch_is_counted_once_per_failure() -> anyhow::Result<(
     println!("Lease watch refused, then allowed: {settled:?}");
 
     registration.deregister().await?;
-    wait_for(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], WATCH_DEADLINE).await?;
     unsubscribe(&health, resolver, watch).await
 }

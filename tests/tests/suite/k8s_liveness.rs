@@ -21,7 +21,7 @@ use tests::{eventually, k8s::K8sStandIn, ChildGuard};
 
 use crate::{
     k8s_backend::{grant, manifest_roles},
-    support::{wait_for_addresses, RECOVERY_DEADLINE, WATCH_DEADLINE},
+    support::{slice_name, wait_for_ips_within, RECOVERY_DEADLINE, WATCH_DEADLINE},
 };
 
 /// The lease duration of the registrations (and the resolvers' grace for a
@@ -44,16 +44,6 @@ fn registry(client: kube::Client) -> K8sRegistry {
 
 fn resolver(api: &K8sStandIn) -> anyhow::Result<K8sResolver> {
     Ok(K8sResolver::new(api.client()?).missing_lease_grace(LEASE))
-}
-
-async fn wait_for(
-    watch: &mut ServiceWatch,
-    want: &[&str],
-    deadline: Duration,
-) -> anyhow::Result<()> {
-    let want: Vec<std::net::SocketAddr> =
-        want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-    wait_for_addresses(watch, &want, deadline).await
 }
 
 fn addresses(instances: &[Arc<Instance>]) -> Vec<String> {
@@ -142,20 +132,6 @@ impl Drop for Timeline {
     }
 }
 
-/// The name of the one slice of `service` in the stand-in (its Lease has
-/// the same name).
-fn slice_of(api: &K8sStandIn, service: &str) -> anyhow::Result<String> {
-    let names: Vec<String> = api
-        .names("default")
-        .into_iter()
-        .filter(|name| name.starts_with(&format!("{service}-")))
-        .collect();
-    match names.as_slice() {
-        [name] => Ok(name.clone()),
-        _ => anyhow::bail!("expected one slice of {service}, found {names:?}"),
-    }
-}
-
 /// Waits until the stand-in stored the Lease `name` at least `count` times.
 async fn lease_written(api: &K8sStandIn, name: &str, count: usize) -> anyhow::Result<()> {
     eventually(RECOVERY_DEADLINE, "Lease renewals", || {
@@ -226,7 +202,7 @@ async fn a_sigkilled_registration_leaves_resolvers_when_its_lease_runs_out() -> 
         .env(CHILD_API, api.url());
     let mut child = ChildGuard::spawn("registrant", command, &logs.path().join("child.log"))?;
     let name = eventually(RECOVERY_DEADLINE, "the child's slice", || {
-        let found = slice_of(&api, "killed").ok();
+        let found = slice_name(&api, "killed").ok();
         async move { found }
     })
     .await?;
@@ -235,14 +211,14 @@ async fn a_sigkilled_registration_leaves_resolvers_when_its_lease_runs_out() -> 
     child.check_running()?;
     let resolver = resolver(&api)?;
     let mut watch = resolver.subscribe("k8s://killed.default:grpc").await?;
-    wait_for(&mut watch, &["10.20.0.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.20.0.1:50051"], WATCH_DEADLINE).await?;
     let timeline = Timeline::start(&watch);
 
     child.kill();
     let killed = Instant::now();
     let renewed = *api.lease_writes("default", &name).last().expect("written");
     assert!(renewed <= killed);
-    wait_for(&mut watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
     let left = timeline.left("10.20.0.1:50051").await;
     assert_left_at_deadline(left, renewed, "a SIGKILLed registration");
     println!(
@@ -279,7 +255,7 @@ async fn a_sigkilled_registration_leaves_resolvers_when_its_lease_runs_out() -> 
         ["10.20.0.1:50051"],
         "first sight"
     );
-    wait_for(&mut late_watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut late_watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
     let left = late_timeline.left("10.20.0.1:50051").await;
     assert_left_at_deadline(left, started, "a resolver started after the kill");
     Ok(())
@@ -291,7 +267,7 @@ async fn a_live_registration_stays_across_several_lease_durations() -> anyhow::R
     let registration = registry(api.client()?)
         .register(Instance::new("steady", "10.20.1.1:50051".parse()?))
         .await?;
-    let name = slice_of(&api, "steady")?;
+    let name = slice_name(&api, "steady")?;
     let lease = api
         .lease("default", &name)
         .expect("a Lease per registration");
@@ -312,7 +288,7 @@ async fn a_live_registration_stays_across_several_lease_durations() -> anyhow::R
 
     let resolver = resolver(&api)?;
     let mut watch = resolver.subscribe("k8s://steady.default:grpc").await?;
-    wait_for(&mut watch, &["10.20.1.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.20.1.1:50051"], WATCH_DEADLINE).await?;
     let timeline = Timeline::start(&watch);
     let start = Instant::now();
     tokio::time::sleep(LEASE * 4).await;
@@ -394,7 +370,7 @@ async fn slices_without_a_lease_label_are_unaffected_and_renewals_bring_an_endpo
     let timeline = Timeline::start(&watch);
     assert_eq!(timeline.sets().await[0].1, [plain, leased]);
     // The missing Lease's grace (one lease duration) runs out.
-    wait_for(&mut watch, &[plain], LEASE + LATE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[plain], LEASE + LATE + WATCH_DEADLINE).await?;
     assert_left_at_deadline(
         timeline.left(leased).await,
         first_sight,
@@ -407,7 +383,7 @@ async fn slices_without_a_lease_label_are_unaffected_and_renewals_bring_an_endpo
         "default",
         lease("mixed-b", "mixed", "2030-01-01T00:00:01.000000Z"),
     );
-    wait_for(&mut watch, &[plain, leased], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[plain, leased], WATCH_DEADLINE).await?;
     // Renewed again within the lease: it stays.
     tokio::time::sleep(LEASE / 2).await;
     // Taken before the write: the resolver cannot see it earlier.
@@ -418,7 +394,7 @@ async fn slices_without_a_lease_label_are_unaffected_and_renewals_bring_an_endpo
     );
     assert!(renewed_again < renewed + LEASE);
     // Then nothing: it leaves a lease duration after the last renewal.
-    wait_for(&mut watch, &[plain], LEASE + LATE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[plain], LEASE + LATE + WATCH_DEADLINE).await?;
     let left = timeline.left_after(leased, renewed).await;
     assert_left_at_deadline(left, renewed_again, "a Lease no longer renewed");
     // A renewal after the pause brings it back.
@@ -426,11 +402,11 @@ async fn slices_without_a_lease_label_are_unaffected_and_renewals_bring_an_endpo
         "default",
         lease("mixed-b", "mixed", "2030-01-01T00:00:09.000000Z"),
     );
-    wait_for(&mut watch, &[plain, leased], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[plain, leased], WATCH_DEADLINE).await?;
     // Deleted with its slice (deregistration): gone with the slice.
     api.remove("default", "mixed-b");
     api.remove_lease("default", "mixed-b");
-    wait_for(&mut watch, &[plain], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[plain], WATCH_DEADLINE).await?;
 
     // The controller's endpoint was there throughout, across several lease
     // durations.
@@ -457,10 +433,10 @@ async fn refused_renewals_make_a_registration_leave_and_it_comes_back_once_allow
     let registration = registry(api.client()?)
         .register(Instance::new("paused", "10.20.3.1:50051".parse()?))
         .await?;
-    let name = slice_of(&api, "paused")?;
+    let name = slice_name(&api, "paused")?;
     let resolver = resolver(&api)?;
     let mut watch = resolver.subscribe("k8s://paused.default:grpc").await?;
-    wait_for(&mut watch, &["10.20.3.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.20.3.1:50051"], WATCH_DEADLINE).await?;
     lease_written(&api, &name, 2).await?;
     assert!(watch.current().last_error.is_none());
     let timeline = Timeline::start(&watch);
@@ -474,7 +450,7 @@ async fn refused_renewals_make_a_registration_leave_and_it_comes_back_once_allow
             (verb.as_str(), resource.as_str()) != ("update", "leases.coordination.k8s.io")
         }),
     );
-    wait_for(&mut watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], LEASE + LATE + WATCH_DEADLINE).await?;
     let renewed = *api.lease_writes("default", &name).last().expect("written");
     let left = timeline.left("10.20.3.1:50051").await;
     assert_left_at_deadline(left, renewed, "a registration whose renewals are refused");
@@ -487,7 +463,7 @@ async fn refused_renewals_make_a_registration_leave_and_it_comes_back_once_allow
     let holder_before = api.lease("default", &name).map(|l| holder(&l));
     grant(&api, &both);
     let allowed = Instant::now();
-    wait_for(&mut watch, &["10.20.3.1:50051"], LEASE + WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.20.3.1:50051"], LEASE + WATCH_DEADLINE).await?;
     println!(
         "back {:?} after renewals were allowed again",
         allowed.elapsed()
@@ -567,10 +543,10 @@ async fn deregistration_removes_the_lease_and_a_deleted_lease_is_created_again(
     let registration = registry(api.client()?)
         .register(Instance::new("leaving", "10.20.5.1:50051".parse()?))
         .await?;
-    let name = slice_of(&api, "leaving")?;
+    let name = slice_name(&api, "leaving")?;
     let resolver = resolver(&api)?;
     let mut watch = resolver.subscribe("k8s://leaving.default:grpc").await?;
-    wait_for(&mut watch, &["10.20.5.1:50051"], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &["10.20.5.1:50051"], WATCH_DEADLINE).await?;
     let timeline = Timeline::start(&watch);
 
     // Someone deletes the Lease: the registration creates it again at its
@@ -594,7 +570,7 @@ async fn deregistration_removes_the_lease_and_a_deleted_lease_is_created_again(
     registration.deregister().await?;
     assert!(api.names("default").is_empty());
     assert!(api.lease_names("default").is_empty());
-    wait_for(&mut watch, &[], WATCH_DEADLINE).await?;
+    wait_for_ips_within(&mut watch, &[], WATCH_DEADLINE).await?;
     Ok(())
 }
 
@@ -605,7 +581,7 @@ async fn an_old_process_neither_renews_nor_deletes_its_successors_lease() -> any
     // The old process (A) and its successor (B) register the same
     // instance: the same slice and Lease names. B takes both over.
     let a = registry(api.client()?).register(instance.clone()).await?;
-    let name = slice_of(&api, "handover")?;
+    let name = slice_name(&api, "handover")?;
     let a_id = api
         .lease("default", &name)
         .map(|l| holder(&l))

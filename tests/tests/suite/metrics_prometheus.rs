@@ -3,13 +3,15 @@
 use std::{net::SocketAddr, time::Duration};
 
 use echo::{
-    servers::{TonicEcho, VoloEcho, FAIL},
+    servers::{TonicEcho, FAIL},
     tonic_gen, volo_gen,
 };
 use rpc_ext_metrics::{MetricsEndpoint, RpcMetrics};
 use tests::{eventually, PrometheusServer};
 use tokio::{net::TcpListener, sync::watch};
 use tower::{Service, ServiceBuilder};
+
+use crate::support::{promtool_check_metrics, serve_volo_echo};
 
 mod exposition;
 mod junk;
@@ -63,24 +65,11 @@ async fn volo_server(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = volo_grpc::server::Server::new()
-        .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(metrics))
-        .add_service(
-            volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
-                served_by: addr,
-            }))
-            .build(),
-        )
-        .run_with_shutdown(
-            volo::net::incoming::DefaultIncoming::from(listener),
-            async move {
-                shutdown.await;
-                Ok(())
-            },
-        );
-    tokio::spawn(server);
-    Ok(addr)
+    serve_volo_echo(
+        listener,
+        rpc_ext_metrics::volo::MetricsLayer::server(metrics),
+        shutdown,
+    )
 }
 
 async fn scrape_count(
@@ -653,18 +642,7 @@ async fn concurrent_scrapes_while_serving_load() -> anyhow::Result<()> {
         .unwrap()
         .take()
         .expect("no scrape was taken while calls were being served");
-    let promtool = tests::require_binary("promtool", "prometheus")?;
-    let mut check = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        &mut check.stdin.take().expect("promtool's stdin"),
-        body.as_bytes(),
-    )?;
-    let checked = check.wait_with_output()?;
+    let checked = promtool_check_metrics(&body)?;
     eprintln!(
         "{scrapes} scrapes parsed; promtool check metrics on a scrape taken after \
          {calls_before} of {} calls ({} lines): {}; {}{}",

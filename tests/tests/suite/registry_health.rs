@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rpc_ext_registry::{
     consul::{Check, ConsulRegistry, ConsulResolver},
     etcd::{EtcdRegistry, EtcdResolver},
-    health::{RegistrationHealth, RegistrationState, RegistryHealth, SubscriptionHealth},
+    health::{RegistrationState, RegistryHealth, SubscriptionHealth},
     Instance, Registry, Resolver, ServiceWatch,
 };
 use tests::{
@@ -16,51 +16,14 @@ use tests::{
     eventually, EtcdServer,
 };
 
-use crate::support::{addr, instance, wait_for_ports, WATCH_DEADLINE};
+use crate::support::{
+    addr, instance, only_registration, only_subscription, registration_where, subscription_where,
+    wait_for_ports, WATCH_DEADLINE,
+};
 
 /// How long a step of an outage or a recovery may take on a loaded
 /// machine (etcd's 5 s request timeout, backoff, a restart).
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
-
-fn registration(health: &RegistryHealth) -> Option<RegistrationHealth> {
-    let mut registrations = health.snapshot().registrations;
-    assert!(registrations.len() <= 1, "{registrations:?}");
-    registrations.pop()
-}
-
-fn subscription(health: &RegistryHealth) -> Option<SubscriptionHealth> {
-    let mut subscriptions = health.snapshot().subscriptions;
-    assert!(subscriptions.len() <= 1, "{subscriptions:?}");
-    subscriptions.pop()
-}
-
-/// Waits until the one registration in `health` satisfies `check`.
-async fn registration_where(
-    health: &RegistryHealth,
-    what: &str,
-    check: impl Fn(&RegistrationHealth) -> bool,
-) -> anyhow::Result<RegistrationHealth> {
-    eventually(STEP_DEADLINE, what, || {
-        let found = registration(health).filter(&check);
-        async move { found }
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}; it shows {:?}", registration(health)))
-}
-
-/// Waits until the one subscription in `health` satisfies `check`.
-async fn subscription_where(
-    health: &RegistryHealth,
-    what: &str,
-    check: impl Fn(&SubscriptionHealth) -> bool,
-) -> anyhow::Result<SubscriptionHealth> {
-    eventually(STEP_DEADLINE, what, || {
-        let found = subscription(health).filter(&check);
-        async move { found }
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("{error}; it shows {:?}", subscription(health)))
-}
 
 fn ports(watch: &ServiceWatch) -> Vec<u16> {
     watch
@@ -100,15 +63,17 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
     wait_for_ports(&mut watch, &[8101], WATCH_DEADLINE).await?;
 
     // Healthy: the stream's first answer and at least one keep-alive.
-    let healthy =
-        registration_where(&registrations, "two lease renewals", |r| r.renewals_ok >= 2).await?;
+    let healthy = registration_where(&registrations, STEP_DEADLINE, "two lease renewals", |r| {
+        r.renewals_ok >= 2
+    })
+    .await?;
     assert_eq!(
         (healthy.backend, &*healthy.service, healthy.address),
         ("etcd", "echo", addr(8101))
     );
     assert_eq!(healthy.state, RegistrationState::Registered);
     assert_eq!((healthy.renewals_failed, healthy.reregistrations), (0, 0));
-    let following = subscription(&subscriptions).expect("the subscription is listed");
+    let following = only_subscription(&subscriptions).expect("the subscription is listed");
     assert_eq!((following.backend, &*following.service), ("etcd", "echo"));
     assert_eq!(following.instances, 1);
     assert_eq!((following.errors, following.watch_restarts), (0, 0));
@@ -121,15 +86,18 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
     // etcd killed: renewals fail, then the lease is given up for lost
     // once its TTL passed unrenewed; the watch keeps the last set, stale.
     etcd.kill();
-    let lost = registration_where(&registrations, "the lease given up", |r| {
+    let lost = registration_where(&registrations, STEP_DEADLINE, "the lease given up", |r| {
         r.state == RegistrationState::Reregistering
     })
     .await?;
     assert!(lost.renewals_failed >= 1, "{lost:?}");
     assert_eq!(lost.reregistrations, 0);
-    let stale = subscription_where(&subscriptions, "the watch serving stale", |s| {
-        s.serving_stale
-    })
+    let stale = subscription_where(
+        &subscriptions,
+        STEP_DEADLINE,
+        "the watch serving stale",
+        |s| s.serving_stale,
+    )
     .await?;
     assert_eq!(stale.instances, 1, "the last known set is kept");
     assert!(stale.errors >= 1, "{stale:?}");
@@ -140,11 +108,11 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
     // Still down a second later: nothing renewed, the state and the age
     // of the last update keep growing from where they started.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let still_lost = registration(&registrations).expect("listed while the handle lives");
+    let still_lost = only_registration(&registrations).expect("listed while the handle lives");
     assert_eq!(still_lost.state, RegistrationState::Reregistering);
     assert_eq!(still_lost.renewals_ok, lost.renewals_ok, "etcd is down");
     assert!(still_lost.in_state_for >= lost.in_state_for + Duration::from_secs(1));
-    let still_stale = subscription(&subscriptions).expect("listed while followed");
+    let still_stale = only_subscription(&subscriptions).expect("listed while followed");
     assert!(still_stale.serving_stale);
     let age = |s: &SubscriptionHealth| s.last_update_age.expect("a set was received");
     assert!(age(&still_stale) >= age(&stale) + Duration::from_secs(1));
@@ -153,7 +121,7 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
     // watch resumes.
     let restarting = Instant::now();
     etcd.restart().await?;
-    let back = registration_where(&registrations, "registered again", |r| {
+    let back = registration_where(&registrations, STEP_DEADLINE, "registered again", |r| {
         r.state == RegistrationState::Registered
     })
     .await?;
@@ -163,8 +131,10 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
         .await?
         .expect("the key is back in etcd");
     assert_ne!(second_lease, first_lease, "written again on a new lease");
-    let resumed =
-        subscription_where(&subscriptions, "the watch resumed", |s| !s.serving_stale).await?;
+    let resumed = subscription_where(&subscriptions, STEP_DEADLINE, "the watch resumed", |s| {
+        !s.serving_stale
+    })
+    .await?;
     assert_eq!(resumed.instances, 1);
     assert_eq!(
         resumed.errors, resumed.watch_restarts,
@@ -176,9 +146,9 @@ async fn an_etcd_outage_and_its_recovery_show_in_registry_health() -> anyhow::Re
     assert_eq!(ports(&watch), [8101]);
 
     // Renewals go on, and nothing fails any more.
-    let settled = registration(&registrations).expect("listed");
+    let settled = only_registration(&registrations).expect("listed");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = registration(&registrations).expect("listed");
+    let later = only_registration(&registrations).expect("listed");
     assert!(
         later.renewals_ok >= settled.renewals_ok + 2,
         "{settled:?} then {later:?}"
@@ -230,7 +200,8 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
     let id = consul_id(7901);
     let registered = registry.register(Instance::new("echo", addr(7901))).await?;
     let since_registered = Instant::now();
-    let healthy = registration_where(&health, "a TTL pass", |r| r.renewals_ok >= 1).await?;
+    let healthy =
+        registration_where(&health, STEP_DEADLINE, "a TTL pass", |r| r.renewals_ok >= 1).await?;
     assert_eq!(
         (healthy.backend, &*healthy.service, healthy.address),
         ("consul", "echo", addr(7901))
@@ -240,11 +211,14 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
 
     // Two passes answered 500 (only the keeper talks to this agent): two
     // failures, retried within the TTL, so the state never changes.
-    let passes_before = registration(&health).expect("listed").renewals_ok;
+    let passes_before = only_registration(&health).expect("listed").renewals_ok;
     stand_in.fail_next(2);
-    let after_failures = registration_where(&health, "two failed passes, then a pass", |r| {
-        r.renewals_failed == 2 && r.renewals_ok > passes_before
-    })
+    let after_failures = registration_where(
+        &health,
+        STEP_DEADLINE,
+        "two failed passes, then a pass",
+        |r| r.renewals_failed == 2 && r.renewals_ok > passes_before,
+    )
     .await?;
     assert_eq!(after_failures.state, RegistrationState::Registered);
     assert!(
@@ -261,8 +235,10 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
     // failure and a loss, and the keeper writes it again at once.
     let restarting = Instant::now();
     stand_in.restart();
-    let rewritten =
-        registration_where(&health, "written again", |r| r.reregistrations == 1).await?;
+    let rewritten = registration_where(&health, STEP_DEADLINE, "written again", |r| {
+        r.reregistrations == 1
+    })
+    .await?;
     assert_eq!(rewritten.state, RegistrationState::Registered);
     assert_eq!(
         rewritten.renewals_failed, 3,
@@ -275,7 +251,7 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
     // registration stays lost while every attempt is refused.
     stand_in.set_token("svc", AclPolicy::READ);
     stand_in.restart();
-    let refused = registration_where(&health, "re-registration refused", |r| {
+    let refused = registration_where(&health, STEP_DEADLINE, "re-registration refused", |r| {
         r.state == RegistrationState::Reregistering
     })
     .await?;
@@ -284,7 +260,7 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
         "the agent does not hold it"
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let still_refused = registration(&health).expect("listed while the handle lives");
+    let still_refused = only_registration(&health).expect("listed while the handle lives");
     assert_eq!(still_refused.state, RegistrationState::Reregistering);
     assert_eq!(still_refused.reregistrations, 1);
     assert!(
@@ -297,14 +273,14 @@ async fn consul_failures_restarts_and_refusals_show_in_registration_health() -> 
     // Allowed again: written again by the next round.
     let allowed = Instant::now();
     stand_in.set_token("svc", AclPolicy::WRITE);
-    let back = registration_where(&health, "registered again", |r| {
+    let back = registration_where(&health, STEP_DEADLINE, "registered again", |r| {
         r.state == RegistrationState::Registered
     })
     .await?;
     assert_eq!(back.reregistrations, 2);
     assert!(back.in_state_for <= allowed.elapsed());
     assert_eq!(stand_in.service_ids(), [id.as_str()]);
-    let passes_resume = registration_where(&health, "passes resuming", |r| {
+    let passes_resume = registration_where(&health, STEP_DEADLINE, "passes resuming", |r| {
         r.renewals_ok > back.renewals_ok
     })
     .await?;
@@ -342,7 +318,7 @@ async fn consul_failures_and_an_agent_restart_show_in_subscription_health() -> a
     let mut watch = resolver.subscribe("echo").await?;
     wait_for_ports(&mut watch, &[7911], WATCH_DEADLINE).await?;
 
-    let following = subscription(&health).expect("the subscription is listed");
+    let following = only_subscription(&health).expect("the subscription is listed");
     assert_eq!((following.backend, &*following.service), ("consul", "echo"));
     assert_eq!(following.instances, 1);
     assert_eq!((following.errors, following.watch_restarts), (0, 0));
@@ -350,7 +326,7 @@ async fn consul_failures_and_an_agent_restart_show_in_subscription_health() -> a
     // A blocking query answers at least every `wait` (1 s): each answer
     // confirms the set, so the age stays below it (plus scheduling).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let quiet = subscription(&health).expect("listed");
+    let quiet = only_subscription(&health).expect("listed");
     let age = |s: &SubscriptionHealth| s.last_update_age.expect("a set was received");
     assert!(age(&quiet) < Duration::from_millis(2500), "{quiet:?}");
     assert_eq!(quiet.errors, 0);
@@ -359,10 +335,11 @@ async fn consul_failures_and_an_agent_restart_show_in_subscription_health() -> a
     // errors and three restarts.
     let failing = Instant::now();
     stand_in.fail_next(3);
-    let stale = subscription_where(&health, "stale", |s| s.serving_stale).await?;
+    let stale = subscription_where(&health, STEP_DEADLINE, "stale", |s| s.serving_stale).await?;
     assert_eq!(stale.instances, 1, "the last known set is kept");
     assert!((1..=3).contains(&stale.errors), "{stale:?}");
-    let recovered = subscription_where(&health, "recovered", |s| !s.serving_stale).await?;
+    let recovered =
+        subscription_where(&health, STEP_DEADLINE, "recovered", |s| !s.serving_stale).await?;
     assert_eq!((recovered.errors, recovered.watch_restarts), (3, 3));
     assert_eq!(recovered.instances, 1);
     assert!(age(&recovered) < failing.elapsed());
@@ -374,7 +351,10 @@ async fn consul_failures_and_an_agent_restart_show_in_subscription_health() -> a
     // index goes backwards, so the resolver starts over from index 0 and
     // shows the empty set, which is an answer, not an error.
     stand_in.restart();
-    let restarted = subscription_where(&health, "the empty set", |s| s.instances == 0).await?;
+    let restarted = subscription_where(&health, STEP_DEADLINE, "the empty set", |s| {
+        s.instances == 0
+    })
+    .await?;
     assert_eq!((restarted.errors, restarted.watch_restarts), (3, 4));
     assert!(!restarted.serving_stale);
     wait_for_ports(&mut watch, &[], WATCH_DEADLINE).await?;

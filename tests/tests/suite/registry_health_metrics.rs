@@ -20,7 +20,7 @@ use rpc_ext_registry::{
 use serde_json::Value;
 use tests::{eventually, EtcdServer, PrometheusServer};
 
-use crate::support::{instance, wait_for_ports, WATCH_DEADLINE};
+use crate::support::{instance, promtool_check_metrics, wait_for_ports, WATCH_DEADLINE};
 
 /// How long Prometheus may take to show a step of the outage or the
 /// recovery on a loaded machine: etcd's 5 s request timeout, backoff, a
@@ -135,18 +135,7 @@ async fn promtool_accepts(endpoint: &MetricsEndpoint) -> anyhow::Result<String> 
         .error_for_status()?
         .text()
         .await?;
-    let promtool = tests::require_binary("promtool", "prometheus")?;
-    let mut check = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        &mut check.stdin.take().context("promtool's stdin")?,
-        body.as_bytes(),
-    )?;
-    let checked = check.wait_with_output()?;
+    let checked = promtool_check_metrics(&body)?;
     anyhow::ensure!(
         checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
         "promtool check metrics: {}; {}{}\n{body}",

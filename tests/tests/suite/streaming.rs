@@ -16,10 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use echo::{
-    servers::{TonicEcho, VoloEcho, FAIL},
-    tonic_gen, volo_gen,
-};
+use echo::{servers::FAIL, tonic_gen, volo_gen};
 use rpc_ext_metrics::volo::ObservedStream;
 use rpc_ext_metrics::RpcMetrics;
 use rpc_ext_tracing::{otlp::TracingGuard, RpcTracing};
@@ -27,7 +24,9 @@ use tests::otlp::{OtlpReceiver, Protocol, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_K
 use tokio::{net::TcpListener, sync::mpsc, sync::watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::pipeline;
+use crate::support::{
+    observed_volo_echo_client, pipeline, serve_observed_tonic_echo, serve_volo_echo, until_stopped,
+};
 
 // The names asserted: OpenTelemetry semantic conventions v1.44.0, as their
 // OTel → Prometheus translation spells the metrics. Adjust them here.
@@ -127,7 +126,12 @@ async fn run(framework: Framework, method: Method, ending: Ending) -> anyhow::Re
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let open = match framework {
         Framework::Tonic => {
-            let addr = serve_tonic(listener, &telemetry, stopped)?;
+            let addr = serve_observed_tonic_echo(
+                listener,
+                &telemetry.server_tracing,
+                &telemetry.server_metrics,
+                stopped,
+            )?;
             let mut client = tonic_client(addr, &telemetry).await?;
             match method {
                 Method::Count => tonic_count(&mut client, ending).await?,
@@ -136,8 +140,17 @@ async fn run(framework: Framework, method: Method, ending: Ending) -> anyhow::Re
             }
         }
         Framework::Volo => {
-            let addr = serve_volo(listener, &telemetry, stopped)?;
-            let client = volo_client(addr, &telemetry);
+            // A stack of `(inner, outer)`: metrics outside tracing.
+            let server_layers = motore::layer::Stack::new(
+                rpc_ext_tracing::volo::GrpcTracingLayer::server(&telemetry.server_tracing),
+                rpc_ext_metrics::volo::MetricsLayer::server(&telemetry.server_metrics),
+            );
+            let addr = serve_volo_echo(listener, server_layers, until_stopped(stopped))?;
+            let client = observed_volo_echo_client(
+                addr,
+                &telemetry.client_tracing,
+                &telemetry.client_metrics,
+            );
             match method {
                 Method::Count => volo_count(&client, ending).await?,
                 Method::Collect => volo_collect(&client, ending).await?,
@@ -366,33 +379,6 @@ type TonicClient = tonic_gen::echo_client::EchoClient<
     >,
 >;
 
-fn serve_tonic(
-    listener: TcpListener,
-    telemetry: &Telemetry,
-    mut stopped: watch::Receiver<bool>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(rpc_ext_tracing::tower::TracingLayer::server(
-                &telemetry.server_tracing,
-            ))
-            .layer(rpc_ext_metrics::tower::MetricsLayer::server(
-                &telemetry.server_metrics,
-            ))
-            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
-                served_by: addr,
-            }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
-    Ok(addr)
-}
-
 async fn tonic_client(
     addr: std::net::SocketAddr,
     telemetry: &Telemetry,
@@ -529,49 +515,6 @@ async fn tonic_chat(client: &mut TonicClient, ending: Ending) -> anyhow::Result<
 }
 
 // ---- Volo gRPC ----
-
-fn serve_volo(
-    listener: TcpListener,
-    telemetry: &Telemetry,
-    mut stopped: watch::Receiver<bool>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        volo_grpc::server::Server::new()
-            .layer_front(rpc_ext_tracing::volo::GrpcTracingLayer::server(
-                &telemetry.server_tracing,
-            ))
-            .layer_front(rpc_ext_metrics::volo::MetricsLayer::server(
-                &telemetry.server_metrics,
-            ))
-            .add_service(
-                volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
-                    served_by: addr,
-                }))
-                .build(),
-            )
-            .run_with_shutdown(
-                volo::net::incoming::DefaultIncoming::from(listener),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                    Ok(())
-                },
-            ),
-    );
-    Ok(addr)
-}
-
-fn volo_client(addr: std::net::SocketAddr, telemetry: &Telemetry) -> volo_gen::echo::EchoClient {
-    volo_gen::echo::EchoClientBuilder::new("echo")
-        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(
-            &telemetry.client_tracing,
-        ))
-        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(
-            &telemetry.client_metrics,
-        ))
-        .address(addr)
-        .build()
-}
 
 fn volo_say(message: &str) -> volo_gen::echo::SayRequest {
     volo_gen::echo::SayRequest {

@@ -1,15 +1,27 @@
 //! Helpers shared by the integration tests.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt::Debug, net::SocketAddr, time::Duration};
 
-use rpc_ext_registry::{Instance, ServiceWatch};
+use anyhow::Context as _;
+use rpc_ext_metrics::RpcMetrics;
+use rpc_ext_registry::{
+    health::{RegistrationHealth, RegistryHealth, SubscriptionHealth},
+    Instance, ServiceWatch,
+};
 use rpc_ext_tracing::{
     otlp::{OtlpTracing, TracingGuard, Transport},
     RpcTracing,
 };
-use tests::otlp::{OtlpReceiver, Protocol};
+use tests::{
+    k8s::K8sStandIn,
+    otlp::{OtlpReceiver, Protocol},
+};
+use tokio::{net::TcpListener, sync::watch};
 
-use echo::tonic_gen;
+use echo::{
+    servers::{TonicEcho, VoloEcho},
+    tonic_gen, volo_gen,
+};
 
 /// An example binary built next to the test binary (`scripts/test.sh`
 /// builds them first: `cargo build --workspace --all-features --bins`).
@@ -75,6 +87,190 @@ pub async fn wait_for_addresses(
     Ok(())
 }
 
+/// Waits until the watch shows exactly `want` (`ip:port`, in address
+/// order).
+pub async fn wait_for_ips_within(
+    watch: &mut ServiceWatch,
+    want: &[&str],
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let want: Vec<SocketAddr> = want.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    wait_for_addresses(watch, &want, deadline).await
+}
+
+/// The name of the one slice of `service` in the Kubernetes stand-in's
+/// `default` namespace (its Lease has the same name).
+pub fn slice_name(api: &K8sStandIn, service: &str) -> anyhow::Result<String> {
+    let names: Vec<String> = api
+        .names("default")
+        .into_iter()
+        .filter(|name| name.starts_with(&format!("{service}-")))
+        .collect();
+    match names.as_slice() {
+        [name] => Ok(name.clone()),
+        _ => anyhow::bail!("expected one slice of {service}, found {names:?}"),
+    }
+}
+
+/// The one entry of `entries`, if any: the tests give a health handle at
+/// most one registration and one subscription.
+fn only<T: Debug>(mut entries: Vec<T>) -> Option<T> {
+    assert!(entries.len() <= 1, "{entries:?}");
+    entries.pop()
+}
+
+/// The one registration `health` lists, if any.
+pub fn only_registration(health: &RegistryHealth) -> Option<RegistrationHealth> {
+    only(health.snapshot().registrations)
+}
+
+/// The one subscription `health` lists, if any.
+pub fn only_subscription(health: &RegistryHealth) -> Option<SubscriptionHealth> {
+    only(health.snapshot().subscriptions)
+}
+
+/// Waits up to `deadline` until `entry` shows an entry that satisfies
+/// `check`; the error says what it showed last.
+async fn entry_where<T: Debug>(
+    deadline: Duration,
+    what: &str,
+    entry: impl Fn() -> Option<T>,
+    check: impl Fn(&T) -> bool,
+) -> anyhow::Result<T> {
+    tests::eventually(deadline, what, || {
+        let found = entry().filter(&check);
+        async move { found }
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("{error}; it shows {:?}", entry()))
+}
+
+/// Waits up to `deadline` until the one registration in `health`
+/// satisfies `check`.
+pub async fn registration_where(
+    health: &RegistryHealth,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&RegistrationHealth) -> bool,
+) -> anyhow::Result<RegistrationHealth> {
+    entry_where(deadline, what, || only_registration(health), check).await
+}
+
+/// Waits up to `deadline` until the one subscription in `health`
+/// satisfies `check`.
+pub async fn subscription_where(
+    health: &RegistryHealth,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&SubscriptionHealth) -> bool,
+) -> anyhow::Result<SubscriptionHealth> {
+    entry_where(deadline, what, || only_subscription(health), check).await
+}
+
+/// What `promtool check metrics` says of the exposition `text` (the
+/// callers decide what they accept: warnings or only a clean pass).
+pub fn promtool_check_metrics(text: &str) -> anyhow::Result<std::process::Output> {
+    let promtool = tests::require_binary("promtool", "prometheus")?;
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut check.stdin.take().context("promtool's stdin")?,
+        text.as_bytes(),
+    )?;
+    Ok(check.wait_with_output()?)
+}
+
+/// Completes once `stopped` turns true or its sender is dropped: a
+/// server's shutdown signal.
+pub async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Serves Echo with tonic on `listener` until `stopped` turns true, the
+/// tracing layer outside the metrics layer; returns the address served.
+pub fn serve_observed_tonic_echo(
+    listener: TcpListener,
+    tracing: &RpcTracing,
+    metrics: &RpcMetrics,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
+            .layer(rpc_ext_metrics::tower::MetricsLayer::server(metrics))
+            .add_service(tonic_gen::echo_server::EchoServer::new(TonicEcho {
+                served_by: addr,
+            }))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                until_stopped(stopped),
+            ),
+    );
+    Ok(addr)
+}
+
+/// Serves Echo with Volo on `listener` behind `layer` (one layer, or a
+/// stack of them) until `shutdown` completes; returns the address served.
+pub fn serve_volo_echo<L>(
+    listener: TcpListener,
+    layer: L,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr>
+where
+    L: motore::layer::Layer<volo_grpc::server::Router> + Send + 'static,
+    L::Service: motore::Service<
+            volo_grpc::context::ServerContext,
+            volo_grpc::Request<volo_grpc::body::BoxBody>,
+            Response = volo_grpc::Response<volo_grpc::body::BoxBody>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as motore::Service<
+        volo_grpc::context::ServerContext,
+        volo_grpc::Request<volo_grpc::body::BoxBody>,
+    >>::Error: Into<volo_grpc::Status>,
+{
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        volo_grpc::server::Server::new()
+            .layer_front(layer)
+            .add_service(
+                volo_grpc::server::ServiceBuilder::new(volo_gen::echo::EchoServer::new(VoloEcho {
+                    served_by: addr,
+                }))
+                .build(),
+            )
+            .run_with_shutdown(
+                volo::net::incoming::DefaultIncoming::from(listener),
+                async move {
+                    shutdown.await;
+                    Ok(())
+                },
+            ),
+    );
+    Ok(addr)
+}
+
+/// A Volo Echo client of `addr`, the tracing layer outside the metrics
+/// layer (the first `layer_outer` is a client's outermost layer).
+pub fn observed_volo_echo_client(
+    addr: SocketAddr,
+    tracing: &RpcTracing,
+    metrics: &RpcMetrics,
+) -> volo_gen::echo::EchoClient {
+    volo_gen::echo::EchoClientBuilder::new("echo")
+        .layer_outer(rpc_ext_tracing::volo::GrpcTracingLayer::client(tracing))
+        .layer_outer(rpc_ext_metrics::volo::MetricsLayer::client(metrics))
+        .address(addr)
+        .build()
+}
+
 /// A pipeline for one "service": its own provider and resource, exporting
 /// over `protocol` to the receiver, not installed globally.
 pub fn pipeline(
@@ -112,35 +308,6 @@ pub fn transport(protocol: Protocol) -> Transport {
 pub type TracedTonicClient = tonic_gen::echo_client::EchoClient<
     rpc_ext_tracing::tower::TracingService<tonic::transport::Channel>,
 >;
-
-pub type TonicEchoClient = tonic_gen::echo_client::EchoClient<tonic::transport::Channel>;
-
-/// A traced tonic Echo server and a client connected to it.
-pub async fn traced_tonic_echo(
-    tracing: &RpcTracing,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<TonicEchoClient> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let mut stopped = stop;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(rpc_ext_tracing::tower::TracingLayer::server(tracing))
-            .add_service(tonic_gen::echo_server::EchoServer::new(
-                echo::servers::TonicEcho { served_by: addr },
-            ))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    Ok(tonic_gen::echo_client::EchoClient::new(channel))
-}
 
 /// Waits until etcd itself holds `count` keys under the `echo` prefix.
 pub async fn wait_for_keys(endpoint: &str, count: usize) -> anyhow::Result<()> {

@@ -436,7 +436,7 @@ async fn a_hung_collector_over(protocol: Protocol) -> anyhow::Result<()> {
         .tracer_provider(guard.provider())
         .build();
     let (stop, stopped) = watch::channel(false);
-    let mut client = crate::support::traced_tonic_echo(&tracing, stopped).await?;
+    let mut client = tests::traced_tonic_echo(&tracing, stopped).await?;
     const CALLS: u64 = 3_000;
     for _ in 0..CALLS {
         client

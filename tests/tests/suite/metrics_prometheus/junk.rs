@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use rpc_ext_core::GrpcCode;
 use tower::Service;
 
 /// A second service on the junk test's server that answers whatever status
@@ -283,25 +284,6 @@ impl FiniteLabels {
     /// (`error.type` from 500 on), and for both kinds a call the caller
     /// abandoned or the handler failed outright.
     pub fn new(http_statuses: &BTreeSet<u16>) -> Self {
-        let codes = [
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        ];
         let server_errors = [
             "UNKNOWN",
             "DEADLINE_EXCEEDED",
@@ -311,9 +293,10 @@ impl FiniteLabels {
             "DATA_LOSS",
         ];
         let pair = |status: &str, error: &str| (status.to_owned(), error.to_owned());
-        let mut grpc_outcomes: Vec<_> = codes
-            .iter()
-            .map(|&code| {
+        // The 17 codes gRPC defines, by the names the layers label them with.
+        let mut grpc_outcomes: Vec<_> = (0..=16)
+            .map(|number| GrpcCode::new(number).name())
+            .map(|code| {
                 let error = if server_errors.contains(&code) {
                     code
                 } else {
