@@ -304,7 +304,8 @@ impl Default for RpcMetricsBuilder {
             recognized: Vec::new(),
             skip_health_checks: false,
             skip_http_routes: Vec::new(),
-            exemplars: true,
+            // Without the feature no span can be read: keep no slots.
+            exemplars: cfg!(feature = "exemplars"),
             #[cfg(feature = "otel")]
             meter: None,
         }
@@ -470,7 +471,8 @@ impl RpcMetricsBuilder {
         self
     }
 
-    /// Whether the duration histograms keep exemplars: on by default.
+    /// Whether the duration histograms keep exemplars: on by default, and
+    /// always off without the `exemplars` feature (no span could be read).
     ///
     /// On, a call whose OpenTelemetry span is sampled when it starts (read
     /// from the current context, with the `exemplars` feature, a default
@@ -499,7 +501,7 @@ impl RpcMetricsBuilder {
     /// assert!(!text.contains("trace_id"));
     /// ```
     pub fn exemplars(mut self, on: bool) -> Self {
-        self.exemplars = on;
+        self.exemplars = on && cfg!(feature = "exemplars");
         self
     }
 

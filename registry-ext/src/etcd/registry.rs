@@ -297,8 +297,7 @@ impl Shared {
                 }
                 response = responses.message() => match response {
                     Ok(Some(response)) if response.ttl() > 0 => {
-                        let ttl = Duration::from_secs(response.ttl().unsigned_abs());
-                        *expires = Instant::now() + ttl;
+                        *expires = lease_expiry(Instant::now(), response.ttl());
                         backoff.reset();
                         health.renewed();
                     }
@@ -350,5 +349,32 @@ fn says_lease_not_found(error: &Error) -> bool {
             status.code() == tonic::Code::NotFound || status.message().contains("lease not found")
         }
         _ => false,
+    }
+}
+
+/// When a lease whose TTL etcd just reported as `ttl_secs` runs out. The
+/// TTL comes from the server, so it is capped at etcd's own maximum
+/// (`MaxLeaseTTL`, 9,000,000,000 s) and the sum saturates: no answer can
+/// overflow the clock and end the keeper with a panic.
+fn lease_expiry(now: Instant, ttl_secs: i64) -> Instant {
+    const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
+    let ttl = Duration::from_secs(ttl_secs.unsigned_abs().min(MAX_LEASE_TTL_SECS));
+    now.checked_add(ttl).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    #[test]
+    fn any_ttl_etcd_reports_gives_an_expiry_without_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            super::lease_expiry(now, 10),
+            now + std::time::Duration::from_secs(10)
+        );
+        for ttl in [i64::MAX, i64::MIN, 9_000_000_001] {
+            assert!(super::lease_expiry(now, ttl) >= now);
+        }
     }
 }
