@@ -70,13 +70,14 @@ pub fn encode_openmetrics(registry: &Registry) -> Result<String, Error> {
     let encoder = TextEncoder::new();
     let mut out = String::new();
     let (families, exemplars) = crate::exemplar::gather(registry);
-    for family in families {
+    let names: std::collections::HashSet<&str> = families.iter().map(|f| f.name()).collect();
+    for family in &families {
         let mut text = String::new();
-        encoder.encode_utf8(std::slice::from_ref(&family), &mut text)?;
+        encoder.encode_utf8(std::slice::from_ref(family), &mut text)?;
         let field_type = family.get_field_type();
         if field_type == prometheus::proto::MetricType::HISTOGRAM {
-            if let Some(exemplars) = exemplars.iter().find(|e| e.is(family.name())) {
-                crate::exemplar::append_histogram(&mut out, &text, &family, exemplars);
+            if let Some(exemplars) = exemplars.iter().find(|e| e.is(family.name(), &names)) {
+                crate::exemplar::append_histogram(&mut out, &text, family, exemplars);
                 continue;
             }
         }

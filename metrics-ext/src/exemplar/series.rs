@@ -163,12 +163,15 @@ impl FamilyExemplars {
     }
 
     /// Whether a gathered family of this name is this family: the same
-    /// name, or the name a registry with a prefix gives it
-    /// (`prefix_<name>`).
-    pub(crate) fn is(&self, gathered: &str) -> bool {
-        gathered
-            .strip_suffix(self.name.as_str())
-            .is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('_'))
+    /// name, or, when no gathered family has exactly that name, the name a
+    /// registry with a prefix gives it (`prefix_<name>`). Another
+    /// collector's `foo_<name>` beside ours is thus never taken for it.
+    pub(crate) fn is(&self, gathered: &str, names: &std::collections::HashSet<&str>) -> bool {
+        gathered == self.name
+            || (!names.contains(self.name.as_str())
+                && gathered
+                    .strip_suffix(self.name.as_str())
+                    .is_some_and(|prefix| prefix.ends_with('_')))
     }
 
     /// Looks series up during a scrape, holding the family's series (new

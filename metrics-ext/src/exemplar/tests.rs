@@ -307,6 +307,40 @@ fn a_users_registry_with_a_prefix_and_constant_labels_keeps_them() {
     assert_eq!(parse(&line).1, TRACE);
 }
 
+/// Another collector's histogram whose name ends with ours
+/// (`foo_rpc_server_call_duration_seconds`, same labels and series) is not
+/// taken for ours: only the exact name gets the exemplar.
+#[test]
+fn a_family_named_like_ours_with_a_prefix_gets_none() {
+    let registry = Registry::new();
+    let metrics = RpcMetrics::builder()
+        .conventions(Conventions::Current)
+        .registry(registry.clone())
+        .build()
+        .unwrap();
+    let labels = [
+        "rpc_system_name",
+        "rpc_method",
+        "rpc_response_status_code",
+        "error_type",
+    ];
+    let theirs = prometheus::HistogramVec::new(
+        prometheus::HistogramOpts::new("foo_rpc_server_call_duration_seconds", "Theirs."),
+        &labels,
+    )
+    .unwrap();
+    registry.register(Box::new(theirs.clone())).unwrap();
+    served_in_span(&metrics, true);
+    theirs
+        .with_label_values(&["grpc", "echo.Echo/Say", "OK", ""])
+        .observe(0.001);
+    let (text, line) = the_one_exemplar(&registry);
+    assert!(
+        line.starts_with("rpc_server_call_duration_seconds_bucket{"),
+        "{text}"
+    );
+}
+
 /// One bucket (a single bound above any call's duration), so every call
 /// lands in the same slot: it keeps the first sampled call after each
 /// scrape.
