@@ -37,6 +37,10 @@ pub type Families = BTreeMap<String, Family>;
 
 /// Parses `body`, or says which line is wrong and why.
 pub fn parse(body: &str) -> anyhow::Result<Families> {
+    // Empty is a valid exposition: a scrape before any call was recorded.
+    if body.is_empty() {
+        return Ok(Families::new());
+    }
     ensure!(body.ends_with('\n'), "the last line is not terminated");
     let mut families = Families::new();
     let mut current: Option<String> = None;
@@ -315,6 +319,10 @@ fn the_checker_rejects_what_it_must() {
                 h_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.7\nh_count 2\n";
     let families = parse(good).unwrap();
     assert_eq!(families["a_total"].samples[0].label("x"), Some("q\"\\\n"));
+    assert!(
+        parse("").unwrap().is_empty(),
+        "no metrics yet is a valid scrape"
+    );
     for bad in [
         "# HELP a A.\n# TYPE a counter\na 1",                       // unterminated
         "# HELP a A.\n# TYPE a counter\n\na 1\n",                   // blank line
