@@ -111,10 +111,14 @@ impl Liveness {
         self.listing = Some(HashSet::new());
     }
 
-    /// The Lease watch shows `lease` (listed, added or modified).
-    pub(super) fn observe(&mut self, lease: &Lease, now: Instant) {
+    /// The Lease watch shows `lease` (listed, added or modified); whether
+    /// that may change which slices are used: an expired Lease renewed, or
+    /// a Lease appearing that a slice was waiting for (missing or
+    /// deleted). The renewal of a live Lease changes nothing, so that the
+    /// steady stream of renewals costs no republication.
+    pub(super) fn observe(&mut self, lease: &Lease, now: Instant) -> bool {
         let Some(name) = lease.metadata.name.clone() else {
-            return;
+            return false;
         };
         let spec = lease.spec.as_ref();
         let stamp = Stamp {
@@ -131,15 +135,17 @@ impl Liveness {
         if let Some(listing) = &mut self.listing {
             listing.insert(name.clone());
         }
-        self.missing.remove(&name);
+        let awaited = self.missing.remove(&name).is_some();
         let clock = self.clock.at(now);
         match self.leases.get_mut(&name) {
             // Seen again unchanged (a re-list, another field changed): no
             // renewal, the deadline stays.
-            Some(observed) if observed.stamp == stamp => {}
+            Some(observed) if observed.stamp == stamp => false,
             Some(observed) => {
+                let expired = observed.deadline <= clock;
                 observed.stamp = stamp;
                 observed.deadline = clock + duration;
+                expired
             }
             None => {
                 self.leases.insert(
@@ -149,6 +155,8 @@ impl Liveness {
                         deadline: clock + duration,
                     },
                 );
+                // A Lease no slice names changes no slice's liveness.
+                awaited
             }
         }
     }
@@ -278,6 +286,30 @@ mod tests {
         liveness.observe(&lease("l", 5, 10), after(t0, 12));
         assert!(liveness.is_live("l", after(t0, 21)));
         assert!(!liveness.is_live("l", after(t0, 22)));
+    }
+
+    #[test]
+    fn only_a_change_of_liveness_is_reported() {
+        let t0 = Instant::now();
+        let mut liveness = Liveness::new(GRACE, t0);
+        // A Lease no slice names: nothing to change.
+        assert!(!liveness.observe(&lease("l", 1, 10), t0));
+        // Renewed while live: the deadline moves, nothing else.
+        assert!(!liveness.observe(&lease("l", 2, 10), after(t0, 9)));
+        assert!(liveness.is_live("l", after(t0, 18)));
+        // Seen again unchanged: no renewal.
+        assert!(!liveness.observe(&lease("l", 2, 10), after(t0, 19)));
+        assert!(!liveness.is_live("l", after(t0, 19)));
+        // Renewed once expired: live again, a change.
+        assert!(liveness.observe(&lease("l", 3, 10), after(t0, 20)));
+        assert!(liveness.is_live("l", after(t0, 29)));
+        // A Lease a slice was waiting for, whether in its grace or past
+        // it, and one created again after its deletion.
+        liveness.track(["waited", "late", "l"], after(t0, 20));
+        assert!(liveness.observe(&lease("waited", 1, 10), after(t0, 21)));
+        assert!(liveness.observe(&lease("late", 1, 10), after(t0, 60)));
+        liveness.forget("l", after(t0, 61));
+        assert!(liveness.observe(&lease("l", 4, 10), after(t0, 62)));
     }
 
     #[test]

@@ -460,6 +460,7 @@ impl Follower {
                 liveness.start_list();
                 false
             }
+            // The list's end publishes whatever it changed.
             Ok(watcher::Event::InitApply(lease)) => {
                 liveness.observe(&lease, now);
                 false
@@ -469,10 +470,10 @@ impl Follower {
                 leases.listed();
                 true
             }
-            Ok(watcher::Event::Apply(lease)) => {
-                liveness.observe(&lease, now);
-                true
-            }
+            // Only a change of liveness is published: a renewal of a live
+            // Lease neither recomputes the set nor counts as an update of
+            // it (`last_update_age` grows while the set stays quiet).
+            Ok(watcher::Event::Apply(lease)) => liveness.observe(&lease, now),
             Ok(watcher::Event::Delete(lease)) => {
                 liveness.forget(lease.metadata.name.as_deref().unwrap_or_default(), now);
                 true

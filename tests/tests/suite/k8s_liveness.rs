@@ -21,7 +21,9 @@ use tests::{eventually, k8s::K8sStandIn, ChildGuard};
 
 use crate::{
     k8s_backend::{grant, manifest_roles},
-    support::{slice_name, wait_for_ips_within, RECOVERY_DEADLINE, WATCH_DEADLINE},
+    support::{
+        only_subscription, slice_name, wait_for_ips_within, RECOVERY_DEADLINE, WATCH_DEADLINE,
+    },
 };
 
 /// The lease duration of the registrations (and the resolvers' grace for a
@@ -289,11 +291,25 @@ async fn a_live_registration_stays_across_several_lease_durations() -> anyhow::R
     let resolver = resolver(&api)?;
     let mut watch = resolver.subscribe("k8s://steady.default:grpc").await?;
     wait_for_ips_within(&mut watch, &["10.20.1.1:50051"], WATCH_DEADLINE).await?;
+    // Published once for the slice list, once for the Lease list that
+    // follows it: from then on nothing changes.
+    let generation = eventually(WATCH_DEADLINE, "the Lease list published", || {
+        let generation = watch.current().generation;
+        async move { (generation >= 2).then_some(generation) }
+    })
+    .await?;
     let timeline = Timeline::start(&watch);
     let start = Instant::now();
     tokio::time::sleep(LEASE * 4).await;
     timeline.assert_always("10.20.1.1:50051").await;
     assert!(watch.current().last_error.is_none());
+    // Renewals of a live Lease change nothing: the set is not published
+    // again, and the subscription's last update grows old.
+    assert_eq!(watch.current().generation, generation);
+    let quiet = only_subscription(&resolver.health())
+        .and_then(|s| s.last_update_age)
+        .expect("a set was received");
+    assert!(quiet >= LEASE * 4, "last update {quiet:?} ago");
     // Renewed every third of the duration: never a gap as long as the
     // lease, and renewTime moved on.
     let writes: Vec<Instant> = api
