@@ -71,5 +71,21 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A failed request to `backend`, as backends report their client's
+    /// errors.
+    ///
+    /// ```
+    /// let error = rpc_ext_registry::Error::backend("zookeeper", "connection refused");
+    /// assert_eq!(error.to_string(), "zookeeper request failed: connection refused");
+    /// ```
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -70,7 +70,17 @@ impl Instance {
     /// What every backend needs: a name and a routable address. What a
     /// name may contain beyond that is each backend's rule (etcd keys, Consul
     /// URL paths, Kubernetes labels), checked by that backend.
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    ///
+    /// A backend calls it in `register`, after
+    /// [`advertise_address`](crate::advertise_address):
+    ///
+    /// ```
+    /// use rpc_ext_registry::Instance;
+    ///
+    /// assert!(Instance::new("echo", "10.0.0.7:8080".parse().unwrap()).validate().is_ok());
+    /// assert!(Instance::new("echo", "0.0.0.0:8080".parse().unwrap()).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), crate::Error> {
         if self.service.is_empty() {
             return Err(crate::Error::InvalidInstance(
                 "service name must be non-empty".to_owned(),

@@ -16,6 +16,9 @@
 //! re-registrations, watch restarts, a stale set served during an outage)
 //! as plain data in [`health`], for a metrics exporter to read.
 //!
+//! A backend of your own, in your own crate, is built from [`kit`]: the
+//! same keeper, follower, backoff and health pieces the backends here use.
+//!
 //! ```
 //! use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
 //!
@@ -40,14 +43,7 @@ mod memory;
 mod registry;
 mod resolver;
 
-// What every network backend shares and nothing else uses (backoff, watch
-// tasks, `Error::backend`), gathered in one module so that the list of
-// backend features is written once: Cargo has no feature aliases, a `cfg`
-// alias needs a build script (`cfg_aliases`), and a macro that stamps the
-// `cfg` on each item would hide the modules it declares from rustfmt. A new
-// backend adds its feature here.
-#[cfg(any(feature = "etcd", feature = "consul", feature = "k8s"))]
-mod backend;
+pub mod kit;
 
 #[cfg(feature = "consul")]
 pub mod consul;

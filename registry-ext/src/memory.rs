@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::{
     advertise_address,
     health::{RegistryHealth, SubscriptionProbe},
-    registry::Stop,
+    kit::Stop,
     Instance, Registration, Registry, Resolver, Result, ServiceSnapshot, ServiceWatch,
 };
 

@@ -52,8 +52,10 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// A handle for `instance` whose keeper task listens on the returned signal.
-    pub(crate) fn new(instance: Instance) -> (Self, StopSignal) {
+    /// A handle for `instance` whose keeper task listens on the returned
+    /// signal: what a backend's `register` returns once the instance is
+    /// written (see [`kit`](crate::kit)).
+    pub fn new(instance: Instance) -> (Self, StopSignal) {
         let (tx, rx) = oneshot::channel();
         (
             Self {
@@ -67,11 +69,8 @@ impl Registration {
 
     /// Lists this registration in `health` under `backend` for as long as
     /// the handle lives; its keeper records through the returned probe.
-    pub(crate) fn track(
-        &mut self,
-        backend: &'static str,
-        health: &RegistryHealth,
-    ) -> RegistrationProbe {
+    /// `backend` names the backend in health entries and metrics.
+    pub fn track(&mut self, backend: &'static str, health: &RegistryHealth) -> RegistrationProbe {
         let (listing, probe) = health.registration(backend, &self.instance);
         self.listing = Some(listing);
         probe
@@ -91,8 +90,9 @@ impl Registration {
     }
 }
 
-/// Why a keeper task must stop.
-pub(crate) enum Stop {
+/// Why a keeper task must stop: what [`StopSignal::wait`] returns.
+#[derive(Debug)]
+pub enum Stop {
     /// `deregister` was called: report the outcome on the sender.
     Requested(StopRequest),
     /// The handle was dropped: deregister with nobody waiting.
@@ -100,21 +100,24 @@ pub(crate) enum Stop {
 }
 
 impl Stop {
-    pub(crate) fn reply(self, outcome: Result<()>) {
+    /// Reports how deregistering went to a waiting
+    /// [`Registration::deregister`]; nobody waits after a drop.
+    pub fn reply(self, outcome: Result<()>) {
         if let Stop::Requested(reply) = self {
             let _ = reply.send(outcome);
         }
     }
 }
 
-/// The keeper side of a [`Registration`].
+/// The keeper side of a [`Registration`]: the keeper task deregisters and
+/// returns once it resolves.
 #[derive(Debug)]
-pub(crate) struct StopSignal(oneshot::Receiver<StopRequest>);
+pub struct StopSignal(oneshot::Receiver<StopRequest>);
 
 impl StopSignal {
     /// Resolves once the handle asks to stop. Cancel-safe; call it again only
     /// if it has not resolved yet.
-    pub(crate) async fn wait(&mut self) -> Stop {
+    pub async fn wait(&mut self) -> Stop {
         match (&mut self.0).await {
             Ok(reply) => Stop::Requested(reply),
             Err(_) => Stop::Dropped,

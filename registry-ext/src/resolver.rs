@@ -21,8 +21,10 @@ pub struct ServiceSnapshot {
 }
 
 impl ServiceSnapshot {
-    /// A snapshot of `instances` (sorted here) at `generation`.
-    pub(crate) fn new(mut instances: Vec<Arc<Instance>>, generation: u64) -> Self {
+    /// A snapshot of `instances` (sorted here) at `generation`, without
+    /// error.
+    #[must_use]
+    pub fn new(mut instances: Vec<Arc<Instance>>, generation: u64) -> Self {
         instances.sort_by_key(|i| i.address);
         Self {
             instances: instances.into(),
@@ -42,7 +44,11 @@ pub struct ServiceWatch {
 }
 
 impl ServiceWatch {
-    pub(crate) fn new(service: &str, rx: watch::Receiver<ServiceSnapshot>) -> Self {
+    /// A watch of `service` on the snapshots `rx` receives. Backends built
+    /// on [`kit::Subscriptions`](crate::kit::Subscriptions) get theirs from
+    /// it; this is for a backend that keeps its own channel.
+    #[must_use]
+    pub fn new(service: &str, rx: watch::Receiver<ServiceSnapshot>) -> Self {
         Self {
             service: service.into(),
             rx,

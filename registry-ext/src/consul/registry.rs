@@ -11,9 +11,9 @@ use super::{
 };
 use crate::{
     advertise_address,
-    backend::backoff::Backoff,
     health::{RegistrationProbe, RegistryHealth},
-    registry::StopSignal,
+    kit::Backoff,
+    kit::StopSignal,
     Error, Instance, Registration, Registry, Result,
 };
 

@@ -7,11 +7,8 @@ use tracing::warn;
 
 use super::{api::Api, ConsulBuilder};
 use crate::{
-    backend::{
-        backoff::Backoff,
-        subscriptions::{publish_error, publish_instances, Publisher, Subscriptions},
-    },
     health::RegistryHealth,
+    kit::{Backoff, Publisher, Subscriptions},
     Error, Resolver, Result, ServiceWatch,
 };
 
@@ -141,7 +138,7 @@ impl Follower {
             let pause = match result {
                 Ok((instances, next)) => {
                     backoff.reset();
-                    publish_instances(&tx, instances.into_iter().map(Arc::new).collect());
+                    tx.publish_instances(instances.into_iter().map(Arc::new).collect());
                     let unchanged = next == index;
                     if next < index {
                         // The index went backwards: the next query starts
@@ -159,7 +156,7 @@ impl Follower {
                         // comes back as soon as the token may read it.
                         index = 0;
                     }
-                    publish_error(&tx, error);
+                    tx.publish_error(error);
                     tx.watch_restarted();
                     Some(backoff.next_delay())
                 }

@@ -77,10 +77,8 @@ where
     // Short and capped low: the point is to get past a dead connection
     // within one request timeout, not to wait out a long outage (the
     // registry's and resolver's own loops do that with `max_backoff`).
-    let mut backoff = crate::backend::backoff::Backoff::new(
-        Duration::from_millis(20),
-        Duration::from_millis(500),
-    );
+    let mut backoff =
+        crate::kit::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     loop {
         // One attempt may not eat the whole budget: a member that hangs
         // (partitioned, still electing) must leave time to try another.

@@ -11,9 +11,9 @@ use tracing::{debug, info, warn};
 use super::{codec::encode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
     advertise_address,
-    backend::backoff::Backoff,
     health::{RegistrationProbe, RegistryHealth},
-    registry::StopSignal,
+    kit::Backoff,
+    kit::StopSignal,
     Error, Instance, Registration, Registry, Result,
 };
 

@@ -9,13 +9,8 @@ use tracing::{debug, warn};
 
 use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
 use crate::{
-    backend::{
-        backoff::Backoff,
-        subscriptions::{
-            publish_error, publish_instances, publish_recovered, Publisher, Subscriptions,
-        },
-    },
     health::RegistryHealth,
+    kit::{Backoff, Publisher, Subscriptions},
     Error, Instance, Resolver, Result, ServiceWatch,
 };
 
@@ -216,7 +211,7 @@ impl ServiceFollower {
                 error = self.follow(&tx, &mut backoff) => error,
             };
             warn!(prefix = %self.prefix, %error, "etcd watch interrupted; keeping last known instances");
-            publish_error(&tx, error);
+            tx.publish_error(error);
             tx.watch_restarted();
             tokio::select! {
                 () = tx.closed() => return,
@@ -311,7 +306,7 @@ impl ServiceFollower {
                 // events missed meanwhile follow in order. (A resume past a
                 // compaction is created, then cancelled: the error comes
                 // back at once and the follower lists again.)
-                publish_recovered(tx);
+                tx.publish_recovered();
             }
             if self.apply(response.events()) {
                 self.publish(tx);
@@ -421,7 +416,7 @@ impl ServiceFollower {
             }
             self.holding_until = None;
         }
-        publish_instances(tx, self.instances.values().cloned().collect());
+        tx.publish_instances(self.instances.values().cloned().collect());
     }
 }
 

@@ -66,8 +66,7 @@ use std::{
 use tokio::time::Instant;
 
 use registration::RegistrationCell;
-pub(crate) use registration::RegistrationProbe;
-pub use registration::{RegistrationHealth, RegistrationState};
+pub use registration::{RegistrationHealth, RegistrationProbe, RegistrationState};
 use subscription::SubscriptionCell;
 pub use subscription::SubscriptionHealth;
 pub(crate) use subscription::SubscriptionProbe;

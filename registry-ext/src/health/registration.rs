@@ -169,17 +169,14 @@ fn encode(state: RegistrationState, since: u64) -> u64 {
 /// renews, loses and restores the registration. Recording keeps working
 /// after the entry was removed (the handle is gone while the keeper
 /// deregisters); nobody reads it then.
+///
+/// A backend gets one from [`Registration::track`](crate::Registration::track);
+/// see [`kit`](crate::kit) for the keeper that records through it.
 #[derive(Debug, Clone)]
-pub(crate) struct RegistrationProbe {
+pub struct RegistrationProbe {
     cell: Arc<RegistrationCell>,
 }
 
-// Only the network backends' keepers renew or lose registrations; the
-// in-process registry lists its registrations without recording anything.
-#[cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
-    allow(dead_code)
-)]
 impl RegistrationProbe {
     pub(super) fn new(cell: Arc<RegistrationCell>) -> Self {
         Self { cell }
@@ -188,7 +185,7 @@ impl RegistrationProbe {
     /// The backend confirmed a renewal; a registration that was being
     /// written again is held by the backend again (without a new write:
     /// the backend kept or regained it by itself).
-    pub(crate) fn renewed(&self) {
+    pub fn renewed(&self) {
         self.renewal_counted();
         self.regained();
     }
@@ -196,28 +193,28 @@ impl RegistrationProbe {
     /// The backend confirmed a renewal of a part of the registration, which
     /// leaves its state as it is (Kubernetes: the Lease renewed while the
     /// slice is being applied again).
-    pub(crate) fn renewal_counted(&self) {
+    pub fn renewal_counted(&self) {
         self.cell.renewals_ok.fetch_add(1, Relaxed);
     }
 
     /// The backend holds a lost registration again without a new write of
     /// this keeper (it kept or regained it by itself).
-    pub(crate) fn regained(&self) {
+    pub fn regained(&self) {
         self.cell.enter(RegistrationState::Registered);
     }
 
     /// A keeper round failed to confirm the registration.
-    pub(crate) fn renewal_failed(&self) {
+    pub fn renewal_failed(&self) {
         self.cell.renewals_failed.fetch_add(1, Relaxed);
     }
 
     /// The backend lost the registration; the keeper writes it again.
-    pub(crate) fn lost(&self) {
+    pub fn lost(&self) {
         self.cell.enter(RegistrationState::Reregistering);
     }
 
     /// The registration was written again after a loss.
-    pub(crate) fn reregistered(&self) {
+    pub fn reregistered(&self) {
         self.cell.reregistrations.fetch_add(1, Relaxed);
         self.cell.enter(RegistrationState::Registered);
     }

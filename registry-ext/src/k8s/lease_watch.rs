@@ -13,7 +13,7 @@ use kube::{
 use tokio::time::Instant;
 
 use super::{LEASE_MANAGED_BY_LABEL, LEASE_SERVICE_LABEL, MANAGED_BY};
-use crate::{backend::backoff::Backoff, Error};
+use crate::{kit::Backoff, Error};
 
 type Events = BoxStream<'static, watcher::Result<watcher::Event<Lease>>>;
 

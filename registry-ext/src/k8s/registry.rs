@@ -23,8 +23,8 @@ use super::{
     DEFAULT_LEASE_DURATION, LEASE_LABEL, MANAGED_BY, REGISTRATION_LABEL, SLICES,
 };
 use crate::{
-    advertise_address, backend::backoff::Backoff, health::RegistryHealth, registry::StopSignal,
-    Instance, Registration, Registry, Result,
+    advertise_address, health::RegistryHealth, kit::Backoff, kit::StopSignal, Instance,
+    Registration, Registry, Result,
 };
 
 /// How often a registration checks that its slice still exists, by default.

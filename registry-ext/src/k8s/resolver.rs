@@ -18,11 +18,8 @@ use super::{
     PortSpec, Target, DEFAULT_LEASE_DURATION, LEASES, SERVICES, SLICES,
 };
 use crate::{
-    backend::{
-        backoff::Backoff,
-        subscriptions::{publish_error, Cause, Publisher, Subscriptions},
-    },
     health::RegistryHealth,
+    kit::{Backoff, Cause, Publisher, Subscriptions},
     Error, Resolver, Result, ServiceWatch,
 };
 
@@ -245,7 +242,7 @@ impl Follower {
                 }
                 Err(error) => {
                     warn!(target = %self.name, %error, "cannot map the target's port; keeping last known instances");
-                    publish_error(&tx, error);
+                    tx.publish_error(error);
                     Ended::Failed
                 }
             };
@@ -413,7 +410,7 @@ impl Follower {
                     // The API server is likely out of reach for the Lease
                     // watch too: renewals made meanwhile cannot be seen.
                     slices.liveness.pause(Instant::now());
-                    publish_error(tx, error);
+                    tx.publish_error(error);
                     return Ended::Failed;
                 }
             };

@@ -13,7 +13,7 @@ use super::{
     DEFAULT_LEASE_DURATION, LEASE_LABEL,
 };
 use crate::{
-    backend::subscriptions::{publish_view, Cause, Publisher},
+    kit::{Cause, Publisher},
     Error,
 };
 
@@ -124,6 +124,6 @@ impl Slices {
                     .is_none_or(|lease| liveness.is_live(lease, now))
             })
             .map(|slice| slice.candidates.as_slice());
-        publish_view(tx, select(live), lease_error, cause);
+        tx.publish_view(select(live), lease_error, cause);
     }
 }

@@ -4,15 +4,28 @@ use std::time::Duration;
 
 /// Retry delays that double from `initial` up to `max`, with up to 20% jitter so
 /// that many instances restarting together do not hammer the backend in step.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_ext_registry::kit::Backoff;
+///
+/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// assert!(backoff.next_delay() < Duration::from_millis(121));
+/// assert!(backoff.next_delay() >= Duration::from_millis(200));
+/// backoff.reset(); // after a success
+/// assert!(backoff.next_delay() < Duration::from_millis(121));
+/// ```
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    /// Delays starting at `initial`, capped at `max`.
+    #[must_use]
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -20,11 +33,13 @@ impl Backoff {
         }
     }
 
-    pub(crate) fn reset(&mut self) {
+    /// Starts over from `initial`: call it after a success.
+    pub fn reset(&mut self) {
         self.next = self.initial;
     }
 
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    /// The delay before the next attempt; each call doubles the next one.
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base + base.mul_f64(jitter_fraction() * 0.2)

@@ -1,30 +1,32 @@
 //! One background watch task per service, shared by every subscriber.
 
-use std::{collections::HashMap, future::Future, ops::Deref, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc};
 
 use tokio::sync::watch;
 
 use crate::{
     health::{RegistryHealth, SubscriptionProbe},
-    Error, Result, ServiceSnapshot, ServiceWatch,
+    Error, Instance, Result, ServiceSnapshot, ServiceWatch,
 };
 
-/// The per-service watch tasks of one resolver.
+/// The per-service watch tasks (followers) of one resolver.
 ///
-/// A task runs while anyone (this cache included) holds a receiver of its
+/// A follower runs while anyone (this cache included) holds a receiver of its
 /// snapshots, so a resolver that is dropped stops the watches nobody uses.
-/// A task that ended anyway (it returned or panicked) is replaced on the next
-/// subscribe.
+/// A follower that ended anyway (it returned or panicked) is replaced on the
+/// next subscribe. See the [module example](crate::kit) for a resolver built
+/// on it.
 #[derive(Debug)]
-pub(crate) struct Subscriptions {
+pub struct Subscriptions {
     services: std::sync::Mutex<HashMap<String, watch::Receiver<ServiceSnapshot>>>,
     backend: &'static str,
     health: RegistryHealth,
 }
 
 impl Subscriptions {
-    /// Watch tasks whose subscriptions are listed in `health` under `backend`.
-    pub(crate) fn new(backend: &'static str, health: RegistryHealth) -> Self {
+    /// Followers whose subscriptions are listed in `health` under `backend`
+    /// (the name errors and metrics give the backend).
+    pub fn new(backend: &'static str, health: RegistryHealth) -> Self {
         Self {
             services: std::sync::Mutex::default(),
             backend,
@@ -32,9 +34,16 @@ impl Subscriptions {
         }
     }
 
-    /// Returns the watch of `service`, spawning `start(publisher)` the first
-    /// time.
-    pub(crate) async fn subscribe<F, Fut>(&self, service: &str, start: F) -> Result<ServiceWatch>
+    /// Returns the watch of `service`, spawning the follower `start(publisher)`
+    /// on the current tokio runtime the first time, and waits for the
+    /// follower's first publication.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Resolve`] if the follower published an error before any set
+    /// (the first list failed; the follower keeps retrying and later
+    /// subscribers get its set), [`Error::Closed`] if it ended first.
+    pub async fn subscribe<F, Fut>(&self, service: &str, start: F) -> Result<ServiceWatch>
     where
         F: FnOnce(Publisher) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -75,11 +84,12 @@ impl Subscriptions {
     }
 }
 
-/// What a service follower sends through: its subscribers' channel (it
-/// derefs to it, for `closed()`) and the subscription's health entry, which
-/// goes away with the follower.
+/// What a follower publishes through: its subscribers' snapshots and the
+/// subscription's health entry, which goes away with the follower.
+///
+/// Every publication updates the health entry before subscribers are woken.
 #[derive(Debug)]
-pub(crate) struct Publisher {
+pub struct Publisher {
     // Dropped first (fields drop in order): once subscribers see the
     // channel closed, the entry is gone.
     probe: SubscriptionProbe,
@@ -92,99 +102,98 @@ impl Publisher {
         Self { probe, tx }
     }
 
+    /// Resolves once every subscriber (and the resolver's cache) is gone:
+    /// the follower should return then.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// Whether every subscriber is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// The follower starts its watch over (after a failure, or from
-    /// scratch).
-    pub(crate) fn watch_restarted(&self) {
+    /// scratch); counted in the subscription's health.
+    pub fn watch_restarted(&self) {
         self.probe.restarted();
+    }
+
+    /// Publishes a failure while keeping the last known instances.
+    pub fn publish_error(&self, error: Error) {
+        let error = Arc::new(error);
+        self.tx.send_modify(|snapshot| {
+            snapshot.last_error = Some(error);
+            self.probe.failed();
+            self.probe.shows(snapshot);
+        });
+    }
+
+    /// Clears a published failure once the backend answers again, even if
+    /// no instance changed meanwhile (a watch that resumed where it was).
+    pub fn publish_recovered(&self) {
+        self.tx.send_if_modified(|snapshot| {
+            let cleared = snapshot.last_error.take().is_some();
+            self.probe.confirmed();
+            self.probe.shows(snapshot);
+            cleared
+        });
+    }
+
+    /// Publishes the whole set the backend just sent (a list, an answer, a
+    /// set rebuilt from an event), clearing any error; subscribers are woken
+    /// only if the instances changed or an error was cleared.
+    pub fn publish_instances(&self, instances: Vec<Arc<Instance>>) {
+        self.publish_view(instances, None, Cause::Backend);
+    }
+
+    /// Publishes `instances` with `failure` as the snapshot's error: the
+    /// failure of a watch that runs beside the one that produced the set
+    /// (Kubernetes: the Lease watch, whose failure leaves the slices
+    /// followed), or `None` to clear any error. Subscribers are woken only
+    /// if the instances or the error changed. A failing watch keeps one
+    /// error until it recovers and may be published with every change
+    /// meanwhile, so the failure is counted in the health entry when it is
+    /// first published, not again for the same `Arc`.
+    pub fn publish_view(
+        &self,
+        instances: Vec<Arc<Instance>>,
+        failure: Option<&Arc<Error>>,
+        cause: Cause,
+    ) {
+        self.tx.send_if_modified(|snapshot| {
+            let mut next = ServiceSnapshot::new(instances, snapshot.generation + 1);
+            next.last_error = failure.cloned();
+            let same_error = match (&snapshot.last_error, &next.last_error) {
+                (None, None) => true,
+                (Some(shown), Some(new)) => Arc::ptr_eq(shown, new),
+                _ => false,
+            };
+            let changed =
+                snapshot.generation == 0 || !same_error || snapshot.instances != next.instances;
+            *snapshot = next;
+            if failure.is_some() && !same_error {
+                self.probe.failed();
+            }
+            if cause == Cause::Backend {
+                self.probe.confirmed();
+            }
+            self.probe.shows(snapshot);
+            changed
+        });
     }
 }
 
-/// Why a view is published.
+/// Why a view is published: whether it confirms the set as the backend
+/// holds it (for the subscription's last-update age in health).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cause {
+pub enum Cause {
     /// The backend sent it (a list, an answer, an event): it confirms the
     /// set.
     Backend,
-    /// The follower's own reasons (a Kubernetes Lease expiring on its
-    /// clock, a watch beside the main one failing): it confirms nothing.
-    /// Only the Kubernetes follower has such reasons.
-    #[cfg(any(feature = "k8s", test))]
+    /// The follower's own reasons (an entry expiring on its clock, a watch
+    /// beside the main one failing): it confirms nothing.
     Local,
-}
-
-impl Deref for Publisher {
-    type Target = watch::Sender<ServiceSnapshot>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-/// Publishes a failure while keeping the last known instances.
-pub(crate) fn publish_error(to: &Publisher, error: Error) {
-    let error = Arc::new(error);
-    to.tx.send_modify(|snapshot| {
-        snapshot.last_error = Some(error);
-        to.probe.failed();
-        to.probe.shows(snapshot);
-    });
-}
-
-/// Clears a published failure once the backend answers again, even if no
-/// instance changed meanwhile.
-#[cfg(feature = "etcd")]
-pub(crate) fn publish_recovered(to: &Publisher) {
-    to.tx.send_if_modified(|snapshot| {
-        let cleared = snapshot.last_error.take().is_some();
-        to.probe.confirmed();
-        to.probe.shows(snapshot);
-        cleared
-    });
-}
-
-/// Publishes a successful view the backend just sent; subscribers are
-/// woken only if the instances changed or an error was cleared.
-#[cfg(any(feature = "etcd", feature = "consul", test))]
-pub(crate) fn publish_instances(to: &Publisher, instances: Vec<Arc<crate::Instance>>) {
-    publish_view(to, instances, None, Cause::Backend);
-}
-
-/// Publishes `instances` with `failure` as the snapshot's error: the
-/// failure of a watch that runs beside the one that produced the set
-/// (Kubernetes: the Lease watch, whose failure leaves the slices followed),
-/// or `None` to clear any error. Subscribers are woken only if the
-/// instances or the error changed. A failing watch keeps one error until it
-/// recovers and may be published with every change meanwhile, so the
-/// failure is counted in the health entry when it is first published, not
-/// again for the same `Arc`. The set counts as confirmed by the backend
-/// only for [`Cause::Backend`]; the entry is updated before subscribers
-/// are woken.
-pub(crate) fn publish_view(
-    to: &Publisher,
-    instances: Vec<Arc<crate::Instance>>,
-    failure: Option<&Arc<Error>>,
-    cause: Cause,
-) {
-    to.tx.send_if_modified(|snapshot| {
-        let mut next = ServiceSnapshot::new(instances, snapshot.generation + 1);
-        next.last_error = failure.cloned();
-        let same_error = match (&snapshot.last_error, &next.last_error) {
-            (None, None) => true,
-            (Some(shown), Some(new)) => Arc::ptr_eq(shown, new),
-            _ => false,
-        };
-        let changed =
-            snapshot.generation == 0 || !same_error || snapshot.instances != next.instances;
-        *snapshot = next;
-        if failure.is_some() && !same_error {
-            to.probe.failed();
-        }
-        if cause == Cause::Backend {
-            to.probe.confirmed();
-        }
-        to.probe.shows(snapshot);
-        changed
-    });
 }
 
 #[cfg(test)]
@@ -203,7 +212,7 @@ mod tests {
 
     /// A follower that publishes `port` and then keeps running.
     async fn serve(tx: Publisher, port: u16) {
-        publish_instances(&tx, instance(port));
+        tx.publish_instances(instance(port));
         std::future::pending::<()>().await;
     }
 
@@ -221,7 +230,7 @@ mod tests {
         let subscriptions = Subscriptions::new("test", RegistryHealth::new());
         let first = subscriptions
             .subscribe("svc", |tx: Publisher| async move {
-                publish_instances(&tx, instance(1));
+                tx.publish_instances(instance(1));
                 // Returns: the sender is dropped, the snapshot frozen.
             })
             .await
@@ -275,13 +284,13 @@ mod tests {
         let (step_tx, mut step_rx) = tokio::sync::mpsc::channel::<u8>(1);
         let watch = subscriptions
             .subscribe("svc", |tx: Publisher| async move {
-                publish_error(&tx, Error::Closed);
+                tx.publish_error(Error::Closed);
                 tx.watch_restarted();
-                publish_instances(&tx, instance(1));
+                tx.publish_instances(instance(1));
                 while let Some(step) = step_rx.recv().await {
                     match step {
-                        0 => publish_error(&tx, Error::Closed),
-                        _ => publish_instances(&tx, instance(2)),
+                        0 => tx.publish_error(Error::Closed),
+                        _ => tx.publish_instances(instance(2)),
                     }
                 }
             })
@@ -336,33 +345,18 @@ mod tests {
         let health = RegistryHealth::new();
         let (tx, mut rx) = watch::channel(ServiceSnapshot::default());
         let publisher = Publisher::new(tx, health.subscription("test", "svc"));
-        publish_instances(&publisher, instance(1));
+        publisher.publish_instances(instance(1));
         rx.borrow_and_update();
 
         let lease_watch_down = Arc::new(Error::Closed);
-        publish_view(
-            &publisher,
-            instance(1),
-            Some(&lease_watch_down),
-            Cause::Local,
-        );
+        publisher.publish_view(instance(1), Some(&lease_watch_down), Cause::Local);
         assert!(rx.has_changed().unwrap(), "the error is news");
         rx.borrow_and_update();
         // The same failure again, with the same set: no news, no new error.
-        publish_view(
-            &publisher,
-            instance(1),
-            Some(&lease_watch_down),
-            Cause::Local,
-        );
+        publisher.publish_view(instance(1), Some(&lease_watch_down), Cause::Local);
         assert!(!rx.has_changed().unwrap());
         // A change while it lasts: news, still the one failure.
-        publish_view(
-            &publisher,
-            instance(2),
-            Some(&lease_watch_down),
-            Cause::Backend,
-        );
+        publisher.publish_view(instance(2), Some(&lease_watch_down), Cause::Backend);
         assert!(rx.has_changed().unwrap());
         let shown = rx.borrow_and_update().clone();
         assert!(Arc::ptr_eq(
@@ -374,14 +368,9 @@ mod tests {
         assert!(failing.serving_stale);
 
         // Another failure (the restarted watch failed again): counted.
-        publish_view(
-            &publisher,
-            instance(2),
-            Some(&Arc::new(Error::Closed)),
-            Cause::Local,
-        );
+        publisher.publish_view(instance(2), Some(&Arc::new(Error::Closed)), Cause::Local);
         assert_eq!(listed(&health)[0].errors, 2);
-        publish_view(&publisher, instance(2), None, Cause::Backend);
+        publisher.publish_view(instance(2), None, Cause::Backend);
         assert!(rx.borrow_and_update().last_error.is_none());
         let recovered = &listed(&health)[0];
         assert!(!recovered.serving_stale);
