@@ -2,8 +2,9 @@
 //!
 //! Every backend is a [`Registry`] (register, keep alive, re-register after
 //! failures, deregister) and a [`Resolver`] (list, then watch for changes).
-//! Framework adapters turn a resolver into Volo's `Discover` (feature `volo`)
-//! or a tonic balanced channel (feature `tower`).
+//! Framework adapters turn a resolver into Volo's `Discover` (feature `volo`),
+//! a tower `Change` stream (feature `tower`) or a tonic balanced channel
+//! (feature `tonic`).
 //!
 //! | backend | feature | type |
 //! |---|---|---|
@@ -52,6 +53,8 @@ pub mod etcd;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 
+#[cfg(feature = "tonic")]
+pub mod tonic;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "volo")]

@@ -209,7 +209,7 @@ async fn volo_client_of(resolver: impl Resolver, service: &str) -> anyhow::Resul
 }
 
 async fn tonic_client_of(resolver: impl Resolver, service: &str) -> anyhow::Result<()> {
-    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, service).await?;
+    let channel = rpc_ext_registry::tonic::balanced_channel(&resolver, service).await?;
     let mut client = tonic_gen::echo_client::EchoClient::new(channel);
     for i in 1..=5 {
         let reply = client

@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         .discover(VoloDiscover::new(registry.clone()))
         .build();
     // tonic client: a channel balanced over whatever "echo-tonic" resolves to.
-    let channel = rpc_ext_registry::tower::balanced_channel(&registry, "echo-tonic").await?;
+    let channel = rpc_ext_registry::tonic::balanced_channel(&registry, "echo-tonic").await?;
     let mut tonic_client = tonic_gen::echo_client::EchoClient::new(
         ServiceBuilder::new()
             .layer(rpc_ext_tracing::tower::TracingLayer::client(&tracing))

@@ -267,7 +267,7 @@ async fn registry_with_volo() -> anyhow::Result<()> {
 /// README: rpc-ext-registry with tonic.
 #[cfg(feature = "etcd")]
 async fn registry_with_tonic() -> anyhow::Result<()> {
-    use rpc_ext_registry::{etcd::EtcdResolver, tower::balanced_channel};
+    use rpc_ext_registry::{etcd::EtcdResolver, tonic::balanced_channel};
 
     let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"])
         .build()

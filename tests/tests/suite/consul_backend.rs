@@ -211,7 +211,7 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
     let _registration = registry
         .register(Instance::new(&service, server_addr))
         .await?;
-    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, &service).await?;
+    let channel = rpc_ext_registry::tonic::balanced_channel(&resolver, &service).await?;
     let reply = tests::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
         let mut client = tonic_gen::echo_client::EchoClient::new(channel.clone());
         async move {

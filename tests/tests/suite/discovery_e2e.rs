@@ -150,7 +150,7 @@ async fn tonic_balanced_channel_follows_etcd_registrations() -> anyhow::Result<(
     for addr in &servers.addrs[..2] {
         registrations.push(registry.register(Instance::new("echo", *addr)).await?);
     }
-    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, "echo").await?;
+    let channel = rpc_ext_registry::tonic::balanced_channel(&resolver, "echo").await?;
     let client = tonic_gen::echo_client::EchoClient::new(channel);
     let served = |calls: usize| {
         let client = client.clone();

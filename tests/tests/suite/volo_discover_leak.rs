@@ -132,7 +132,7 @@ async fn dropping_a_balanced_channel_releases_its_task_and_etcd_watch() -> anyho
     let baseline_watchers = etcd_watchers(&etcd)?;
 
     let resolver = EtcdResolver::builder([etcd.endpoint()]).build().await?;
-    let channel = rpc_ext_registry::tower::balanced_channel(&resolver, "quiet").await?;
+    let channel = rpc_ext_registry::tonic::balanced_channel(&resolver, "quiet").await?;
     drop(resolver);
     eventually(RELEASE_DEADLINE, "the etcd watch to be open", || async {
         (etcd_watchers(&etcd).ok()? > baseline_watchers).then_some(())
