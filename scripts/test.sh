@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that checks everything: installs what a fresh machine lacks
-# (the real servers the tests start, etcd and Prometheus, and protoc with its
+# (the real servers the tests start, etcd, Prometheus and ZooKeeper, and protoc with its
 # well-known types for etcd-client's build script), then format, the README's run command as a
 # machine without protoc runs it, lints, every test, a build of the
 # benchmarks and a short fuzz run. CI runs exactly this (.ci/run).
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# ZooKeeper's server jar (the tests start its JVM directly; the package brings Java).
+[ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 # protoc's well-known types (google/protobuf/*.proto), which etcd's protos import.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
@@ -52,6 +54,14 @@ rm -f "$quickstart_log"
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+echo "==> rpc-ext-registry: feature tower pulls in no tonic (feature tonic does)"
+tree_of() { cargo tree -p rpc-ext-registry --features "$1" -e normal --prefix none; }
+if tree_of tower | grep -q '^tonic '; then
+  echo "rpc-ext-registry's feature tower depends on tonic" >&2
+  exit 1
+fi
+tree_of tonic | grep -q '^tonic ' || { echo "feature tonic lost tonic?" >&2; exit 1; }
 
 # The example binaries are started by the shutdown tests.
 echo "==> example binaries"

@@ -115,8 +115,17 @@ pub(crate) fn stable_hash(text: &str) -> u64 {
 /// Drawn from the standard library's randomly keyed hasher (the process-wide
 /// random seed, bumped per `RandomState`), mixed with the time, the process
 /// id and a counter, so that no extra random-number dependency is needed.
-#[cfg(any(feature = "consul", feature = "k8s"))]
-pub(crate) fn registration_id() -> String {
+///
+/// Public in [`kit`](crate::kit): a backend whose keeper deletes only what it
+/// wrote stores one in its entry.
+///
+/// ```
+/// let (a, b) = (rpc_ext_registry::kit::registration_id(), rpc_ext_registry::kit::registration_id());
+/// assert_eq!(a.len(), 32);
+/// assert_ne!(a, b);
+/// ```
+#[must_use]
+pub fn registration_id() -> String {
     use std::{
         hash::BuildHasher,
         sync::atomic::{AtomicU64, Ordering},

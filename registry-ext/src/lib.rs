@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | in-process | always | [`MemoryRegistry`] |
 //! | etcd v3 | `etcd` | `etcd::EtcdRegistry`, `etcd::EtcdResolver` |
+//! | ZooKeeper 3.6+ | `zookeeper` | `zookeeper::ZooKeeperRegistry`, `zookeeper::ZooKeeperResolver` |
 //! | Consul | `consul` | `consul::ConsulRegistry`, `consul::ConsulResolver` |
 //! | Kubernetes EndpointSlices | `k8s` | `k8s::K8sRegistry`, `k8s::K8sResolver` |
 //!
@@ -43,6 +44,8 @@ mod instance;
 mod memory;
 mod registry;
 mod resolver;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod stored_instance;
 
 pub mod kit;
 
@@ -52,6 +55,8 @@ pub mod consul;
 pub mod etcd;
 #[cfg(feature = "k8s")]
 pub mod k8s;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 #[cfg(feature = "tonic")]
 pub mod tonic;

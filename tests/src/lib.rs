@@ -3,7 +3,9 @@
 //! Every server runs on free loopback ports with its own temporary data
 //! directory, and is killed when its guard drops, so nothing outlives a test.
 
+pub mod backends;
 pub mod consul;
+pub mod directory_registry;
 mod etcd;
 pub mod k8s;
 pub mod otlp;
@@ -11,12 +13,16 @@ mod process;
 mod prometheus;
 pub mod proxy;
 mod traced_echo;
+mod zookeeper;
 
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::{free_port, free_ports, require_binary, ChildGuard};
 pub use prometheus::PrometheusServer;
 pub use proxy::FaultProxy;
 pub use traced_echo::{traced_tonic_echo, TonicEchoClient};
+pub use zookeeper::{
+    ZooKeeperEnsemble, ZooKeeperServer, ZOOKEEPER_MIN_SESSION_TIMEOUT, ZOOKEEPER_TICK,
+};
 
 use std::time::Duration;
 

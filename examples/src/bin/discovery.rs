@@ -1,8 +1,9 @@
 //! Servers that register themselves in a registry and clients that find
-//! them there, for Volo and for tonic, with etcd, Consul or Kubernetes.
+//! them there, for Volo and for tonic, with etcd, ZooKeeper, Consul or
+//! Kubernetes.
 //!
 //! Each backend is a feature of this package (etcd's client needs `protoc`
-//! at build time; Consul and Kubernetes do not):
+//! at build time; ZooKeeper, Consul and Kubernetes do not):
 //!
 //! ```text
 //! etcd &                                   # or: docker compose up -d etcd
@@ -13,14 +14,20 @@
 //! ```
 //!
 //! `ETCD_ENDPOINTS` (comma-separated, default `http://127.0.0.1:2379`) points
-//! at etcd; Consul is found through `CONSUL_HTTP_ADDR`, Kubernetes through
+//! at etcd; `ZOOKEEPER_CONNECT` (default `127.0.0.1:2181`, a `/chroot`
+//! suffix allowed) at ZooKeeper; Consul is found through `CONSUL_HTTP_ADDR`, Kubernetes through
 //! the in-cluster service account or `KUBECONFIG` (`K8S_NAMESPACE`, default
 //! `default`). Servers deregister on Ctrl-C or SIGTERM before they stop
 //! serving, then flush their spans.
 
 // Built without any backend, only the usage and feature messages remain.
 #![cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "k8s")),
+    not(any(
+        feature = "etcd",
+        feature = "zookeeper",
+        feature = "consul",
+        feature = "k8s"
+    )),
     allow(dead_code, unused_imports, unused_variables)
 )]
 
@@ -34,6 +41,8 @@ use rpc_ext_registry::consul::{ConsulRegistry, ConsulResolver};
 use rpc_ext_registry::etcd::{EtcdRegistry, EtcdResolver};
 #[cfg(feature = "k8s")]
 use rpc_ext_registry::k8s::{K8sRegistry, K8sResolver};
+#[cfg(feature = "zookeeper")]
+use rpc_ext_registry::zookeeper::{ZooKeeperRegistry, ZooKeeperResolver};
 use rpc_ext_registry::{volo::VoloDiscover, Instance, Registry, Resolver};
 use tokio::net::TcpListener;
 
@@ -55,13 +64,34 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:0".into())
         .parse()
         .context("the listen address must look like 127.0.0.1:50051")?;
-    const USAGE: &str = "usage: discovery etcd|consul|k8s \
+    const USAGE: &str = "usage: discovery etcd|zookeeper|consul|k8s \
         volo-server|tonic-server [listen-addr] | volo-client | tonic-client";
     match (backend.as_str(), command.as_str()) {
         #[cfg(feature = "etcd")]
         ("etcd", "volo-server" | "tonic-server") => {
             let registry = EtcdRegistry::builder(etcd_endpoints()).build().await?;
             serve(registry, listen, command == "volo-server").await
+        }
+        #[cfg(feature = "zookeeper")]
+        ("zookeeper", "volo-server" | "tonic-server") => {
+            let registry = ZooKeeperRegistry::builder(zookeeper_connect())
+                .build()
+                .await?;
+            serve(registry, listen, command == "volo-server").await
+        }
+        #[cfg(feature = "zookeeper")]
+        ("zookeeper", "volo-client") => {
+            let resolver = ZooKeeperResolver::builder(zookeeper_connect())
+                .build()
+                .await?;
+            volo_client_of(resolver, VOLO_SERVICE).await
+        }
+        #[cfg(feature = "zookeeper")]
+        ("zookeeper", "tonic-client") => {
+            let resolver = ZooKeeperResolver::builder(zookeeper_connect())
+                .build()
+                .await?;
+            tonic_client_of(resolver, TONIC_SERVICE).await
         }
         #[cfg(feature = "consul")]
         ("consul", "volo-server" | "tonic-server") => {
@@ -104,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             let target = format!("k8s://{TONIC_SERVICE}.{}:grpc", k8s_namespace());
             tonic_client_of(K8sResolver::try_default().await?, &target).await
         }
-        (backend @ ("etcd" | "consul" | "k8s"), _) if !compiled_in(backend) => bail!(
+        (backend @ ("etcd" | "zookeeper" | "consul" | "k8s"), _) if !compiled_in(backend) => bail!(
             "this binary was built without the `{backend}` backend: \
              cargo run -p examples --features {backend} --bin discovery -- {backend} ..."
         ),
@@ -121,6 +151,11 @@ fn etcd_endpoints() -> Vec<String> {
         .collect()
 }
 
+#[cfg(feature = "zookeeper")]
+fn zookeeper_connect() -> String {
+    std::env::var("ZOOKEEPER_CONNECT").unwrap_or_else(|_| "127.0.0.1:2181".into())
+}
+
 #[cfg(feature = "k8s")]
 fn k8s_namespace() -> String {
     std::env::var("K8S_NAMESPACE").unwrap_or_else(|_| "default".into())
@@ -129,6 +164,7 @@ fn k8s_namespace() -> String {
 /// Whether the backend's feature was on when this binary was built.
 fn compiled_in(backend: &str) -> bool {
     (backend == "etcd" && cfg!(feature = "etcd"))
+        || (backend == "zookeeper" && cfg!(feature = "zookeeper"))
         || (backend == "consul" && cfg!(feature = "consul"))
         || (backend == "k8s" && cfg!(feature = "k8s"))
 }

@@ -9,7 +9,7 @@ use super::{api::Api, ConsulBuilder};
 use crate::{
     health::RegistryHealth,
     kit::{Backoff, Publisher, Subscriptions},
-    Error, Resolver, Result, ServiceWatch,
+    Resolver, Result, ServiceWatch,
 };
 
 /// Shortest time between two queries that saw the same index, so a proxy
@@ -150,12 +150,11 @@ impl Follower {
                 }
                 Err(error) => {
                     warn!(service = %self.service, %error, "Consul health query failed; keeping last known instances");
-                    if let Error::PermissionDenied { .. } = error {
-                        // Nothing about the data changes when a policy
-                        // does: ask again without blocking, so the set
-                        // comes back as soon as the token may read it.
-                        index = 0;
-                    }
+                    // Ask again without blocking: a blocking query on the
+                    // old index would hold the error until the service
+                    // changes or the whole wait ends, long after the agent
+                    // (or a policy letting the token read) is back.
+                    index = 0;
                     tx.publish_error(error);
                     tx.watch_restarted();
                     Some(backoff.next_delay())

@@ -156,4 +156,7 @@ mod subscriptions;
 pub use backoff::Backoff;
 pub use subscriptions::{Cause, Publisher, Subscriptions};
 
-pub use crate::registry::{Stop, StopSignal};
+pub use crate::{
+    instance::registration_id,
+    registry::{Stop, StopSignal},
+};

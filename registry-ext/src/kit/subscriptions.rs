@@ -113,6 +113,14 @@ impl Publisher {
         self.tx.is_closed()
     }
 
+    /// What subscribers see now: the last published set and error, for a
+    /// follower that holds a set on its own clock (a grace period after
+    /// the backend lost its data) or publishes it again with
+    /// [`Cause::Local`].
+    pub fn current(&self) -> ServiceSnapshot {
+        self.tx.borrow().clone()
+    }
+
     /// The follower starts its watch over (after a failure, or from
     /// scratch); counted in the subscription's health.
     pub fn watch_restarted(&self) {

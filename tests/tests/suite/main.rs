@@ -1,6 +1,7 @@
 //! Cross-crate integration tests: one binary, so the workspace links once.
 
 mod axum_routes;
+mod conformance;
 mod consul_backend;
 mod discovery_e2e;
 mod etcd_data_loss;
@@ -27,3 +28,4 @@ mod thrift_e2e;
 mod tracing_otlp;
 mod volo_discover_leak;
 mod volo_http;
+mod zookeeper_backend;
