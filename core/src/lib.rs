@@ -2,8 +2,8 @@
 //! `rpc-ext-tracing`, so that both speak of a call the same way: its
 //! [`RpcSystem`], the [`Side`] observing it, its [`GrpcCode`], its
 //! [`RouteTemplate`], the [`OTHER`] value for anything not known, the
-//! Thrift error kinds ([`thrift`]), and how it ended
-//! ([`CallEnd`]).
+//! Thrift error kinds ([`thrift`]), how it ended ([`CallEnd`]), and
+//! whether a service mesh carries it ([`mesh`]).
 //!
 //! A gRPC call's status arrives in the response headers (trailers-only
 //! responses) or in the trailers after the last message, so the outcome is
@@ -19,6 +19,7 @@ mod body;
 mod classify;
 mod future;
 mod grpc_code;
+pub mod mesh;
 mod route;
 pub mod semconv;
 mod side;
