@@ -63,7 +63,7 @@ impl Registration {
                 stop: Some(tx),
                 listing: None,
             },
-            StopSignal(rx),
+            StopSignal(Some(rx)),
         )
     }
 
@@ -90,21 +90,26 @@ impl Registration {
     }
 }
 
-/// Why a keeper task must stop: what [`StopSignal::wait`] returns.
+/// Why a keeper task must stop: what [`StopSignal::wait`] returns. Either
+/// [`Registration::deregister`] was called and waits for the outcome, or the
+/// handle was dropped and nobody waits.
 #[derive(Debug)]
-pub enum Stop {
-    /// `deregister` was called: report the outcome on the sender.
-    Requested(StopRequest),
-    /// The handle was dropped: deregister with nobody waiting.
-    Dropped,
+pub struct Stop {
+    waiting: Option<StopRequest>,
 }
 
 impl Stop {
+    /// Whether `deregister` was called (and waits for [`reply`](Self::reply)),
+    /// rather than the handle dropped.
+    pub fn is_requested(&self) -> bool {
+        self.waiting.is_some()
+    }
+
     /// Reports how deregistering went to a waiting
     /// [`Registration::deregister`]; nobody waits after a drop.
     pub fn reply(self, outcome: Result<()>) {
-        if let Stop::Requested(reply) = self {
-            let _ = reply.send(outcome);
+        if let Some(waiting) = self.waiting {
+            let _ = waiting.send(outcome);
         }
     }
 }
@@ -112,15 +117,54 @@ impl Stop {
 /// The keeper side of a [`Registration`]: the keeper task deregisters and
 /// returns once it resolves.
 #[derive(Debug)]
-pub struct StopSignal(oneshot::Receiver<StopRequest>);
+pub struct StopSignal(Option<oneshot::Receiver<StopRequest>>);
 
 impl StopSignal {
-    /// Resolves once the handle asks to stop. Cancel-safe; call it again only
-    /// if it has not resolved yet.
+    /// Resolves once the handle asks to stop (or is dropped). Cancel-safe,
+    /// so it can sit in a `select!` loop; once it has resolved, it never
+    /// resolves again.
     pub async fn wait(&mut self) -> Stop {
-        match (&mut self.0).await {
-            Ok(reply) => Stop::Requested(reply),
-            Err(_) => Stop::Dropped,
-        }
+        let Some(rx) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let waiting = rx.await.ok();
+        self.0 = None;
+        Stop { waiting }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_signal_resolves_once_then_never_again() {
+        let (registration, mut signal) =
+            Registration::new(Instance::new("echo", "10.0.0.7:80".parse().unwrap()));
+        drop(registration);
+        let stop = signal.wait().await;
+        assert!(!stop.is_requested(), "a drop is not a request");
+        stop.reply(Ok(()));
+        // Polled again after it resolved: pending, not a panic.
+        let again = tokio::time::timeout(Duration::from_millis(50), signal.wait()).await;
+        assert!(again.is_err());
+    }
+
+    #[tokio::test]
+    async fn deregister_gets_the_keepers_reply() {
+        let (registration, mut signal) =
+            Registration::new(Instance::new("echo", "10.0.0.7:80".parse().unwrap()));
+        let keeper = tokio::spawn(async move {
+            let stop = signal.wait().await;
+            assert!(stop.is_requested());
+            stop.reply(Err(crate::Error::Closed));
+        });
+        assert!(matches!(
+            registration.deregister().await,
+            Err(crate::Error::Closed)
+        ));
+        keeper.await.unwrap();
     }
 }

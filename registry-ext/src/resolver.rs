@@ -44,11 +44,8 @@ pub struct ServiceWatch {
 }
 
 impl ServiceWatch {
-    /// A watch of `service` on the snapshots `rx` receives. Backends built
-    /// on [`kit::Subscriptions`](crate::kit::Subscriptions) get theirs from
-    /// it; this is for a backend that keeps its own channel.
-    #[must_use]
-    pub fn new(service: &str, rx: watch::Receiver<ServiceSnapshot>) -> Self {
+    /// A watch of `service` on the snapshots `rx` receives.
+    pub(crate) fn new(service: &str, rx: watch::Receiver<ServiceSnapshot>) -> Self {
         Self {
             service: service.into(),
             rx,

@@ -16,12 +16,15 @@ const CHANGE_BUFFER: usize = 1024;
 /// step with the resolver. Endpoints are `http://<address>`; use
 /// [`balanced_channel_with`] to set TLS, timeouts or other endpoint options.
 ///
-/// ```no_run
-/// use rpc_ext_registry::{etcd::EtcdResolver, tonic::balanced_channel};
+/// ```
+/// use rpc_ext_registry::{tonic::balanced_channel, Instance, MemoryRegistry, Registry};
 ///
-/// # #[tokio::main] async fn main() -> rpc_ext_registry::Result<()> {
-/// let resolver = EtcdResolver::builder(["http://127.0.0.1:2379"]).build().await?;
-/// let channel = balanced_channel(&resolver, "echo").await?;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> rpc_ext_registry::Result<()> {
+/// let registry = MemoryRegistry::new(); // or an etcd, ZooKeeper, Consul, Kubernetes resolver
+/// let _server = registry
+///     .register(Instance::new("echo", "127.0.0.1:50051".parse().unwrap()))
+///     .await?;
+/// let channel = balanced_channel(&registry, "echo").await?;
 /// // let mut client = EchoClient::new(channel);
 /// # let _ = channel; Ok(()) }
 /// ```

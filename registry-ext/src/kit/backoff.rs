@@ -41,8 +41,8 @@ impl Backoff {
     /// The delay before the next attempt; each call doubles the next one.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base + base.mul_f64(jitter_fraction() * 0.2)
+        self.next = self.next.saturating_mul(2).min(self.max);
+        base.saturating_add(base.mul_f64(jitter_fraction() * 0.2))
     }
 }
 
@@ -80,5 +80,13 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(121));
+    }
+
+    #[test]
+    fn huge_delays_saturate_instead_of_panicking() {
+        let mut backoff = Backoff::new(Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            assert!(backoff.next_delay() >= Duration::MAX / 2);
+        }
     }
 }

@@ -13,7 +13,10 @@
 //! [`StopSignal`] for a *keeper* task the backend spawns: the keeper renews
 //! the entry, writes it again when the backend lost it (after a
 //! [`Backoff`]), and when [`StopSignal::wait`] returns, deletes the entry
-//! (only if it is still its own) and [replies](Stop::reply). The keeper
+//! and [replies](Stop::reply). Where other processes may write the same
+//! entry (a successor of a restarted instance), the keeper stores a
+//! [`registration_id`] in it and deletes only an entry that still holds
+//! its own; the example below has one writer per row, so it does not. The keeper
 //! records what it goes through on the
 //! [`RegistrationProbe`](crate::health::RegistrationProbe) that
 //! [`Registration::track`](crate::Registration::track) returns.
