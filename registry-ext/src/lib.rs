@@ -21,6 +21,11 @@
 //! A backend of your own, in your own crate, is built from [`kit`]: the
 //! same keeper, follower, backoff and health pieces the backends here use.
 //!
+//! Under a service mesh, [`mesh::MeshAware`] wraps any backend: in mesh mode
+//! (set, `RPC_EXT_MESH`, or Istio's sidecar detected) it registers nothing
+//! and resolves a service to its Kubernetes Service DNS name, which the
+//! sidecar routes; otherwise it is the backend.
+//!
 //! ```
 //! use rpc_ext_registry::{Instance, MemoryRegistry, Registry, Resolver};
 //!
@@ -48,6 +53,7 @@ mod resolver;
 mod stored_instance;
 
 pub mod kit;
+pub mod mesh;
 
 #[cfg(feature = "consul")]
 pub mod consul;

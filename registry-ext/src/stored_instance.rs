@@ -3,9 +3,10 @@
 //! the other keeps its entries readable, and one decoder for the fuzz
 //! targets to exercise.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::{Error, Instance};
 
@@ -21,6 +22,13 @@ struct StoredInstance {
     weight: u32,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// Who wrote the value, for a backend whose writers hand an entry over
+    /// to one another (ZooKeeper: the id of the registry that wrote it).
+    /// Left out when unset. Never read into an [`Instance`]: decoding
+    /// ignores it, as it ignores any field it does not know, so readers
+    /// that predate it read values carrying it.
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    owner: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -28,16 +36,40 @@ fn default_weight() -> u32 {
 }
 
 /// `{"version":1,"service":..,"address":..,"weight":..,"tags":{..}}`.
+#[cfg(feature = "etcd")]
 pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
+    encode_with_owner(instance, None)
+}
+
+/// The value of [`encode`] with `"owner":<owner>` added.
+#[cfg(feature = "zookeeper")]
+pub(crate) fn encode_owned(instance: &Instance, owner: &str) -> Vec<u8> {
+    encode_with_owner(instance, Some(owner.to_owned()))
+}
+
+fn encode_with_owner(instance: &Instance, owner: Option<String>) -> Vec<u8> {
     let stored = StoredInstance {
         version: VALUE_VERSION,
         service: instance.service.clone(),
         address: instance.address,
         weight: instance.weight,
         tags: instance.tags.clone(),
+        owner,
     };
     // A struct of strings, numbers and a string map always serializes.
     serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+/// The `owner` a stored value carries: `None` if it has none, or is not a
+/// JSON object with a string `owner` (junk, a value written by hand).
+#[cfg(feature = "zookeeper")]
+pub(crate) fn owner(value: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Owned {
+        #[serde(default)]
+        owner: Option<String>,
+    }
+    serde_json::from_slice::<Owned>(value).ok()?.owner
 }
 
 /// Decodes a stored value; `key` only names the value in the error.
@@ -68,6 +100,19 @@ pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Instance, Error> {
     })
 }
 
+/// Decodes a stored value read from `backend` (its key or path `key`),
+/// or warns and returns `None`: resolvers skip a malformed value and show
+/// the service's other instances.
+pub(crate) fn decode_or_warn(backend: &str, key: &str, value: &[u8]) -> Option<Arc<Instance>> {
+    match decode(key, value) {
+        Ok(instance) => Some(Arc::new(instance)),
+        Err(error) => {
+            warn!(backend, %error, "skipping malformed stored instance");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,7 +122,7 @@ mod tests {
         let instance = Instance::new("echo", "10.0.0.7:8080".parse().unwrap())
             .with_weight(3)
             .with_tag("zone", "a");
-        let value = encode(&instance);
+        let value = encode_with_owner(&instance, None);
         assert_eq!(
             decode("/registry-ext/echo/10.0.0.7:8080", &value).unwrap(),
             instance
@@ -98,6 +143,30 @@ mod tests {
         for value in cases {
             assert!(matches!(decode("k", value), Err(Error::Decode { .. })));
         }
+    }
+
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn an_owner_is_written_read_back_and_ignored_by_decoding() {
+        let instance = Instance::new("echo", "10.0.0.7:8080".parse().unwrap());
+        let value = encode_owned(&instance, "registry-a");
+        assert_eq!(owner(&value).as_deref(), Some("registry-a"));
+        assert_eq!(decode("k", &value).unwrap(), instance);
+        // Any owner, or none, decodes the same: readers never fail on it.
+        let odd = br#"{"version":1,"service":"echo","address":"10.0.0.7:8080","owner":{"x":1}}"#;
+        assert_eq!(decode("k", odd).unwrap(), instance);
+        assert_eq!(owner(odd), None);
+        for unowned in [&b"not json"[..], b"[1]", b"{}", br#"{"owner":null}"#] {
+            assert_eq!(owner(unowned), None, "{unowned:?}");
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn values_without_an_owner_leave_the_field_out() {
+        let value = encode(&Instance::new("echo", "10.0.0.7:8080".parse().unwrap()));
+        let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert!(json.get("owner").is_none(), "{json}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod otlp;
 mod process;
 mod prometheus;
 pub mod proxy;
+pub mod sidecar;
 mod traced_echo;
 mod zookeeper;
 
@@ -19,6 +20,7 @@ pub use etcd::{EtcdCluster, EtcdServer};
 pub use process::{free_port, free_ports, require_binary, ChildGuard};
 pub use prometheus::PrometheusServer;
 pub use proxy::FaultProxy;
+pub use sidecar::Sidecar;
 pub use traced_echo::{traced_tonic_echo, TonicEchoClient};
 pub use zookeeper::{
     ZooKeeperEnsemble, ZooKeeperServer, ZOOKEEPER_MIN_SESSION_TIMEOUT, ZOOKEEPER_TICK,

@@ -13,7 +13,7 @@ use crate::{
     attributes::{self, Attributes},
     grpc_code_is_error, http_status_is_error, intern,
     methods::MethodSet,
-    recent, GrpcCode, Outcome, RpcSystem, Side,
+    recent, GrpcCode, Outcome, RequestId, RpcSystem, Side,
 };
 
 /// A call being traced: its context (to run the call in) and, if traced,
@@ -139,6 +139,14 @@ impl ActiveCall {
             attr::HTTP_ROUTE,
             StringValue::from(names.service.clone()),
         ));
+    }
+
+    /// Records the `x-request-id` a server call came in with on its span
+    /// (a recording span only: an unsampled call records nothing).
+    pub(crate) fn record_request_id(&self, id: &RequestId) {
+        if self.traced && self.recording {
+            attributes::request_id(&mut self.cx.span(), id, self.system, self.conventions);
+        }
     }
 
     /// Ends the span with the call's outcome.

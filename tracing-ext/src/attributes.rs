@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use opentelemetry::{KeyValue, StringValue};
 use rpc_ext_core::semconv::{attr, old_attr, Conventions, OTHER};
 
-use crate::{address, info::Host, recent, recent::CallNames, CallInfo, RpcSystem, Side};
+use crate::{
+    address, info::Host, recent, recent::CallNames, semconv, CallInfo, RequestId, RpcSystem, Side,
+};
 
 /// Room for a span's attributes: those of a gRPC call in the current
 /// conventions (at most 7 at the start, status and error type at the end)
@@ -87,6 +89,36 @@ pub(crate) fn peer(attributes: &mut impl Attributes, addr: std::net::SocketAddr)
         attr::NETWORK_PEER_PORT,
         i64::from(addr.port()),
     ));
+}
+
+/// The `x-request-id` a server call came in with, under the name the
+/// conventions give a captured header (HTTP) or metadata key (RPC; gRPC
+/// only before v1.38, which had no name for Thrift's).
+pub(crate) fn request_id(
+    attributes: &mut impl Attributes,
+    id: &RequestId,
+    system: RpcSystem,
+    conventions: Conventions,
+) {
+    if system == RpcSystem::Http {
+        attributes.push(KeyValue::new(
+            semconv::HTTP_REQUEST_HEADER_X_REQUEST_ID,
+            id.attribute_value(),
+        ));
+        return;
+    }
+    if conventions.current() {
+        attributes.push(KeyValue::new(
+            semconv::RPC_REQUEST_METADATA_X_REQUEST_ID,
+            id.attribute_value(),
+        ));
+    }
+    if conventions.old() && system == RpcSystem::Grpc {
+        attributes.push(KeyValue::new(
+            semconv::RPC_GRPC_REQUEST_METADATA_X_REQUEST_ID,
+            id.attribute_value(),
+        ));
+    }
 }
 
 fn rpc(

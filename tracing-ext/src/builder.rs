@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use opentelemetry::{propagation::TextMapPropagator, trace::Tracer, KeyValue};
-use rpc_ext_core::semconv::Conventions;
+use rpc_ext_core::{
+    mesh::{Mesh, MeshMode},
+    semconv::Conventions,
+};
 
 use crate::{
     call::{CallFilter, CallTracer, ExtraAttributes, Inner, SpanNameFormatter},
@@ -26,6 +29,8 @@ pub struct RpcTracingBuilder {
     max_methods: usize,
     trace_health_checks: bool,
     skip_http_routes: Vec<Box<str>>,
+    mesh: MeshMode,
+    forward_request_id: Option<bool>,
 }
 
 impl std::fmt::Debug for RpcTracingBuilder {
@@ -34,6 +39,8 @@ impl std::fmt::Debug for RpcTracingBuilder {
             .field("conventions", &self.conventions)
             .field("max_methods", &self.max_methods)
             .field("trace_health_checks", &self.trace_health_checks)
+            .field("mesh", &self.mesh)
+            .field("forward_request_id", &self.forward_request_id)
             .finish_non_exhaustive()
     }
 }
@@ -42,7 +49,8 @@ impl RpcTracing {
     /// Starts a builder: global tracer provider, propagators from
     /// `OTEL_PROPAGATORS` (default W3C trace context + baggage), the
     /// conventions `OTEL_SEMCONV_STABILITY_OPT_IN` asks for (default the
-    /// current ones), gRPC health checks left out.
+    /// current ones), gRPC health checks left out, `x-request-id`
+    /// forwarded in mesh mode only.
     pub fn builder() -> RpcTracingBuilder {
         RpcTracingBuilder {
             tracer: None,
@@ -57,6 +65,8 @@ impl RpcTracing {
             max_methods: DEFAULT_MAX_METHODS,
             trace_health_checks: false,
             skip_http_routes: Vec::new(),
+            mesh: MeshMode::Auto,
+            forward_request_id: None,
         }
     }
 }
@@ -228,8 +238,67 @@ impl RpcTracingBuilder {
         self
     }
 
+    /// Whether the service runs in a service mesh (Istio's Envoy sidecars),
+    /// instead of the rule of [`rpc_ext_core::mesh`] (`RPC_EXT_MESH`, else
+    /// Istio's sidecar annotation): decided once, when
+    /// [`build`](Self::build) runs, which logs one line at `info` when
+    /// mesh mode is on. In mesh mode `x-request-id` is forwarded unless
+    /// [`forward_request_id`](Self::forward_request_id) says otherwise.
+    ///
+    /// ```
+    /// use rpc_ext_tracing::{MeshMode, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().mesh(MeshMode::On).build();
+    /// # let _ = tracing;
+    /// ```
+    pub fn mesh(mut self, mode: MeshMode) -> Self {
+        self.mesh = mode;
+        self
+    }
+
+    /// Carries the `x-request-id` a server call came in with to every call
+    /// made while serving it (default: exactly when mesh mode is on, see
+    /// [`mesh`](Self::mesh)): the server layers put a valid inbound id
+    /// (1 to [`MAX_REQUEST_ID_LEN`](crate::MAX_REQUEST_ID_LEN) bytes of
+    /// visible ASCII; anything else is ignored) in the call's context as a
+    /// [`RequestId`](crate::RequestId), the client layers write it on
+    /// outbound requests that do not carry one already, and the server
+    /// span records it (`http.request.header.x-request-id`, or
+    /// `rpc.request.metadata.x-request-id` on RPC spans). Envoy sidecars
+    /// join a request's logs and traces by this id, but only if the
+    /// application forwards it.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use rpc_ext_tracing::{CallInfo, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().forward_request_id(true).build();
+    /// let inbound = HashMap::from([("x-request-id".to_string(), "abc-123".to_string())]);
+    /// let server = tracing.start_server(&CallInfo::grpc("/echo.Echo/Say"), &inbound);
+    /// let outbound = futures_executor::block_on(server.run(async {
+    ///     // A client layer inside the handler:
+    ///     let mut headers = HashMap::new();
+    ///     let _client = tracing.start_client(&CallInfo::grpc("/echo.Backend/Get"), &mut headers);
+    ///     headers
+    /// }));
+    /// assert_eq!(outbound["x-request-id"], "abc-123");
+    /// ```
+    pub fn forward_request_id(mut self, forward: bool) -> Self {
+        self.forward_request_id = Some(forward);
+        self
+    }
+
     /// Finishes the configuration.
     pub fn build(self) -> RpcTracing {
+        let mesh = Mesh::resolve(self.mesh);
+        let forward_request_id = self.forward_request_id.unwrap_or(mesh.enabled);
+        if mesh.enabled {
+            tracing::info!(
+                reason = mesh.reason,
+                forward_request_id,
+                "rpc-ext-tracing in mesh mode"
+            );
+        }
         RpcTracing {
             inner: Arc::new(Inner {
                 tracer: self.tracer.unwrap_or_else(|| {
@@ -248,6 +317,7 @@ impl RpcTracingBuilder {
                 methods: Arc::new(MethodSet::new(self.recognized_methods, self.max_methods)),
                 trace_health_checks: self.trace_health_checks,
                 skip_http_routes: self.skip_http_routes.into_boxed_slice(),
+                forward_request_id,
             }),
         }
     }

@@ -16,7 +16,9 @@ use crate::{
     active::{ActiveCall, Pending},
     attributes::{self, Method},
     methods::MethodSet,
-    recent, CallInfo, RpcSystem, Side,
+    recent,
+    request_id::{RequestId, X_REQUEST_ID},
+    CallInfo, RpcSystem, Side,
 };
 
 /// Formats span names from call info, instead of the conventional names
@@ -67,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) methods: Arc<MethodSet>,
     pub(crate) trace_health_checks: bool,
     pub(crate) skip_http_routes: Box<[Box<str>]>,
+    /// Carry the inbound `x-request-id` to the calls made inside a call.
+    pub(crate) forward_request_id: bool,
 }
 
 impl std::fmt::Debug for RpcTracing {
@@ -77,6 +81,7 @@ impl std::fmt::Debug for RpcTracing {
             .field("tracing_span", &self.inner.tracing_span)
             .field("trace_health_checks", &self.inner.trace_health_checks)
             .field("skip_http_routes", &self.inner.skip_http_routes)
+            .field("forward_request_id", &self.inner.forward_request_id)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +113,11 @@ impl RpcTracing {
     /// the call ends ([`ActiveCall::finish`] with the gRPC status), the
     /// method itself if the status says the server served it, else
     /// `_OTHER` with the name in `rpc.method_original`.
+    ///
+    /// With
+    /// [`forward_request_id`](crate::RpcTracingBuilder::forward_request_id)
+    /// on, a valid `x-request-id` in `carrier` goes in the call's context
+    /// as a [`RequestId`], for the calls made inside it, and on its span.
     pub fn start_server(&self, info: &CallInfo<'_>, carrier: &dyn Extractor) -> ActiveCall {
         let recognition = match info.system {
             RpcSystem::Grpc => Recognition::AtEnd,
@@ -127,16 +137,35 @@ impl RpcTracing {
             .inner
             .propagator
             .extract_with_context(&Context::new(), carrier);
+        // Forwarding off, or no valid id: the same path as without the
+        // option, with no id to hold or drop.
+        if self.inner.forward_request_id {
+            if let Some(id) = carrier.get(X_REQUEST_ID).and_then(RequestId::parse) {
+                let parent = parent.with_value(id.clone());
+                let call = self.start(info, parent, Side::Server, recognition);
+                call.record_request_id(&id);
+                return call;
+            }
+        }
         self.start(info, parent, Side::Server, recognition)
     }
 
     /// Starts the client span of a call as a child of the current context,
-    /// and writes that span's context into `carrier` for the server.
+    /// and writes that span's context into `carrier` for the server. With
+    /// [`forward_request_id`](crate::RpcTracingBuilder::forward_request_id)
+    /// on, the current context's [`RequestId`] goes in `carrier` too, as
+    /// `x-request-id` (this crate's carriers keep one the request already
+    /// has).
     pub fn start_client(&self, info: &CallInfo<'_>, carrier: &mut dyn Injector) -> ActiveCall {
         let call = self.start(info, Context::current(), Side::Client, Recognition::Trusted);
         self.inner
             .propagator
             .inject_context(call.context(), carrier);
+        if self.inner.forward_request_id {
+            if let Some(id) = call.context().get::<RequestId>() {
+                carrier.set(X_REQUEST_ID, id.as_str().to_owned());
+            }
+        }
         call
     }
 

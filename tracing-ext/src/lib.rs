@@ -21,6 +21,9 @@
 //! - W3C `traceparent`/`tracestate` and baggage carried in gRPC metadata and
 //!   HTTP headers (and B3 with feature `b3`); junk or oversize headers start
 //!   a new trace, never an error.
+//! - In mesh mode (or by option), the `x-request-id` a server call came in
+//!   with is forwarded on every call made while serving it
+//!   ([`RpcTracingBuilder::forward_request_id`], [`RequestId`]).
 //! - Each call also runs in a `tracing` span with `trace_id` and `span_id`
 //!   fields, so log lines inside a call carry them.
 //! - [`otlp::OtlpTracing`] (feature `otlp`) sets up OTLP export in one call.
@@ -52,6 +55,9 @@ mod outcome;
 mod processor;
 mod propagation;
 mod recent;
+mod request_id;
+#[cfg(test)]
+mod request_id_tests;
 mod scope;
 pub mod semconv;
 #[cfg(test)]
@@ -79,5 +85,7 @@ pub use propagation::{
     propagator_from_env, HeaderExtractor, HeaderInjector, W3cPropagator, MAX_BAGGAGE_LEN,
     MAX_OTHER_LEN, MAX_TRACEPARENT_LEN, MAX_TRACESTATE_LEN, OTEL_PROPAGATORS,
 };
+pub use request_id::{RequestId, MAX_REQUEST_ID_LEN, X_REQUEST_ID};
+pub use rpc_ext_core::mesh::MeshMode;
 pub use scope::{CallScope, InCall};
 pub use semconv::{GrpcCode, RpcSystem, Side, OTHER};

@@ -102,6 +102,7 @@ impl Extractor for RequestHeaders<'_> {
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::X_REQUEST_ID);
 
 /// The W3C fields, pre-parsed: parsing a `HeaderName` from `&str` costs more
 /// than the lookup itself, on every request.
@@ -120,7 +121,8 @@ fn w3c_index(key: &str) -> Option<usize> {
 }
 
 /// Writes propagation fields into HTTP headers; a field that is not a valid
-/// header is skipped.
+/// header is skipped. An `x-request-id` the headers already hold is kept:
+/// it is the one the caller chose for this request.
 #[derive(Debug)]
 pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
@@ -128,6 +130,12 @@ impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         let name = match w3c_name(key) {
             Some(name) => name.clone(),
+            None if key == X_REQUEST_ID.as_str() => {
+                if self.0.contains_key(&X_REQUEST_ID) {
+                    return;
+                }
+                X_REQUEST_ID
+            }
             None => match HeaderName::from_bytes(key.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,

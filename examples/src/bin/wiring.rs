@@ -216,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("etcd") {
         registry_with_volo().await?;
         registry_with_tonic().await?;
+        registry_in_mesh_mode().await?;
     }
     Ok(())
 }
@@ -274,6 +275,40 @@ async fn registry_with_tonic() -> anyhow::Result<()> {
         .await?;
     let channel = balanced_channel(&resolver, "echo").await?; // a tonic Channel over the live set
     let client = EchoClient::new(channel);
+    let _ = client;
+    Ok(())
+}
+
+/// README: Mesh mode.
+#[cfg(feature = "etcd")]
+async fn registry_in_mesh_mode() -> anyhow::Result<()> {
+    use rpc_ext_registry::{
+        etcd::{EtcdRegistry, EtcdResolver},
+        volo::VoloDiscover,
+        Instance, Registry,
+    };
+    let etcd_registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
+        .build()
+        .await?;
+    let etcd_resolver = EtcdResolver::builder(["http://127.0.0.1:2379"])
+        .build()
+        .await?;
+
+    use rpc_ext_registry::mesh::{MeshAware, MeshMode};
+
+    // MeshMode::Auto (the default): on in a pod with Istio's sidecar, or with RPC_EXT_MESH=on
+    let registry = MeshAware::builder(etcd_registry)
+        .mode(MeshMode::Auto)
+        .build(); // in mesh mode register() writes nothing
+    let registration = registry
+        .register(Instance::new("echo", "0.0.0.0:50051".parse()?))
+        .await?;
+    // in mesh mode "echo" resolves to echo.<namespace>.svc.cluster.local:50051
+    let resolver = MeshAware::builder(etcd_resolver).port(50051).build();
+    let client = EchoClientBuilder::new("echo")
+        .discover(VoloDiscover::new(resolver))
+        .build();
+    registration.deregister().await?;
     let _ = client;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The JSON value stored under each instance key (the layout the ZooKeeper
 //! backend stores too: both encode with `crate::stored_instance`).
 
-use crate::{Error, Instance};
+use crate::Instance;
 
 /// The value layout version written by this crate.
 pub const VALUE_VERSION: u32 = crate::stored_instance::VALUE_VERSION;
@@ -23,7 +23,9 @@ pub fn encode_instance(instance: &Instance) -> Vec<u8> {
 
 /// Decodes a stored value; `key` only names the value in the error.
 ///
-/// Reachable from outside the crate only with the `fuzzing` feature.
-pub fn decode_instance(key: &str, value: &[u8]) -> Result<Instance, Error> {
+/// Only with the `fuzzing` feature: the resolver decodes through the same
+/// `crate::stored_instance::decode`.
+#[cfg(feature = "fuzzing")]
+pub fn decode_instance(key: &str, value: &[u8]) -> Result<Instance, crate::Error> {
     crate::stored_instance::decode(key, value)
 }

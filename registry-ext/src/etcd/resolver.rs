@@ -7,7 +7,7 @@ use etcd_client::{Client, GetOptions, WatchOptions};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{codec::decode_instance, service_prefix, with_retry, EtcdBuilder};
+use super::{service_prefix, with_retry, EtcdBuilder};
 use crate::{
     health::RegistryHealth,
     kit::{Backoff, Publisher, Subscriptions},
@@ -330,8 +330,7 @@ impl ServiceFollower {
             .kvs()
             .iter()
             .filter_map(|kv| {
-                self.decode(kv.key(), kv.value())
-                    .map(|instance| (kv.key().to_vec(), instance))
+                decode(kv.key(), kv.value()).map(|instance| (kv.key().to_vec(), instance))
             })
             .collect();
         let (cluster_id, revision) = response
@@ -364,7 +363,7 @@ impl ServiceFollower {
             self.last_revision = self.revision.max(self.last_revision);
             // Read the raw type: etcd_client's accessor panics on unknown values.
             match event.0.r#type {
-                PUT => match self.decode(kv.key(), kv.value()) {
+                PUT => match decode(kv.key(), kv.value()) {
                     Some(instance) => {
                         let previous = self.instances.insert(kv.key().to_vec(), instance.clone());
                         changed |= previous.as_deref() != Some(&*instance);
@@ -379,17 +378,6 @@ impl ServiceFollower {
             }
         }
         changed
-    }
-
-    fn decode(&self, key: &[u8], value: &[u8]) -> Option<Arc<Instance>> {
-        let key = String::from_utf8_lossy(key);
-        match decode_instance(&key, value) {
-            Ok(instance) => Some(Arc::new(instance)),
-            Err(error) => {
-                warn!(%error, "skipping malformed etcd value");
-                None
-            }
-        }
     }
 
     /// Forgets the store followed so far (it lost its data or was
@@ -426,6 +414,12 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// An etcd key's value as an instance, or `None` (with a warning) if it
+/// does not decode.
+fn decode(key: &[u8], value: &[u8]) -> Option<Arc<Instance>> {
+    crate::stored_instance::decode_or_warn(super::BACKEND, &String::from_utf8_lossy(key), value)
 }
 
 #[cfg(test)]

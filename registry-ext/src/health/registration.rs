@@ -27,7 +27,11 @@ pub enum RegistrationState {
     /// Consul agent forgot the service, Kubernetes EndpointSlice deleted or
     /// Lease unrenewed for its duration) and the keeper is writing it again,
     /// retrying with backoff until it succeeds or the handle is dropped.
-    /// Resolvers may not see the instance meanwhile.
+    /// Resolvers may not see the instance meanwhile. A ZooKeeper
+    /// registration that handed its node over to a successor process's
+    /// registration of the same address is in this state too, until its
+    /// handle goes: the backend holds the successor's, and this keeper no
+    /// longer writes it.
     Reregistering,
 }
 

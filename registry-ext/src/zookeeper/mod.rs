@@ -5,12 +5,14 @@
 //! Each instance is one ephemeral znode, owned by the registry's session:
 //!
 //! ```text
-//! <prefix>/<service>/<ip>:<port>  =>  {"version":1,"service":"echo","address":"10.0.0.7:8080","weight":10,"tags":{}}
+//! <prefix>/<service>/<ip>:<port>  =>  {"version":1,"service":"echo","address":"10.0.0.7:8080","weight":10,"tags":{},"owner":"<32 hex digits>"}
 //! ```
 //!
 //! The default prefix is [`DEFAULT_PREFIX`], the etcd backend's, and the
-//! value is the JSON the etcd backend stores. The prefix and service nodes
-//! are persistent nodes, created as needed and never deleted. A value that
+//! value is the JSON the etcd backend stores, plus `owner`: the id of the
+//! registry that wrote it (see [`ZooKeeperRegistry`]'s ownership rules),
+//! which resolvers ignore. The prefix and service nodes are persistent
+//! nodes, created as needed and never deleted. A value that
 //! does not decode is skipped with a warning by the resolver.
 //!
 //! # Sessions
@@ -71,6 +73,7 @@ mod path;
 mod registry;
 mod resolver;
 mod session;
+mod writers;
 
 pub use builder::{ZooKeeperBuilder, DEFAULT_PREFIX, DEFAULT_SESSION_TIMEOUT};
 pub use registry::ZooKeeperRegistry;

@@ -2,20 +2,19 @@
 //! the registry's session.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
-use tokio::sync::Mutex;
 use tracing::info;
 use zookeeper_client as zk;
 
 use super::{
-    keeper::{Claim, Node, Writer},
+    keeper::{Claim, Node},
     path::{check_service, instance_path, service_path},
     session::SessionSource,
+    writers::Writers,
     ZooKeeperBuilder, BACKEND,
 };
 use crate::{advertise_address, health::RegistryHealth, Instance, Registration, Registry, Result};
@@ -37,16 +36,23 @@ use crate::{advertise_address, health::RegistryHealth, Instance, Registration, R
 /// No registry deletes a node that another session owns. The newest
 /// registration of an address takes it over:
 ///
+/// Each value names the registry that wrote it: an `"owner"` field with a
+/// random id drawn when the registry is built, which resolvers ignore.
+///
 /// - Registered again in the same registry (with a new weight, say), the
 ///   new registration writes its value into the node; the older handle
-///   then leaves the node alone, also when it is dropped.
+///   then leaves the node alone, also when it is dropped. A value of this
+///   registry that is not the live registration's (a re-registration
+///   whose write failed after the server applied it) is written over.
 /// - Registered by another registry (a successor process) while this
 ///   one's session owns the node, the successor writes its value into the
 ///   node, so resolvers see it at once, and waits. This registry's task,
-///   seeing a value it did not write, hands the node over: it deletes it
-///   (its own node) and leaves the address alone from then on. The
-///   successor creates its own node at once. Any client writing another
-///   value into a registration's node is taken for such a successor.
+///   seeing another registry's owner id, hands the node over: it deletes
+///   it (its own node) and leaves the address alone from then on. The
+///   successor creates its own node at once.
+/// - Rewritten with a value that names no owner (by hand, by another
+///   tool, or by a registry of a version that wrote none), the node gets
+///   the registration's value back, with a warning.
 /// - Found held by a session that no registry hands over (a crashed
 ///   process whose session has not expired yet, a node written by another
 ///   tool), the node gets this registration's value and stays; the
@@ -54,7 +60,11 @@ use crate::{advertise_address, health::RegistryHealth, Instance, Registration, R
 ///
 /// Deregistering deletes the node only if the registry's live session
 /// owns it, checked right before the delete, which carries the node's
-/// version.
+/// version. If the delete fails (no quorum, a request timed out while the
+/// client reconnected), `deregister` returns the error and the delete is
+/// retried in the background, with backoff, until the node is deleted or
+/// found gone or another's: the registry's session, which its other
+/// registrations keep alive, would otherwise keep the node.
 ///
 /// # Health
 ///
@@ -62,7 +72,10 @@ use crate::{advertise_address, health::RegistryHealth, Instance, Registration, R
 /// `Registered` while the registry's session owns the node,
 /// `Reregistering` from the moment the session expired or the node was
 /// found gone or held by another session, until the task owns it again.
-/// A reconnection to the same session and each check that finds the node
+/// A registration that handed its node over to another registry's stays
+/// `Reregistering` until its handle goes: ZooKeeper holds the address for
+/// that registration, and this one does not write it again. A
+/// reconnection to the same session and each check that finds the node
 /// its own count in `renewals_ok`; a lost connection and each failed
 /// attempt in `renewals_failed`.
 ///
@@ -91,11 +104,12 @@ pub(super) struct Shared {
     pub(super) max_backoff: Duration,
     advertise_ip: Option<IpAddr>,
     health: RegistryHealth,
-    /// Per node path, the registration that writes it: the newest of this
-    /// registry's registrations of the address. Held across each write so
-    /// that two registrations of one address never write in turn. One
-    /// entry per address this process registered.
-    pub(super) writers: Mutex<HashMap<String, Writer>>,
+    /// Stored in every value this registry writes (`"owner"`, a random
+    /// [`registration_id`](crate::kit::registration_id)): a value with
+    /// another owner in a node of this registry's session is a successor's.
+    pub(super) owner_id: String,
+    /// Per node path, the registration of this registry that writes it.
+    writers: Writers,
     next_generation: AtomicU64,
 }
 
@@ -124,7 +138,8 @@ impl ZooKeeperRegistry {
                 max_backoff: builder.max_backoff,
                 advertise_ip: builder.advertise_ip,
                 health: builder.health.unwrap_or_default(),
-                writers: Mutex::default(),
+                owner_id: crate::kit::registration_id(),
+                writers: Writers::default(),
                 next_generation: AtomicU64::new(0),
             }),
         })
@@ -150,48 +165,50 @@ impl Registry for ZooKeeperRegistry {
         instance.address = advertise_address(instance.address, self.shared.advertise_ip)?;
         instance.validate()?;
         check_service(&self.shared.prefix, &instance.service)?;
+        let shared = &self.shared;
+        let path = self.path_of(&instance);
         let node = Node {
-            path: self.path_of(&instance),
-            parent: service_path(&self.shared.prefix, &instance.service),
-            value: crate::stored_instance::encode(&instance),
-            generation: self
-                .shared
+            parent: service_path(&shared.prefix, &instance.service),
+            value: crate::stored_instance::encode_owned(&instance, &shared.owner_id),
+            generation: shared
                 .next_generation
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            slot: shared.writers.slot(&path),
+            path,
         };
-        let shared = &self.shared;
-        let previous = {
-            let mut writers = shared.writers.lock().await;
-            // What this registry last wrote there stays its own write: the
-            // new registration overwrites it rather than handing it over.
-            let version = writers.get(&node.path).and_then(|w| w.version);
-            writers.insert(
-                node.path.clone(),
-                Writer {
-                    generation: node.generation,
-                    version,
-                },
-            )
-        };
-        let claimed = match shared.sessions.client().await {
-            Ok(client) => shared
-                .claim(&client, &node)
-                .await
-                .map(|claim| (claim, client)),
-            Err(error) => Err(error),
-        };
-        let (claim, client) = match claimed {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                // The registration that wrote the address before keeps it.
-                shared.restore_writer(&node, previous).await;
-                return Err(error);
+        let (claim, client) = {
+            // Held across the write: two registrations of the address in
+            // this registry never write in turn.
+            let mut writer = node.slot.lock().await;
+            let previous = writer.replace(node.generation);
+            let written = match shared.sessions.client().await {
+                Ok(client) => shared
+                    .write(&client, &node)
+                    .await
+                    .map(|claim| (claim, client)),
+                Err(error) => Err(error),
+            };
+            match written {
+                Ok((claim, client)) => {
+                    if claim == Claim::HandedOver {
+                        *writer = None;
+                    }
+                    (claim, client)
+                }
+                Err(error) => {
+                    // The registration that wrote the address before keeps
+                    // it: a value of this one that the server applied all
+                    // the same carries this registry's owner id, which that
+                    // registration writes over rather than hands over to.
+                    *writer = previous;
+                    return Err(error);
+                }
             }
         };
         let (mut registration, stop) = Registration::new(instance);
         let probe = registration.track(BACKEND, &shared.health);
         let owner = match claim {
-            Claim::Created | Claim::Ours => {
+            Claim::Created(_) | Claim::Ours(_) => {
                 info!(path = %node.path, session = %client.session_id(), "registered in ZooKeeper");
                 Some(client.session_id().0)
             }
@@ -204,8 +221,12 @@ impl Registry for ZooKeeperRegistry {
                 probe.lost();
                 None
             }
-            // Only a registration made since, which then holds the address.
+            // Not an outcome of `write`: the path's lock was held.
             Claim::Superseded => None,
+            Claim::HandedOver => {
+                probe.lost();
+                None
+            }
         };
         tokio::spawn(shared.clone().keep(node, owner, stop, probe));
         Ok(registration)

@@ -69,14 +69,16 @@ impl DirectoryRegistryBuilder {
 
     /// How often a resolver lists each followed service (default
     /// [`DEFAULT_POLL_INTERVAL`]): changes reach subscribers within it.
-    /// After a failed poll, retries back off from this up to eight times it.
+    /// After a failed poll, retries back off from this up to eight times it
+    /// (saturating at [`Duration::MAX`]).
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every;
         self
     }
 
     /// How old a file's heartbeat may be before resolvers leave the
-    /// instance out as a crashed process's (default three heartbeats).
+    /// instance out as a crashed process's (default three heartbeats,
+    /// saturating at [`Duration::MAX`]).
     /// Must exceed the heartbeat; the processes of one directory should
     /// agree on both.
     pub fn stale_after(mut self, age: Duration) -> Self {
@@ -117,7 +119,7 @@ impl DirectoryRegistryBuilder {
     /// [`Error::Config`] if the heartbeat or poll interval is zero,
     /// `max_files` is zero, or `stale_after` does not exceed the heartbeat.
     pub fn build(self) -> Result<DirectoryRegistry> {
-        let stale_after = self.stale_after.unwrap_or(self.heartbeat * 3);
+        let stale_after = self.stale_after.unwrap_or(self.heartbeat.saturating_mul(3));
         if self.heartbeat.is_zero() || self.poll_interval.is_zero() {
             return Err(Error::Config(
                 "directory registry: heartbeat and poll_interval must be above zero".to_owned(),
@@ -170,5 +172,14 @@ mod tests {
             .stale_after(Duration::from_secs(2))
             .build();
         assert!(matches!(stale_at_heartbeat, Err(Error::Config(_))));
+        // Three of the longest heartbeat saturate at the heartbeat itself:
+        // refused, not an overflow.
+        let longest = builder().heartbeat(Duration::MAX).build();
+        assert!(matches!(longest, Err(Error::Config(_))), "{longest:?}");
+        assert!(builder()
+            .heartbeat(Duration::MAX / 2)
+            .poll_interval(Duration::MAX)
+            .build()
+            .is_ok());
     }
 }

@@ -97,6 +97,10 @@ pub(super) fn is_instance_file(name: &str) -> bool {
 /// A file that is there but is not a record a reader can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Unusable {
+    /// Not a regular file: a directory, a FIFO, a device, a socket, or a
+    /// symbolic link (this backend writes none). Never opened: opening a
+    /// FIFO for reading blocks until a writer comes.
+    NotAFile,
     /// Larger than [`MAX_FILE_BYTES`].
     TooLarge,
     /// Not a record's JSON.
@@ -104,12 +108,31 @@ pub(super) enum Unusable {
 }
 
 /// Reads the record at `path`: `None` if there is no such file.
+///
+/// Only a regular file is opened. A special file swapped in between the
+/// check and the open (by someone with write access to the directory)
+/// could still block the open; the file opened is checked again, so it is
+/// never read.
 pub(super) fn read_record(path: &Path) -> io::Result<Option<Result<Record, Unusable>>> {
+    let absent = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(Some(Err(Unusable::NotAFile))),
+        Err(e) => return absent(e),
+    }
     let file = match fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return absent(e),
     };
+    if !file.metadata()?.is_file() {
+        return Ok(Some(Err(Unusable::NotAFile)));
+    }
     let mut bytes = Vec::new();
     // One byte past the cap tells a file at the cap from a larger one.
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
@@ -239,5 +262,39 @@ mod tests {
         assert!(read_record(&dir.path().join("gone.json"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn special_files_are_left_unopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("127.0.0.1_1.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let directory = dir.path().join("127.0.0.1_2.json");
+        fs::create_dir(&directory).unwrap();
+        let link = dir.path().join("127.0.0.1_3.json");
+        let target = dir.path().join("target.json");
+        fs::write(&target, b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        // On a thread: opening the FIFO would block it until a writer
+        // comes, which never happens.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let read = [fifo, directory, link].map(|path| read_record(&path).map_err(|e| e.kind()));
+            let _ = tx.send(read);
+        });
+        let read = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a special file blocked");
+        for outcome in read {
+            assert!(
+                matches!(outcome, Ok(Some(Err(Unusable::NotAFile)))),
+                "{outcome:?}"
+            );
+        }
     }
 }

@@ -29,9 +29,10 @@ const MAX_BACKOFF_POLLS: u32 = 8;
 /// Why a file in the service's directory was left out of the set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Skip {
-    /// It could not be read (permissions, a directory named `*.json`...).
+    /// It could not be read (permissions...).
     Unreadable(io::ErrorKind),
-    /// It is not a record (or too large to be one).
+    /// It is not a record (too large to be one, or not a regular file:
+    /// a directory or a FIFO named `*.json`...).
     Unusable(Unusable),
     /// Its record names another service, or an address nobody can dial.
     Misplaced,
@@ -61,7 +62,7 @@ impl Follower {
     /// Polls until every subscriber is gone.
     pub(super) async fn run(self, publisher: Publisher) {
         let poll = self.settings.poll_interval;
-        let mut backoff = Backoff::new(poll, poll * MAX_BACKOFF_POLLS);
+        let mut backoff = Backoff::new(poll, poll.saturating_mul(MAX_BACKOFF_POLLS));
         // What the last warning was about: the same skipped files are not
         // warned about again on every poll, only when that changes.
         let mut warned = None;

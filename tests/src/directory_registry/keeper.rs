@@ -97,6 +97,16 @@ impl Keeper {
     }
 
     /// One heartbeat: renews, restores, or stands by, and records it.
+    ///
+    /// The file is read, then this registration's record is renamed over
+    /// it: not one atomic compare-and-swap (a portable rename cannot
+    /// compare). A newer registration of the address that writes its file
+    /// between the read and the rename is overwritten; its next heartbeat
+    /// then finds this registration's live record and stands by, so this
+    /// older registration keeps the file until it stops (its
+    /// deregistration deletes its own file, and the newer one writes
+    /// its file again at its next heartbeat). The window is the time
+    /// between two system calls, against a registration made in it.
     async fn round(&mut self) -> Result<Round, DirectoryError> {
         self.record.heartbeat_unix_ms = files::unix_ms(SystemTime::now());
         let (root, dir, path, record, stale_after) = (

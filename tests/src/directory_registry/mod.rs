@@ -26,8 +26,11 @@
 //! behind, is written again (the registration's health counts the loss and
 //! the re-registration). A newer live registration of the same address
 //! owns the file: the older one leaves it alone, and writes its own only
-//! once that file vanishes or goes stale. Deregistering deletes the
-//! file only if it still holds the registration's own id.
+//! once that file vanishes or goes stale. (A heartbeat reads the file and
+//! then renames its record over it: a newer registration that writes the
+//! file between the two loses it to the older one until that one stops.)
+//! Deregistering deletes the file only if it still holds the
+//! registration's own id.
 //!
 //! # Resolving
 //!

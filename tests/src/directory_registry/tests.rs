@@ -312,3 +312,62 @@ async fn a_vanished_service_directory_is_data_loss_not_an_empty_service() {
         removed.elapsed()
     );
 }
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+#[tokio::test]
+async fn fifos_named_like_instance_files_block_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let registry = registry(root.path());
+    let _live = registry
+        .register(Instance::new("echo", ([127, 0, 0, 1], 1).into()))
+        .await
+        .unwrap();
+    let dir = root.path().join("echo");
+    let path = dir.join("127.0.0.1_1.json");
+    let owner = owner_at(&path).unwrap();
+    // A stray FIFO beside it, and one in place of the keeper's own file:
+    // opened for reading, either would block its reader for good.
+    mkfifo(&dir.join("127.0.0.1_2.json"));
+    fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+
+    let subscribed = tokio::time::timeout(DEADLINE, registry.subscribe("echo")).await;
+    let mut watch = subscribed.expect("the resolver's poll blocked").unwrap();
+    // The keeper writes its file again in place of the FIFO.
+    let replaced = tokio::time::timeout(DEADLINE, async {
+        while !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(replaced.is_ok(), "the keeper never replaced the FIFO");
+    assert_eq!(owner_at(&path), Some(owner));
+    until_ports(&mut watch, &[1]).await;
+}
+
+#[tokio::test]
+async fn the_longest_intervals_do_not_overflow() {
+    let root = tempfile::tempdir().unwrap();
+    write_foreign(root.path(), 30, Duration::ZERO);
+    let registry = DirectoryRegistry::builder(root.path())
+        .heartbeat(Duration::MAX / 2)
+        .poll_interval(Duration::MAX)
+        .build()
+        .unwrap();
+    let subscribed = tokio::time::timeout(DEADLINE, registry.subscribe("echo")).await;
+    let watch = subscribed.expect("no first poll").unwrap();
+    assert_eq!(ports(&watch), [30]);
+    let registration = registry
+        .register(Instance::new("echo", ([127, 0, 0, 1], 31).into()))
+        .await
+        .unwrap();
+    registration.deregister().await.unwrap();
+    assert!(!root.path().join("echo/127.0.0.1_31.json").exists());
+}

@@ -435,6 +435,14 @@ async fn a_node_another_session_owns_is_never_deleted() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(value["weight"], 7);
+    // The first registration records that ZooKeeper no longer holds it.
+    registration_where(&registry.health(), SEEN, "the handover recorded", |r| {
+        r.state == RegistrationState::Reregistering
+    })
+    .await?;
+    let successor_health = successor.health().snapshot().registrations;
+    assert_eq!(successor_health.len(), 1);
+    assert_eq!(successor_health[0].state, RegistrationState::Registered);
     registration.deregister().await?;
     assert_eq!(
         stored(&direct, &path).await?.map(|(o, _)| o),
@@ -443,6 +451,147 @@ async fn a_node_another_session_owns_is_never_deleted() -> anyhow::Result<()> {
     );
     taken.deregister().await?;
     assert_eq!(stored(&direct, &path).await?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_no_other_registry_wrote_is_written_back() -> anyhow::Result<()> {
+    let zookeeper = ZooKeeperServer::start().await?;
+    let cs = zookeeper.connect_string();
+    let registry = registry_builder(&cs).build().await?;
+    let direct = raw(&cs).await?;
+    let path = node_path("rewritten", 7801);
+    let registration = registry
+        .register(instance("rewritten", 7801).with_weight(3))
+        .await?;
+    let (session, value) = stored(&direct, &path).await?.expect("registered");
+    let owner_id = value["owner"].as_str().expect("an owner id").to_owned();
+    assert_eq!(owner_id.len(), 32, "{value}");
+
+    // A value of this registry that the live registration did not write:
+    // what a re-registration whose write timed out after the server
+    // applied it leaves behind. Then an edit by hand, with no owner.
+    let mut earlier = value.clone();
+    earlier["weight"] = 9.into();
+    let by_hand = br#"{"version":1,"service":"rewritten","address":"127.0.0.1:7801","weight":8}"#;
+    for rewrite in [serde_json::to_vec(&earlier)?, by_hand.to_vec()] {
+        direct.set_data(&path, &rewrite, None).await?;
+        let (owner, value) = eventually(SEEN, "the registration's value back", || async {
+            stored(&direct, &path)
+                .await
+                .ok()
+                .flatten()
+                .filter(|(_, value)| value["weight"] == 3)
+        })
+        .await?;
+        assert_eq!(
+            owner, session,
+            "the same node: neither deleted nor handed over"
+        );
+        assert_eq!(value["owner"], owner_id.as_str());
+    }
+    let health = registry.health().snapshot().registrations;
+    assert_eq!(health.len(), 1);
+    assert_eq!(
+        (health[0].state, health[0].reregistrations),
+        (RegistrationState::Registered, 0)
+    );
+    registration.deregister().await?;
+    assert_eq!(stored(&direct, &path).await?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deregistration_is_retried_until_the_node_is_gone() -> anyhow::Result<()> {
+    let zookeeper = ZooKeeperServer::start().await?;
+    let proxy = FaultProxy::start(zookeeper.client_address()).await?;
+    // The session outlives the cut by far; requests give up within it.
+    let registry = registry_builder(&through(&proxy))
+        .session_timeout(Duration::from_secs(30))
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .await?;
+    let direct = raw(&zookeeper.connect_string()).await?;
+    let (kept_path, leaving_path) = (node_path("retried", 7901), node_path("retried", 7902));
+    let _kept = registry.register(instance("retried", 7901)).await?;
+    let leaving = registry.register(instance("retried", 7902)).await?;
+    let (session, _) = stored(&direct, &kept_path).await?.expect("registered");
+
+    proxy.set_refusing(true);
+    let refused = leaving.deregister().await;
+    assert!(refused.is_err(), "deregistered while cut off: {refused:?}");
+    assert!(stored(&direct, &leaving_path).await?.is_some());
+
+    proxy.set_refusing(false);
+    let healed = Instant::now();
+    eventually(SEEN, "the node deleted by the retry", || async {
+        matches!(stored(&direct, &leaving_path).await, Ok(None)).then_some(())
+    })
+    .await?;
+    eprintln!(
+        "the node was deleted {:?} after the cut ended",
+        healed.elapsed()
+    );
+    assert_eq!(
+        stored(&direct, &kept_path).await?.map(|(owner, _)| owner),
+        Some(session),
+        "the session lived on: the other registration's node is still its"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_churning_service_is_read_in_batches() -> anyhow::Result<()> {
+    const NODES: u16 = 400;
+    let zookeeper = ZooKeeperServer::start().await?;
+    let proxy = FaultProxy::start(zookeeper.client_address()).await?;
+    let resolver = resolver_builder(&through(&proxy)).build().await?;
+    let direct = raw(&zookeeper.connect_string()).await?;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    direct
+        .mkdir("/registry-ext/churn/deeper/node", &persistent)
+        .await?;
+    let mut watch = resolver.subscribe("churn").await?;
+    settles_on(&mut watch, &[], SEEN).await?;
+
+    // Every round trip of the resolver now takes 100 ms at least: reading
+    // each node event's node on its own would take 3 × 400 × 100 ms =
+    // 120 s for the writes below.
+    proxy.set_delay(Duration::from_millis(50));
+    let ports: Vec<u16> = (20_001..=20_000 + NODES).collect();
+    let value = |port: u16, weight: u32| {
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1, "service": "churn", "address": addr(port), "weight": weight,
+        }))
+    };
+    let started = Instant::now();
+    for (round, weight) in [(0, 1), (1, 2), (2, 3)] {
+        for chunk in ports.chunks(100) {
+            let mut writes = direct.new_multi_writer();
+            for port in chunk {
+                let path = node_path("churn", *port);
+                if round == 0 {
+                    writes.add_create(&path, &value(*port, weight)?, &persistent)?;
+                } else {
+                    writes.add_set_data(&path, &value(*port, weight)?, None)?;
+                }
+                // Writes below the service's children: never read.
+                writes.add_set_data("/registry-ext/churn/deeper/node", b"x", None)?;
+            }
+            writes.commit().await?;
+        }
+    }
+    settles_on(&mut watch, &ports, RECOVERED).await?;
+    eventually(RECOVERED, "every instance at its last weight", || {
+        let last = watch.current().instances.iter().all(|i| i.weight == 3);
+        async move { last.then_some(()) }
+    })
+    .await?;
+    eprintln!(
+        "{} node events of {NODES} nodes shown {:?} after the first write",
+        3 * NODES,
+        started.elapsed()
+    );
     Ok(())
 }
 

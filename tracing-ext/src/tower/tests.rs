@@ -372,3 +372,64 @@ async fn a_client_can_name_its_target() {
     assert_attr(&span.attributes, "server.address", Some("echo-backend"));
     assert_attr(&span.attributes, "server.port", None);
 }
+
+/// A server whose handler makes one call through a client layer to a
+/// backend: the headers the backend received.
+async fn relayed_headers(tracing: &RpcTracing, inbound: http::Request<Body>) -> http::HeaderMap {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let sent = std::sync::Arc::clone(&received);
+    let backend =
+        TracingLayer::client(tracing).layer(service_fn(move |request: http::Request<Body>| {
+            *sent.lock().unwrap() = Some(request.headers().clone());
+            async { Ok::<_, Infallible>(http::Response::new(Body::default())) }
+        }));
+    let mut server =
+        TracingLayer::server(tracing).layer(service_fn(move |_: http::Request<Body>| {
+            let backend = backend.clone();
+            async move {
+                let request = http::Request::builder()
+                    .uri("http://backend/")
+                    .body(Body::default())
+                    .unwrap();
+                let response = backend.oneshot(request).await?;
+                response.into_body().collect().await.unwrap();
+                Ok::<_, Infallible>(http::Response::new(Body::default()))
+            }
+        }));
+    call(&mut server, inbound).await;
+    let headers = received.lock().unwrap().take();
+    headers.expect("the backend was called")
+}
+
+#[tokio::test]
+async fn a_server_forwards_its_request_id_to_the_calls_it_makes() {
+    let inbound = |id: &str| {
+        http::Request::builder()
+            .uri("http://frontend/users/7")
+            .header("traceparent", SAMPLED_PARENT)
+            .header("x-request-id", id)
+            .body(Body::default())
+            .unwrap()
+    };
+    let (on, _) = Recorded::tracing(|builder| {
+        builder
+            .mesh(rpc_ext_core::mesh::MeshMode::Off)
+            .forward_request_id(true)
+    });
+    let headers = relayed_headers(&on, inbound("abc-123")).await;
+    let ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["abc-123"]);
+    let traceparent = headers["traceparent"].to_str().unwrap();
+    assert_eq!(&traceparent[3..35], &SAMPLED_PARENT[3..35]);
+    let too_long = relayed_headers(&on, inbound(&"a".repeat(200))).await;
+    assert_eq!(too_long.get("x-request-id"), None);
+
+    let (off, _) = Recorded::tracing(|builder| {
+        builder
+            .mesh(rpc_ext_core::mesh::MeshMode::On)
+            .forward_request_id(false)
+    });
+    let headers = relayed_headers(&off, inbound("abc-123")).await;
+    assert_eq!(headers.get("x-request-id"), None);
+    assert!(headers.contains_key("traceparent"));
+}

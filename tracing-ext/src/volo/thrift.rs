@@ -15,6 +15,7 @@ use rpc_ext_core::{thrift::ThriftErrorKind, Side};
 
 use crate::{
     call::Recognition, propagation::limit, ActiveCall, CallInfo, Outcome, RpcSystem, RpcTracing,
+    X_REQUEST_ID,
 };
 
 /// Reads propagation fields from the upstream values of Volo's metainfo
@@ -38,12 +39,18 @@ impl Extractor for MetaInfoExtractor<'_> {
 }
 
 /// Writes propagation fields as transient metainfo values, which Volo sends
-/// to the next hop in the TTHeader.
+/// to the next hop in the TTHeader. An `x-request-id` the metainfo already
+/// holds (transient or persistent) is kept: the caller set it.
 #[derive(Debug)]
 pub struct MetaInfoInjector<'a>(pub &'a mut MetaInfo);
 
 impl Injector for MetaInfoInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if key == X_REQUEST_ID
+            && (self.0.get_transient(key).is_some() || self.0.get_persistent(key).is_some())
+        {
+            return;
+        }
         self.0.set_transient(key.to_owned(), value);
     }
 }
@@ -245,5 +252,45 @@ where
         }
         call.finish(&outcome);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metainfo::{Forward, MetaInfo};
+    use opentelemetry::propagation::Injector;
+
+    use super::MetaInfoInjector;
+
+    #[test]
+    fn an_id_the_caller_set_is_kept() {
+        let mut fresh = MetaInfo::new();
+        MetaInfoInjector(&mut fresh).set("x-request-id", "abc-123".into());
+        assert_eq!(
+            fresh.get_transient("x-request-id").as_deref(),
+            Some("abc-123")
+        );
+
+        let mut transient = MetaInfo::new();
+        transient.set_transient("x-request-id", "mine");
+        let mut persistent = MetaInfo::new();
+        persistent.set_persistent("x-request-id", "mine");
+        for metainfo in [&mut transient, &mut persistent] {
+            let mut injector = MetaInfoInjector(metainfo);
+            injector.set("x-request-id", "abc-123".into());
+            injector.set("traceparent", "00-01-02-01".into());
+            assert_eq!(
+                metainfo.get_transient("traceparent").as_deref(),
+                Some("00-01-02-01")
+            );
+            let sent: Vec<_> = [
+                metainfo.get_transient("x-request-id"),
+                metainfo.get_persistent("x-request-id"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            assert_eq!(sent, ["mine"]);
+        }
     }
 }
