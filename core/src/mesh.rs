@@ -30,6 +30,16 @@
 //!    so a process outside a mesh (no such file) is never taken for one.
 //!    Without the file, detection says off.
 //!
+//! Each builder that has a mesh mode (rpc-ext-registry's `MeshAware`,
+//! rpc-ext-tracing's `RpcTracingBuilder`, which then forwards
+//! `x-request-id`) applies this rule on its own, when it is built; there
+//! is no process-wide decision. With [`MESH_ENV`] or detection deciding,
+//! both read the same environment and file and so agree. An explicit
+//! option is different: `MeshMode::On` given to one builder does not set
+//! the other, which still follows the variable and detection. To switch a
+//! process by configuration, set [`MESH_ENV`] (or pass the same
+//! [`MeshMode`] to every builder).
+//!
 //! ```
 //! use rpc_ext_core::mesh::{Mesh, MeshMode};
 //!

@@ -1,8 +1,10 @@
 //! The instance type shared by every backend.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+
+use crate::Tags;
 
 /// Weight given to an instance when none is set.
 pub const DEFAULT_WEIGHT: u32 = 10;
@@ -15,9 +17,14 @@ pub const DEFAULT_WEIGHT: u32 = 10;
 /// let instance = Instance::new("echo", "127.0.0.1:8080".parse().unwrap())
 ///     .with_weight(20)
 ///     .with_tag("zone", "a");
+/// assert_eq!(&*instance.service, "echo");
 /// assert_eq!(instance.weight, 20);
-/// assert_eq!(instance.tags["zone"], "a");
+/// assert_eq!(instance.tags.get("zone"), Some("a"));
 /// ```
+///
+/// A resolver holds one per instance it shows, so the representation is
+/// compact: the service name is shared (the resolvers here give every
+/// instance of a service the same `Arc`), and [`Tags`] are packed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Instance {
     /// Logical service name (what clients resolve). Non-empty; each backend
@@ -25,8 +32,8 @@ pub struct Instance {
     /// [`Error::InvalidInstance`](crate::Error::InvalidInstance) before any
     /// request: etcd a `/` (it separates the key's parts), Consul an empty,
     /// `.` or `..` part between `/`s, Kubernetes anything but an RFC 1035
-    /// label.
-    pub service: String,
+    /// label. Shared: cloning it copies no text.
+    pub service: Arc<str>,
     /// Address clients connect to.
     pub address: SocketAddr,
     /// Relative load-balancing weight; `0` takes the instance out of rotation.
@@ -34,7 +41,7 @@ pub struct Instance {
     pub weight: u32,
     /// Free-form metadata (zone, version, cluster...).
     #[serde(default)]
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
 }
 
 fn default_weight() -> u32 {
@@ -42,14 +49,27 @@ fn default_weight() -> u32 {
 }
 
 impl Instance {
-    /// An instance of `service` at `address` with the default weight and no tags.
+    /// An instance of `service` at `address` with the default weight and no
+    /// tags. `service` is a `&str` or a `String` (copied into a new
+    /// `Arc<str>`; a `&String` goes as `.as_str()`), or an `Arc<str>`,
+    /// shared:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use rpc_ext_registry::Instance;
+    ///
+    /// let echo: Arc<str> = "echo".into();
+    /// let a = Instance::new(echo.clone(), "10.0.0.1:8080".parse().unwrap());
+    /// let b = Instance::new(echo.clone(), "10.0.0.2:8080".parse().unwrap());
+    /// assert!(Arc::ptr_eq(&a.service, &b.service));
+    /// ```
     #[must_use]
-    pub fn new(service: impl Into<String>, address: SocketAddr) -> Self {
+    pub fn new(service: impl Into<Arc<str>>, address: SocketAddr) -> Self {
         Self {
             service: service.into(),
             address,
             weight: DEFAULT_WEIGHT,
-            tags: BTreeMap::new(),
+            tags: Tags::new(),
         }
     }
 
@@ -60,10 +80,10 @@ impl Instance {
         self
     }
 
-    /// Adds one tag.
+    /// Sets one tag (replacing its value if set).
     #[must_use]
-    pub fn with_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.tags.insert(key.into(), value.into());
+    pub fn with_tag(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        self.tags.insert(key, value);
         self
     }
 

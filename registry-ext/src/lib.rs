@@ -51,6 +51,7 @@ mod registry;
 mod resolver;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 mod stored_instance;
+mod tags;
 
 pub mod kit;
 pub mod mesh;
@@ -78,3 +79,4 @@ pub use instance::{Instance, DEFAULT_WEIGHT};
 pub use memory::MemoryRegistry;
 pub use registry::{Registration, Registry};
 pub use resolver::{Resolver, ServiceSnapshot, ServiceWatch};
+pub use tags::{Tags, TagsIter};

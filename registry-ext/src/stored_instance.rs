@@ -3,32 +3,45 @@
 //! the other keeps its entries readable, and one decoder for the fuzz
 //! targets to exercise.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{Error, Instance};
+use crate::{Error, Instance, Tags};
 
 /// The value layout version written by this crate.
 pub(crate) const VALUE_VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
-struct StoredInstance {
+/// A value as written: borrowed from the instance, fields in this order.
+#[derive(Serialize)]
+struct StoredInstance<'a> {
     version: u32,
-    service: String,
+    service: &'a str,
     address: SocketAddr,
-    #[serde(default = "default_weight")]
     weight: u32,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
+    tags: &'a Tags,
     /// Who wrote the value, for a backend whose writers hand an entry over
     /// to one another (ZooKeeper: the id of the registry that wrote it).
     /// Left out when unset. Never read into an [`Instance`]: decoding
     /// ignores it, as it ignores any field it does not know, so readers
     /// that predate it read values carrying it.
-    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
-    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+}
+
+/// A value as read; the service name borrowed from the value where it
+/// can be, to be compared with the name the resolver already holds.
+#[derive(Deserialize)]
+struct ReadInstance<'a> {
+    version: u32,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    address: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    tags: Tags,
 }
 
 fn default_weight() -> u32 {
@@ -44,16 +57,16 @@ pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
 /// The value of [`encode`] with `"owner":<owner>` added.
 #[cfg(feature = "zookeeper")]
 pub(crate) fn encode_owned(instance: &Instance, owner: &str) -> Vec<u8> {
-    encode_with_owner(instance, Some(owner.to_owned()))
+    encode_with_owner(instance, Some(owner))
 }
 
-fn encode_with_owner(instance: &Instance, owner: Option<String>) -> Vec<u8> {
+fn encode_with_owner(instance: &Instance, owner: Option<&str>) -> Vec<u8> {
     let stored = StoredInstance {
         version: VALUE_VERSION,
-        service: instance.service.clone(),
+        service: &instance.service,
         address: instance.address,
         weight: instance.weight,
-        tags: instance.tags.clone(),
+        tags: &instance.tags,
         owner,
     };
     // A struct of strings, numbers and a string map always serializes.
@@ -73,12 +86,20 @@ pub(crate) fn owner(value: &[u8]) -> Option<String> {
 }
 
 /// Decodes a stored value; `key` only names the value in the error.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Instance, Error> {
+    decode_sharing(key, value, None)
+}
+
+/// Decodes a stored value, giving it the `service` name `shared` (its
+/// `Arc`, not a copy) if that is the name the value holds; `key` only
+/// names the value in the error.
+fn decode_sharing(key: &str, value: &[u8], shared: Option<&Arc<str>>) -> Result<Instance, Error> {
     let decode_error = |reason: String| Error::Decode {
         key: key.to_owned(),
         reason,
     };
-    let stored: StoredInstance =
+    let stored: ReadInstance<'_> =
         serde_json::from_slice(value).map_err(|e| decode_error(e.to_string()))?;
     if stored.version != VALUE_VERSION {
         return Err(decode_error(format!(
@@ -92,19 +113,29 @@ pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Instance, Error> {
             stored.address
         )));
     }
+    let service = match shared {
+        Some(shared) if **shared == *stored.service => shared.clone(),
+        _ => stored.service.into(),
+    };
     Ok(Instance {
-        service: stored.service,
+        service,
         address: stored.address,
         weight: stored.weight,
         tags: stored.tags,
     })
 }
 
-/// Decodes a stored value read from `backend` (its key or path `key`),
-/// or warns and returns `None`: resolvers skip a malformed value and show
-/// the service's other instances.
-pub(crate) fn decode_or_warn(backend: &str, key: &str, value: &[u8]) -> Option<Arc<Instance>> {
-    match decode(key, value) {
+/// Decodes a stored value read from `backend` (its key or path `key`)
+/// under the entries of `service` (shared with the instance when the value
+/// names it, as it should), or warns and returns `None`: resolvers skip a
+/// malformed value and show the service's other instances.
+pub(crate) fn decode_or_warn(
+    backend: &str,
+    service: &Arc<str>,
+    key: &str,
+    value: &[u8],
+) -> Option<Arc<Instance>> {
+    match decode_sharing(key, value, Some(service)) {
         Ok(instance) => Some(Arc::new(instance)),
         Err(error) => {
             warn!(backend, %error, "skipping malformed stored instance");
@@ -127,6 +158,41 @@ mod tests {
             decode("/registry-ext/echo/10.0.0.7:8080", &value).unwrap(),
             instance
         );
+    }
+
+    #[test]
+    fn the_stored_layout_is_the_one_written_before() {
+        // Byte for byte what earlier versions wrote (and read): tags as a
+        // JSON object in key order, `owner` last and only when set.
+        let instance = Instance::new("svc-0000", "10.0.0.1:8080".parse().unwrap())
+            .with_tag("zone", "zone-0")
+            .with_tag("version", "1.4.2");
+        let written = r#"{"version":1,"service":"svc-0000","address":"10.0.0.1:8080","weight":10,"tags":{"version":"1.4.2","zone":"zone-0"}}"#;
+        assert_eq!(
+            String::from_utf8(encode_with_owner(&instance, None)).unwrap(),
+            written
+        );
+        assert_eq!(
+            String::from_utf8(encode_with_owner(&instance, Some("registry-a"))).unwrap(),
+            written.replace("}}", r#"},"owner":"registry-a"}"#)
+        );
+        assert_eq!(decode("k", written.as_bytes()).unwrap(), instance);
+    }
+
+    #[test]
+    fn a_value_naming_the_followed_service_shares_its_name() {
+        let followed: Arc<str> = "echo".into();
+        let value = br#"{"version":1,"service":"echo","address":"10.0.0.7:8080"}"#;
+        let instance = decode_sharing("k", value, Some(&followed)).unwrap();
+        assert!(Arc::ptr_eq(&instance.service, &followed));
+        // Escaped in the value (decoded into a copy first): still shared.
+        let escaped = br#"{"version":1,"service":"\u0065cho","address":"10.0.0.7:8080"}"#;
+        let instance = decode_sharing("k", escaped, Some(&followed)).unwrap();
+        assert!(Arc::ptr_eq(&instance.service, &followed));
+        // Another name (a value written by hand under the wrong key) is its own.
+        let other = br#"{"version":1,"service":"other","address":"10.0.0.7:8080"}"#;
+        let instance = decode_sharing("k", other, Some(&followed)).unwrap();
+        assert_eq!(&*instance.service, "other");
     }
 
     #[test]

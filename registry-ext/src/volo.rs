@@ -192,7 +192,7 @@ pub fn to_volo(instance: &Instance) -> Arc<volo::discovery::Instance> {
         tags: instance
             .tags
             .iter()
-            .map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone())))
+            .map(|(k, v)| (Cow::Owned(k.to_owned()), Cow::Owned(v.to_owned())))
             .collect::<HashMap<_, _>>(),
     })
 }

@@ -61,7 +61,11 @@ async fn run<F: BackendFixture>(registrations: usize) -> anyhow::Result<()> {
     for i in 0..registrations {
         let address = fixture.address(20_000 + i as u16);
         let start = Instant::now();
-        held.push(registry.register(Instance::new(&service, address)).await?);
+        held.push(
+            registry
+                .register(Instance::new(service.as_str(), address))
+                .await?,
+        );
         watch
             .wait_for(|instances| instances.iter().any(|x| x.address == address))
             .await?;

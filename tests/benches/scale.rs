@@ -5,6 +5,7 @@
 //! cargo bench -p tests --bench scale                      # both parts
 //! SCALE_PART=scrape cargo bench -p tests --bench scale    # part 1 only
 //! SCALE_PART=resolver cargo bench -p tests --bench scale  # part 2 only
+//! SCALE_PART=data cargo bench -p tests --bench scale      # the breakdown alone
 //! ```
 //!
 //! **scrape**: records calls into one [`rpc_ext_metrics::RpcMetrics`] over
@@ -33,6 +34,15 @@
 //! separate the per-service from the per-instance cost. Needs `etcd` on
 //! PATH.
 //!
+//! **data** (after the resolver part, or alone): where the per-instance
+//! bytes go. Builds the resolver run's instances through the public API,
+//! as the resolvers hold them (an `Arc<Instance>` each, the service name
+//! one `Arc<str>` per service), and reports the live heap per instance of
+//! the instance itself, of its two tags, of a service name not shared, and
+//! of its entry in a [`ServiceSnapshot`]. After a resolver run it also
+//! prints what is left of the net per-instance figure: the resolver's own
+//! bookkeeping (the etcd follower's map by key).
+//!
 //! For profiles: `SCALE_SCRAPE=text|openmetrics|gather|peer SCALE_SCRAPES=N`
 //! (with `SCALE_PART=scrape`) runs that scrape N times and nothing else, for
 //! instruction counts under callgrind; `SCALE_SERVICES`, `SCALE_INSTANCES`,
@@ -58,7 +68,7 @@ use rpc_ext_metrics::{
 };
 use rpc_ext_registry::{
     etcd::{encode_instance, EtcdResolver},
-    Instance, Resolver, ServiceWatch,
+    Instance, Resolver, ServiceSnapshot, ServiceWatch,
 };
 use tests::EtcdServer;
 
@@ -100,21 +110,30 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .or_else(|| std::env::args().skip(1).find(|a| !a.starts_with('-')))
         .unwrap_or_else(|| "all".to_owned());
-    let (scrape, resolver) = match part.as_str() {
-        "scrape" => (true, false),
-        "resolver" => (false, true),
-        "all" => (true, true),
-        other => anyhow::bail!("unknown part {other:?}: scrape, resolver or all"),
+    let (scrape, resolver, data) = match part.as_str() {
+        "scrape" => (true, false, false),
+        "resolver" => (false, true, true),
+        "data" => (false, false, true),
+        "all" => (true, true, true),
+        other => anyhow::bail!("unknown part {other:?}: scrape, resolver, data or all"),
     };
     if scrape {
         scrape_part()?;
     }
+    let mut net_per_instance = None;
     if resolver {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(resolver_part())?;
+        net_per_instance = Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(resolver_part())?,
+        );
+    }
+    // After the resolver part, whose memory is all freed by now: run
+    // before, its freed pages would be reused and lower the resolver's RSS.
+    if data {
+        data_part(&Shape::from_env(), net_per_instance);
     }
     Ok(())
 }
@@ -388,6 +407,7 @@ fn scrape_part() -> anyhow::Result<()> {
 /// each, 1,000 updates, 10 s idle unless `SCALE_SERVICES`,
 /// `SCALE_INSTANCES`, `SCALE_TAGS`, `SCALE_CHURN`, `SCALE_IDLE_SECS` say
 /// otherwise (smaller runs for profiling).
+#[derive(Clone, Copy)]
 struct Shape {
     services: usize,
     per_service: usize,
@@ -624,7 +644,9 @@ async fn wait_watchers(http: &reqwest::Client, endpoint: &str, count: f64) -> f6
     }
 }
 
-async fn resolver_part() -> anyhow::Result<()> {
+/// Runs the resolver part; returns the live heap per instance net of the
+/// per-service cost.
+async fn resolver_part() -> anyhow::Result<f64> {
     const PREFIX: &str = rpc_ext_registry::etcd::DEFAULT_PREFIX;
     let shape = Shape::from_env();
     let total = shape.services * shape.per_service;
@@ -808,5 +830,81 @@ async fn resolver_part() -> anyhow::Result<()> {
     drop(empty_watches);
     drop(watches);
     drop(resolver);
-    Ok(())
+    Ok((full_heap - empty_heap) / total as f64)
+}
+
+// ------------------------------------------------------------------ data
+
+/// Builds `make()`, keeps it while it reads the live heap it added, then
+/// drops it; returns the bytes.
+fn heap_of<T>(make: impl FnOnce() -> T) -> f64 {
+    let before = live_heap();
+    let made = black_box(make());
+    let bytes = live_heap() - before;
+    drop(made);
+    bytes as f64
+}
+
+/// Where the per-instance bytes go (see the module docs); `net` is the
+/// resolver run's per-instance heap net of the per-service cost, if it ran.
+fn data_part(shape: &Shape, net: Option<f64>) {
+    let total = (shape.services * shape.per_service) as f64;
+    let names: Vec<std::sync::Arc<str>> = (0..shape.services)
+        .map(|s| service_name(s).into())
+        .collect();
+    let build = |tags: bool, shared: bool| {
+        let shape = Shape {
+            tags: if tags { shape.tags } else { 0 },
+            ..*shape
+        };
+        (0..shape.services)
+            .map(|s| {
+                (0..shape.per_service)
+                    .map(|i| {
+                        let mut instance = shape.instance(s, i, 10);
+                        instance.service = if shared {
+                            names[s].clone()
+                        } else {
+                            (*names[s]).into()
+                        };
+                        std::sync::Arc::new(instance)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    // The vectors holding the instances here weigh 8 bytes per instance:
+    // taken off, they stand for the resolver's own references.
+    let holder = 8.0;
+    let bare = heap_of(|| build(false, true)) / total - holder;
+    let tagged = heap_of(|| build(true, true)) / total - holder;
+    let unshared = heap_of(|| build(true, false)) / total - holder;
+    let lists = build(true, true);
+    let snapshots = heap_of(|| {
+        lists
+            .iter()
+            .map(|list| ServiceSnapshot::new(list.clone(), 1))
+            .collect::<Vec<_>>()
+    }) / total;
+    drop(lists);
+    println!(
+        "== data per instance (public types, {} services x {}, {} tags), live heap:",
+        shape.services, shape.per_service, shape.tags
+    );
+    println!("Arc<Instance>, no tags, service name shared      {bare:>6.0} B");
+    println!(
+        "+ its tags (Tags)                                {:>6.0} B",
+        tagged - bare
+    );
+    println!("snapshot entry (ServiceSnapshot::new)            {snapshots:>6.0} B");
+    println!(
+        "(a service name per instance instead of shared:  {:>+6.0} B)",
+        unshared - tagged
+    );
+    if let Some(net) = net {
+        println!(
+            "resolver's own (net {net:.0} B less the above):      {:>6.0} B",
+            net - tagged - snapshots
+        );
+    }
 }

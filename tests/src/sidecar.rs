@@ -67,6 +67,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{header::CONTENT_TYPE, HeaderValue, Request, Response, StatusCode, Uri};
@@ -145,12 +146,21 @@ impl Drop for Sidecar {
     }
 }
 
+/// The pause after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
 async fn accept_loop(listener: TcpListener, forwarder: Forwarder) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors (EMFILE), say: accepting again
+                    // at once would fail again and spin a core; a pause lets
+                    // connections close first.
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 connections.spawn(serve_connection(stream, forwarder.clone()));
             }

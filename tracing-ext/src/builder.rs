@@ -245,6 +245,11 @@ impl RpcTracingBuilder {
     /// mesh mode is on. In mesh mode `x-request-id` is forwarded unless
     /// [`forward_request_id`](Self::forward_request_id) says otherwise.
     ///
+    /// This builder decides on its own, as rpc-ext-registry's `MeshAware`
+    /// does: with `RPC_EXT_MESH` or detection deciding, both agree, but
+    /// `MeshMode::On` here does not turn on the registry's mesh mode (nor
+    /// the reverse). Set `RPC_EXT_MESH`, or pass the same mode to both.
+    ///
     /// ```
     /// use rpc_ext_tracing::{MeshMode, RpcTracing};
     ///
@@ -257,16 +262,20 @@ impl RpcTracingBuilder {
     }
 
     /// Carries the `x-request-id` a server call came in with to every call
-    /// made while serving it (default: exactly when mesh mode is on, see
-    /// [`mesh`](Self::mesh)): the server layers put a valid inbound id
-    /// (1 to [`MAX_REQUEST_ID_LEN`](crate::MAX_REQUEST_ID_LEN) bytes of
-    /// visible ASCII; anything else is ignored) in the call's context as a
+    /// made while serving it (default: exactly when this builder's mesh
+    /// mode is on, see [`mesh`](Self::mesh)): the server layers put a
+    /// valid inbound id (1 to
+    /// [`MAX_REQUEST_ID_LEN`](crate::MAX_REQUEST_ID_LEN) bytes of visible
+    /// ASCII; anything else is ignored) in the call's context as a
     /// [`RequestId`](crate::RequestId), the client layers write it on
     /// outbound requests that do not carry one already, and the server
-    /// span records it (`http.request.header.x-request-id`, or
-    /// `rpc.request.metadata.x-request-id` on RPC spans). Envoy sidecars
-    /// join a request's logs and traces by this id, but only if the
-    /// application forwards it.
+    /// span records it (`http.request.header.x-request-id`; on RPC spans
+    /// `rpc.request.metadata.x-request-id`, and with the conventions before
+    /// v1.38 `rpc.grpc.request.metadata.x-request-id` for gRPC and nothing
+    /// for Thrift). Envoy sidecars tag their spans and access logs with
+    /// this id (traces are joined by the trace headers); it stays one id
+    /// across hops only if the application forwards it. Tasks spawned in a
+    /// handler need the context carried over, see [`RequestId`](crate::RequestId).
     ///
     /// ```
     /// use std::collections::HashMap;

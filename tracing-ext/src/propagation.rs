@@ -37,7 +37,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        let value = match w3c_name(key) {
+        let value = match known_name(key) {
             Some(name) => first_value(self.0, name),
             None => self.0.get(key),
         };
@@ -104,11 +104,15 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::X_REQUEST_ID);
 
-/// The W3C fields, pre-parsed: parsing a `HeaderName` from `&str` costs more
-/// than the lookup itself, on every request.
-fn w3c_name(key: &str) -> Option<&'static HeaderName> {
-    static NAMES: [HeaderName; 3] = [TRACEPARENT, TRACESTATE, BAGGAGE];
-    w3c_index(key).map(|index| &NAMES[index])
+/// The fields read or written on every call (the W3C ones, and
+/// `x-request-id` with forwarding on), pre-parsed: parsing a `HeaderName`
+/// from `&str` costs more than the lookup itself, on every request.
+fn known_name(key: &str) -> Option<&'static HeaderName> {
+    static NAMES: [HeaderName; 4] = [TRACEPARENT, TRACESTATE, BAGGAGE, X_REQUEST_ID];
+    match key {
+        crate::X_REQUEST_ID => Some(&NAMES[3]),
+        _ => w3c_index(key).map(|index| &NAMES[index]),
+    }
 }
 
 fn w3c_index(key: &str) -> Option<usize> {
@@ -128,14 +132,14 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let name = match w3c_name(key) {
-            Some(name) => name.clone(),
-            None if key == X_REQUEST_ID.as_str() => {
-                if self.0.contains_key(&X_REQUEST_ID) {
+        let name = match known_name(key) {
+            Some(name) if *name == X_REQUEST_ID => {
+                if self.0.contains_key(name) {
                     return;
                 }
                 X_REQUEST_ID
             }
+            Some(name) => name.clone(),
             None => match HeaderName::from_bytes(key.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,
@@ -166,10 +170,11 @@ impl Injector for HeaderInjector<'_> {
                 // rehashing, when the client adds its own.
                 self.0.reserve(EXPECTED_HEADERS);
             }
-            // A `traceparent` is new on every request: HTTP/2 should send it
-            // as a never-indexed literal, not look it up in and add it to
-            // the HPACK table, where it would only evict headers that repeat.
-            value.set_sensitive(name == TRACEPARENT);
+            // A `traceparent` is new on every request, and so is an
+            // `x-request-id`: HTTP/2 should send them as never-indexed
+            // literals, not look them up in and add them to the HPACK
+            // table, where they would only evict headers that repeat.
+            value.set_sensitive(name == TRACEPARENT || name == X_REQUEST_ID);
             self.0.insert(name, value);
         }
     }
@@ -373,6 +378,46 @@ mod tests {
             assert_eq!(scanned.get("other"), Some("o"), "{others}");
             HeaderInjector(&mut map).set("tracestate", String::new());
             assert_eq!(HeaderExtractor(&map).get("tracestate"), None, "{others}");
+        }
+    }
+
+    #[test]
+    fn per_request_values_are_never_indexed() {
+        let mut map = HeaderMap::new();
+        let mut injector = HeaderInjector(&mut map);
+        injector.set(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        injector.set("x-request-id", "abc-123".into());
+        injector.set("tracestate", "a=1".into());
+        injector.set("baggage", "k=v".into());
+        let sensitive = |name: &str| map.get(name).map(HeaderValue::is_sensitive);
+        assert_eq!(sensitive("traceparent"), Some(true));
+        assert_eq!(sensitive("x-request-id"), Some(true));
+        assert_eq!(sensitive("tracestate"), Some(false));
+        assert_eq!(sensitive("baggage"), Some(false));
+    }
+
+    #[test]
+    fn the_request_id_is_read_from_small_and_large_maps() {
+        for others in [0, SCANNED_HEADERS + 5] {
+            let mut map = HeaderMap::new();
+            for n in 0..others {
+                map.insert(
+                    HeaderName::from_bytes(format!("x-{n}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            assert_eq!(RequestHeaders::new(&map).get("x-request-id"), None);
+            map.append("x-request-id", HeaderValue::from_static("first"));
+            map.append("x-request-id", HeaderValue::from_static("second"));
+            assert_eq!(HeaderExtractor(&map).get("x-request-id"), Some("first"));
+            assert_eq!(
+                RequestHeaders::new(&map).get("x-request-id"),
+                Some("first"),
+                "{others}"
+            );
         }
     }
 

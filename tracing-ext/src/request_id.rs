@@ -1,15 +1,5 @@
 //! [`RequestId`]: the `x-request-id` a call came in with, carried to the
 //! calls made while serving it.
-//!
-//! Envoy (and so Istio's sidecars) gives every request an `x-request-id`
-//! and joins its access logs and traces by it, but only if each service
-//! copies the id of the request it serves onto the requests it makes. With
-//! forwarding on ([`RpcTracingBuilder::forward_request_id`], on by default
-//! in mesh mode), a server layer reads the inbound id into the call's
-//! OpenTelemetry context and every client layer called inside that context
-//! writes it on the outbound request.
-//!
-//! [`RpcTracingBuilder::forward_request_id`]: crate::RpcTracingBuilder::forward_request_id
 
 use std::sync::Arc;
 
@@ -40,6 +30,48 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// // Outside the call there is none.
 /// assert!(RequestId::current().is_none());
 /// ```
+///
+/// Envoy (and so Istio's sidecars) gives every HTTP and gRPC request an
+/// `x-request-id` and tags its spans and access logs with it. Traces are
+/// joined by the trace headers (`traceparent`, B3), not by this id; the id
+/// lets one find a request's access-log lines across hops, and it stays
+/// the same from hop to hop only if each service copies the id of the
+/// request it serves onto the requests it makes. With forwarding on
+/// ([`RpcTracingBuilder::forward_request_id`], on by default in mesh
+/// mode), a server layer reads the inbound id into the call's
+/// OpenTelemetry context and every client layer called inside that context
+/// writes it on the outbound request.
+///
+/// Over Thrift, Istio sees plain TCP: its sidecar neither adds nor reads an
+/// id there. Forwarding still carries an id a caller put in the TTHeader.
+///
+/// The id lives in the OpenTelemetry context, which a task spawned inside
+/// a handler does not inherit. Carry the context over
+/// ([`FutureExt::with_current_context`](opentelemetry::context::FutureExt::with_current_context))
+/// for the id, and the trace, to reach the calls that task makes:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use opentelemetry::context::FutureExt;
+/// use rpc_ext_tracing::{CallInfo, RequestId, RpcTracing};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let tracing = RpcTracing::builder().forward_request_id(true).build();
+/// let inbound = HashMap::from([("x-request-id".to_string(), "abc-123".to_string())]);
+/// let call = tracing.start_server(&CallInfo::grpc("/echo.Echo/Say"), &inbound);
+/// let (carried, lost) = call
+///     .run(async {
+///         let carried = tokio::spawn(async { RequestId::current() }.with_current_context());
+///         let lost = tokio::spawn(async { RequestId::current() });
+///         (carried.await.unwrap(), lost.await.unwrap())
+///     })
+///     .await;
+/// assert_eq!(carried.as_ref().map(RequestId::as_str), Some("abc-123"));
+/// assert_eq!(lost, None);
+/// # }
+/// ```
+///
+/// [`RpcTracingBuilder::forward_request_id`]: crate::RpcTracingBuilder::forward_request_id
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(Arc<str>);
 

@@ -1,13 +1,13 @@
 //! The few Consul HTTP API calls this backend makes, and their JSON.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::{
     builder::Check,
-    health::{decode_health, decode_index, INDEX_HEADER},
+    health::{decode_health_sharing, decode_index, INDEX_HEADER},
     meta::{encode_tags, REGISTRATION_META, WEIGHT_META},
     ConsulBuilder, BACKEND,
 };
@@ -175,7 +175,7 @@ impl Registration {
         meta.insert(REGISTRATION_META.to_owned(), registration.clone());
         Ok(Self {
             id: service_id(&instance.service, address),
-            name: instance.service.clone(),
+            name: instance.service.to_string(),
             address: address.ip().to_string(),
             port: address.port(),
             tags: instance
@@ -405,13 +405,13 @@ impl Api {
     /// default of 5 minutes, not as "answer now".
     pub(crate) async fn healthy(
         &self,
-        service: &str,
+        service: &Arc<str>,
         tags: &[String],
         index: u64,
         wait: Duration,
     ) -> Result<(Vec<Instance>, u64)> {
         let path = format!("/v1/health/service/{service}");
-        let segments = ["v1", "health", "service", service];
+        let segments = ["v1", "health", "service", &**service];
         let mut request = if index > 0 {
             self.request(
                 Method::GET,
@@ -459,7 +459,10 @@ impl Api {
             .bytes()
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
-        Ok((decode_health(&path, &body)?, next_index))
+        Ok((
+            decode_health_sharing(&path, &body, Some(service))?,
+            next_index,
+        ))
     }
 }
 

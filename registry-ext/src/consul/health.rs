@@ -5,7 +5,7 @@
 //! the resolver runs on an agent's answer; `decode_index` and `INDEX_HEADER`
 //! are reachable from outside the crate only with the `fuzzing` feature.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::Deserialize;
 
@@ -45,15 +45,28 @@ pub fn decode_index(what: &str, value: Option<&[u8]>) -> Result<u64> {
 /// let instances = decode_health("echo", body).unwrap();
 /// assert_eq!(instances[0].address, "10.0.0.1:8080".parse().unwrap());
 /// assert_eq!(instances[0].weight, 5);
-/// assert_eq!(instances[0].tags["app.kubernetes.io/name"], "echo");
+/// assert_eq!(instances[0].tags.get("app.kubernetes.io/name"), Some("echo"));
 /// assert!(decode_health("echo", b"<html>").is_err());
 /// ```
 pub fn decode_health(what: &str, body: &[u8]) -> Result<Vec<Instance>> {
+    decode_health_sharing(what, body, None)
+}
+
+/// [`decode_health`], giving the instances named `shared` that `Arc` as
+/// their service name rather than a copy each.
+pub(crate) fn decode_health_sharing(
+    what: &str,
+    body: &[u8],
+    shared: Option<&Arc<str>>,
+) -> Result<Vec<Instance>> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| Error::Decode {
         key: what.to_owned(),
         reason: e.to_string(),
     })?;
-    Ok(entries.into_iter().filter_map(instance_of).collect())
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| instance_of(entry, shared))
+        .collect())
 }
 
 /// One entry of `GET /v1/health/service/<name>`.
@@ -88,7 +101,7 @@ struct HealthService {
     weights: Option<Weights>,
 }
 
-fn instance_of(entry: HealthEntry) -> Option<Instance> {
+fn instance_of(entry: HealthEntry, shared: Option<&Arc<str>>) -> Option<Instance> {
     let service = entry.service;
     // An empty service address means "the node's address".
     let host = if service.address.is_empty() {
@@ -110,8 +123,12 @@ fn instance_of(entry: HealthEntry) -> Option<Instance> {
         .and_then(|w| w.parse().ok())
         .or(service.weights.map(|w| w.passing))
         .unwrap_or(crate::DEFAULT_WEIGHT);
+    let name = match shared {
+        Some(shared) if **shared == *service.service => shared.clone(),
+        _ => service.service.into(),
+    };
     Some(Instance {
-        service: service.service,
+        service: name,
         address,
         weight,
         // Tag keys Consul refuses in Meta were encoded at registration.

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Error, Result};
+use crate::{Error, Result, Tags};
 
 /// Meta key carrying the weight (Consul's own `Weights` cannot be 0).
 pub(crate) const WEIGHT_META: &str = "weight";
@@ -112,7 +112,7 @@ fn decode_key(stored: &str) -> String {
 
 /// The `Meta` of `tags`, with room for the keys this crate adds, or why
 /// Consul would refuse it.
-pub(crate) fn encode_tags(tags: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+pub(crate) fn encode_tags(tags: &Tags) -> Result<BTreeMap<String, String>> {
     let room = MAX_PAIRS - RESERVED.len();
     if tags.len() > room {
         return Err(Error::InvalidInstance(format!(
@@ -139,13 +139,13 @@ pub(crate) fn encode_tags(tags: &BTreeMap<String, String>) -> Result<BTreeMap<St
                 value.len()
             )));
         }
-        meta.insert(stored, value.clone());
+        meta.insert(stored, value.to_owned());
     }
     Ok(meta)
 }
 
 /// The tags stored in `meta`, once the keys this crate adds are removed.
-pub(crate) fn decode_tags(meta: BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(crate) fn decode_tags(meta: BTreeMap<String, String>) -> Tags {
     meta.into_iter()
         .map(|(key, value)| (decode_key(&key), value))
         .collect()
@@ -155,7 +155,11 @@ pub(crate) fn decode_tags(meta: BTreeMap<String, String>) -> BTreeMap<String, St
 mod tests {
     use super::*;
 
-    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs.iter().copied().collect()
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -240,17 +244,15 @@ mod tests {
         assert!(
             matches!(encode_tags(&tags(&[(&long_key, "v")])), Err(Error::InvalidInstance(m)) if m.contains("///"))
         );
-        let many: BTreeMap<String, String> =
-            (0..63).map(|i| (format!("k{i}"), String::new())).collect();
+        let many: Tags = (0..63).map(|i| (format!("k{i}"), "")).collect();
         assert!(encode_tags(&many).is_err());
-        let most: BTreeMap<String, String> =
-            (0..62).map(|i| (format!("k{i}"), String::new())).collect();
+        let most: Tags = (0..62).map(|i| (format!("k{i}"), "")).collect();
         assert_eq!(encode_tags(&most).map(|m| m.len()).ok(), Some(62));
     }
 
     #[test]
     fn decoding_keeps_every_entry() {
-        let meta = tags(&[
+        let meta = meta(&[
             ("__app_2Ekubernetes_2Eio_2Fname", "echo"),
             ("zone", "a"),
             // A tag named like a key this crate uses.

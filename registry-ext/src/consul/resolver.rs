@@ -105,7 +105,7 @@ impl Resolver for ConsulResolver {
     async fn subscribe(&self, service: &str) -> Result<ServiceWatch> {
         let follower = Follower {
             api: self.shared.api.clone(),
-            service: service.to_owned(),
+            service: service.into(),
             tags: self.shared.tags.clone(),
             wait: self.shared.wait,
             max_backoff: self.shared.max_backoff,
@@ -119,7 +119,8 @@ impl Resolver for ConsulResolver {
 
 struct Follower {
     api: Arc<Api>,
-    service: String,
+    /// The service followed: every instance decoded shares this name.
+    service: Arc<str>,
     tags: Arc<[String]>,
     wait: Duration,
     max_backoff: Duration,

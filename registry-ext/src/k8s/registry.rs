@@ -231,7 +231,7 @@ impl K8sRegistry {
                 labels: Some(BTreeMap::from([
                     (
                         "kubernetes.io/service-name".to_owned(),
-                        instance.service.clone(),
+                        instance.service.to_string(),
                     ),
                     (
                         "endpointslice.kubernetes.io/managed-by".to_owned(),
@@ -251,8 +251,8 @@ impl K8sRegistry {
                     serving: Some(true),
                     terminating: Some(false),
                 }),
-                zone: instance.tags.get("zone").cloned(),
-                node_name: instance.tags.get("node").cloned(),
+                zone: instance.tags.get("zone").map(str::to_owned),
+                node_name: instance.tags.get("node").map(str::to_owned),
                 ..Endpoint::default()
             }]),
             ports: Some(vec![EndpointPort {
@@ -292,7 +292,7 @@ impl Registry for K8sRegistry {
                 namespace.clone(),
                 name.clone(),
                 registration.clone(),
-                instance.service.clone(),
+                instance.service.to_string(),
                 self.lease_duration,
             ),
             held_by_other: false,

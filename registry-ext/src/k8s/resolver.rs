@@ -189,7 +189,7 @@ impl Resolver for K8sResolver {
             slices: Api::namespaced(client.clone(), &namespace),
             services: Api::namespaced(client.clone(), &namespace),
             namespace,
-            name: target.to_owned(),
+            name: target.into(),
             target: parsed,
         };
         let grace = self.missing_lease_grace;
@@ -214,7 +214,8 @@ struct Follower {
     slices: Api<EndpointSlice>,
     services: Api<Service>,
     namespace: String,
-    name: String,
+    /// The target followed: the service name every instance shares.
+    name: Arc<str>,
     target: Target,
 }
 

@@ -11,7 +11,7 @@
 //! once.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -20,7 +20,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use tracing::warn;
 
 use super::api_versions::EndpointList;
-use crate::Instance;
+use crate::{Instance, Tags};
 
 /// How usable an endpoint is, from its conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,11 @@ pub(crate) struct Candidate {
 /// A slice without that port, or whose port number is absent or out of
 /// range, yields nothing; an address that is not an IP (an FQDN slice) is
 /// skipped with a warning. Zone, node and hostname become tags.
-pub(crate) fn candidates(service: &str, port_name: &str, slice: &EndpointSlice) -> Vec<Candidate> {
+pub(crate) fn candidates(
+    service: &Arc<str>,
+    port_name: &str,
+    slice: &EndpointSlice,
+) -> Vec<Candidate> {
     let name = slice.metadata.name.as_deref().unwrap_or_default();
     let port = slice
         .ports
@@ -85,19 +89,19 @@ pub(crate) fn candidates(service: &str, port_name: &str, slice: &EndpointSlice) 
         let Some(tier) = Tier::of(endpoint) else {
             continue;
         };
-        let tags: BTreeMap<String, String> = [
+        let tags: Tags = [
             ("zone", &endpoint.zone),
             ("node", &endpoint.node_name),
             ("hostname", &endpoint.hostname),
         ]
         .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
+        .filter_map(|(key, value)| Some((key, value.as_deref()?)))
         .collect();
         for address in &endpoint.addresses {
             match address.parse::<IpAddr>() {
                 Ok(ip) => candidates.push(Candidate {
                     instance: Arc::new(Instance {
-                        service: service.to_owned(),
+                        service: service.clone(),
                         address: SocketAddr::new(ip, port),
                         weight: crate::DEFAULT_WEIGHT,
                         tags: tags.clone(),
@@ -144,7 +148,7 @@ pub(crate) fn select<'a>(
 #[cfg(any(test, feature = "fuzzing"))]
 #[must_use]
 pub fn usable_instances(service: &str, port_name: &str, slice: &EndpointSlice) -> Vec<Instance> {
-    let candidates = candidates(service, port_name, slice);
+    let candidates = candidates(&service.into(), port_name, slice);
     select([candidates.as_slice()])
         .into_iter()
         .map(Arc::unwrap_or_clone)
@@ -179,7 +183,7 @@ mod tests {
         );
         let instances = usable_instances("k8s://echo.default:grpc", "grpc", &slice);
         assert_eq!(addresses(&instances), ["10.1.0.7:50051"]);
-        assert_eq!(instances[0].tags["zone"], "a");
+        assert_eq!(instances[0].tags.get("zone"), Some("a"));
         assert!(usable_instances("k8s://echo.default:http", "http", &slice).is_empty());
     }
 

@@ -29,7 +29,7 @@ pub(super) struct SliceView {
 impl SliceView {
     /// The endpoints of `slice` at the slice port `port_name`, instances
     /// named `service`, and the Lease it names.
-    pub(super) fn of(service: &str, port_name: &str, slice: &EndpointSlice) -> Self {
+    pub(super) fn of(service: &Arc<str>, port_name: &str, slice: &EndpointSlice) -> Self {
         let lease = slice
             .metadata
             .labels

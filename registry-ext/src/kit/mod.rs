@@ -50,7 +50,7 @@
 //! #[derive(Default)]
 //! struct Table {
 //!     up: bool,
-//!     rows: BTreeMap<(String, SocketAddr), Instance>,
+//!     rows: BTreeMap<(Arc<str>, SocketAddr), Instance>,
 //! }
 //!
 //! #[derive(Clone)]
@@ -115,7 +115,7 @@
 //!             .subscribe(service, move |publisher| async move {
 //!                 loop {
 //!                     let rows = backend.request(|t| {
-//!                         t.rows.values().filter(|i| i.service == name).cloned().collect::<Vec<_>>()
+//!                         t.rows.values().filter(|i| *i.service == *name).cloned().collect::<Vec<_>>()
 //!                     });
 //!                     match rows {
 //!                         Ok(rows) => publisher.publish_instances(rows.into_iter().map(Arc::new).collect()),

@@ -14,8 +14,9 @@ use crate::{health::RegistryHealth, kit::Subscriptions};
 /// How often mesh mode looks a service's name up again, unless set.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 
-/// The shortest refresh period and retry cap taken: shorter ones would
-/// only load the DNS server.
+/// The shortest refresh period, retry cap and lookup timeout taken:
+/// shorter ones would only load the DNS server (a lookup cut short is
+/// waited for anyway before the next one starts).
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 
 type Env = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -31,7 +32,9 @@ type Env = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 ///     .namespace("prod")
 ///     .cluster_domain("cluster.local")
 ///     .port(50051)
-///     .route("billing", "billing.payments:8443")
+///     .named_port("grpc", 50051)
+///     .route("billing", "k8s://billing.payments:8443")
+///     .route("ledger", "ledger.example.com:443")
 ///     .refresh(Duration::from_secs(60))
 ///     .build();
 /// assert!(resolver.mesh().enabled);
@@ -44,6 +47,7 @@ pub struct MeshAwareBuilder<B> {
     namespace: Option<String>,
     cluster_domain: String,
     port: Option<u16>,
+    named_ports: BTreeMap<String, u16>,
     routes: BTreeMap<String, String>,
     refresh: Duration,
     max_backoff: Duration,
@@ -60,6 +64,7 @@ impl<B> std::fmt::Debug for MeshAwareBuilder<B> {
             .field("namespace", &self.namespace)
             .field("cluster_domain", &self.cluster_domain)
             .field("port", &self.port)
+            .field("named_ports", &self.named_ports)
             .field("routes", &self.routes)
             .field("refresh", &self.refresh)
             .field("max_backoff", &self.max_backoff)
@@ -78,6 +83,7 @@ impl<B> MeshAwareBuilder<B> {
             namespace: None,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             port: None,
+            named_ports: BTreeMap::new(),
             routes: BTreeMap::new(),
             refresh: DEFAULT_REFRESH,
             max_backoff: Duration::from_secs(5),
@@ -89,6 +95,12 @@ impl<B> MeshAwareBuilder<B> {
 
     /// Mesh mode on, off, or decided by `RPC_EXT_MESH` and detection
     /// ([`MeshMode::Auto`], the default); see [`rpc_ext_core::mesh`].
+    ///
+    /// This wrapper decides on its own, as rpc-ext-tracing's
+    /// `RpcTracingBuilder` does (it forwards `x-request-id` in mesh mode):
+    /// with `RPC_EXT_MESH` or detection deciding, both agree, but a mode set
+    /// here does not set the tracing builder's (nor the reverse). Set
+    /// `RPC_EXT_MESH`, or pass the same mode to both.
     pub fn mode(mut self, mode: MeshMode) -> Self {
         self.mode = mode;
         self
@@ -111,30 +123,55 @@ impl<B> MeshAwareBuilder<B> {
         self
     }
 
-    /// The namespace of the Services that names without a `.` stand for
-    /// (default: `POD_NAMESPACE`, else the pod's service-account namespace
-    /// file, else `default`).
+    /// The namespace of the Services that names without a namespace stand
+    /// for, `echo` or `k8s://echo:grpc` (default: `POD_NAMESPACE`, else the
+    /// pod's service-account namespace file, else `default`).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
     }
 
-    /// The cluster's DNS domain (default `cluster.local`).
+    /// The cluster's DNS domain (default `cluster.local`; a trailing dot is
+    /// dropped).
     pub fn cluster_domain(mut self, domain: impl Into<String>) -> Self {
-        self.cluster_domain = domain.into();
+        let domain = domain.into();
+        self.cluster_domain = domain.strip_suffix('.').unwrap_or(&domain).to_owned();
         self
     }
 
-    /// The port of names given without one (default: none, and such a name
-    /// is an [`Error::Config`](crate::Error::Config) when resolved).
+    /// The port of names given without a number: with no port, or with a
+    /// port name that [`named_port`](Self::named_port) does not map
+    /// (default: none, and such a name is an
+    /// [`Error::Config`](crate::Error::Config) when resolved).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
     }
 
-    /// Sends `service` to `target` (`host` or `host:port`, the host used
-    /// as is, looked up in DNS) instead of its Service DNS name; the last
-    /// route of a service wins.
+    /// The number of the port named `name` in names such as
+    /// `k8s://echo.prod:grpc`: the Service port of that name (mesh mode
+    /// reads no Service, so it cannot look the name up). Names it does not
+    /// map take [`port`](Self::port).
+    ///
+    /// ```
+    /// use rpc_ext_registry::{mesh::{MeshAware, MeshMode}, MemoryRegistry};
+    ///
+    /// // "k8s://echo.prod:grpc" resolves to echo.prod.svc.cluster.local:50051
+    /// let resolver = MeshAware::builder(MemoryRegistry::new())
+    ///     .mode(MeshMode::On)
+    ///     .named_port("grpc", 50051)
+    ///     .build();
+    /// # let _ = resolver;
+    /// ```
+    pub fn named_port(mut self, name: impl Into<String>, port: u16) -> Self {
+        self.named_ports.insert(name.into(), port);
+        self
+    }
+
+    /// Sends `service` to `target` instead of what the name itself says:
+    /// a `k8s://name[.namespace][:port]` target, or `host` or `host:port`,
+    /// the host used as it is (looked up in DNS; with a trailing dot, as a
+    /// fully qualified name). The last route of a service wins.
     pub fn route(mut self, service: impl Into<String>, target: impl Into<String>) -> Self {
         self.routes.insert(service.into(), target.into());
         self
@@ -153,8 +190,10 @@ impl<B> MeshAwareBuilder<B> {
         self
     }
 
-    /// How long one DNS lookup may take (default 5 s); a slower one is an
-    /// [`Error::Timeout`](crate::Error::Timeout).
+    /// How long one DNS lookup may take (default 5 s, at least 100 ms); a
+    /// slower one is an [`Error::Timeout`](crate::Error::Timeout). The
+    /// system resolver cannot be interrupted: the lookup goes on, and the
+    /// next attempt waits for it rather than starting another.
     pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
         self.lookup_timeout = timeout;
         self
@@ -212,12 +251,13 @@ impl<B> MeshAwareBuilder<B> {
                 namespace,
                 cluster_domain: self.cluster_domain,
                 default_port: self.port,
+                named_ports: self.named_ports,
                 routes: self.routes,
             },
             timing: Timing {
                 refresh: self.refresh.max(MIN_PERIOD),
                 max_backoff: self.max_backoff.max(MIN_PERIOD),
-                lookup_timeout: self.lookup_timeout,
+                lookup_timeout: self.lookup_timeout.max(MIN_PERIOD),
             },
             advertise_ip: self.advertise_ip,
             subscriptions: Subscriptions::new(BACKEND, health.clone()),

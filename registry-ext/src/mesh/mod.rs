@@ -19,37 +19,99 @@
 //! is listed in [`health`](MeshAware::health) under backend `mesh` while its
 //! handle lives.
 //!
-//! **Mesh mode on, resolving**: the answer is one instance, the address the
-//! sidecar routes, for the name asked:
+//! **Mesh mode on, resolving**: the answer is the addresses the sidecar
+//! routes, for the name asked. Names are read in the Kubernetes resolver's
+//! target syntax, `[k8s://]name[.namespace][:port]`, so one name serves
+//! both:
 //!
-//! - a name given a [route](MeshAwareBuilder::route) goes to that route's
-//!   `host[:port]`, the host used as is;
-//! - else a name is `name[:port]`: a name with a `.`, or an IP, is a host
-//!   used as is (`echo.payments` resolves through the pod's DNS search
-//!   path); one without is a Kubernetes Service of the namespace,
-//!   `<name>.<namespace>.svc.<cluster domain>`;
-//! - the port is the one given, else the builder's [`port`](MeshAwareBuilder::port);
-//!   with neither, subscribing fails with [`Error::Config`](crate::Error::Config);
-//! - the namespace is the builder's, else `POD_NAMESPACE`, else the
-//!   service-account file [`SERVICE_ACCOUNT_NAMESPACE`], else `default`; the
-//!   cluster domain the builder's, else `cluster.local`.
+//! - `k8s://name[.namespace][:port]`: the Service `name` of `namespace`
+//!   (else of the builder's namespace), as the Kubernetes resolver reads
+//!   it; anything else after `k8s://` is an [`Error::Config`](crate::Error::Config);
+//! - without the prefix, `name` or `name.namespace` (a Service name, an RFC
+//!   1035 label, and a namespace, an RFC 1123 label: lowercase letters,
+//!   digits and `-`) with an optional `:port` is the same Service;
+//! - other names, `host[:port]`, are hosts used as they are: an IP,
+//!   `[v6]`, a name of two or more dots (`api.example.com`), or one dot
+//!   that is not two labels. A host written with a trailing dot
+//!   (`example.com.:443`) is looked up as it is, which is how a one-dot
+//!   host is told from `name.namespace`. A name with no dot that is not a
+//!   Service name is an `Error::Config`;
+//! - a name given a [route](MeshAwareBuilder::route) goes to that route
+//!   instead: a `k8s://` target, or `host[:port]` used as it is.
 //!
-//! The host is looked up in DNS (the first IPv4 address, else the first
-//! IPv6 one): the instance has that address, the default weight, and the
-//! tag [`AUTHORITY_TAG`] (`mesh.authority`) = `host:port`, the
-//! `:authority` the sidecar routes by. One follower per name looks it up
-//! again every [`refresh`](MeshAwareBuilder::refresh) period (default 30
-//! s); a failed lookup is published in
+//! A Service becomes its DNS name, `name.namespace.svc.<cluster domain>`.
+//! The port is a number, or a port name (`k8s://echo.prod:grpc`), or none.
+//! A number is used as it is: the Service's port, the one its cluster IP
+//! listens on and the sidecar intercepts. A name, or no port, takes the
+//! number [`named_port`](MeshAwareBuilder::named_port) gives that name,
+//! else the builder's [`port`](MeshAwareBuilder::port); with neither,
+//! subscribing fails with an [`Error::Config`](crate::Error::Config) naming
+//! the target. The namespace is the builder's, else `POD_NAMESPACE`, else
+//! the service-account file [`SERVICE_ACCOUNT_NAMESPACE`], else `default`;
+//! the cluster domain the builder's, else `cluster.local`.
+//!
+//! The host is looked up with the system resolver, a Service's DNS name as
+//! a fully qualified name (with a trailing dot, so the pod's `ndots:5`
+//! search list is not tried first). Every address of the answer is an
+//! instance, each once, IPv4 ones first, at most [`MAX_ADDRESSES`]: a Service's cluster
+//! IP, or a headless Service's pod IPs, which the sidecar passes through
+//! to the pod each names, so clients balance over all of them. Each
+//! instance has the default weight and the tag [`AUTHORITY_TAG`]
+//! (`mesh.authority`) = `host:port`, the Service's DNS name without the
+//! trailing dot. One follower per name looks it up again every
+//! [`refresh`](MeshAwareBuilder::refresh) period (default 30 s), with at
+//! most one lookup running (one that outlived its
+//! [`lookup_timeout`](MeshAwareBuilder::lookup_timeout) is waited for, not
+//! started again); a failed lookup is published in
 //! [`ServiceSnapshot::last_error`](crate::ServiceSnapshot::last_error) with
-//! the last address kept, and retried after a backoff delay. A first lookup
-//! that fails makes `subscribe` fail with
+//! the last addresses kept, and retried after a backoff delay. A first
+//! lookup that fails makes `subscribe` fail with
 //! [`Error::Resolve`](crate::Error::Resolve). Subscriptions are listed in
 //! [`health`](MeshAware::health) under backend `mesh`.
 //!
 //! The Volo and tonic adapters take a [`MeshAware`] as they take any
-//! resolver. A Volo instance carries the tag; a tonic channel connects to
-//! the address (`balanced_channel_with` can set the endpoint's `origin` to
-//! the Service name where the mesh routes by host).
+//! resolver, and connect to the addresses. Neither sends the tag as the
+//! `:authority`: Volo sends the address it connects to, and
+//! `tonic::balanced_channel` (feature `tonic`) `http://<ip>:<port>`. That
+//! is enough for Istio: its sidecar picks the route of an outbound call by
+//! the destination port and matches the `:authority` against the Service's
+//! host names and its cluster IP, and passes a headless Service's pod IPs
+//! through. Where the authority must be the Service's name (a
+//! `VirtualService` matching on it, say), a tonic channel can set it with
+//! `tonic::balanced_channel_with` and tonic's `Endpoint::origin`:
+//!
+//! ```
+//! # #[cfg(feature = "tonic")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use rpc_ext_registry::{
+//!     mesh::{MeshAware, MeshMode},
+//!     tonic::balanced_channel_with,
+//!     Error, MemoryRegistry,
+//! };
+//! use tonic::transport::Endpoint;
+//!
+//! let resolver = MeshAware::builder(MemoryRegistry::new())
+//!     .mode(MeshMode::On)
+//!     .namespace("prod")
+//!     .port(50051)
+//! #   // A test machine has no cluster DNS: "echo" is this loopback address.
+//! #   .route("echo", "127.0.0.1:50051")
+//!     .build();
+//! let origin: tonic::transport::Uri = "http://echo.prod.svc.cluster.local:50051".parse()?;
+//! let channel = balanced_channel_with(&resolver, "echo", move |address| {
+//!     Endpoint::from_shared(format!("http://{address}"))
+//!         .map(|endpoint| endpoint.origin(origin.clone()))
+//!         .map_err(|e| Error::Config(e.to_string()))
+//! })
+//! .await?;
+//! # let _ = channel; Ok(()) }
+//! # #[cfg(not(feature = "tonic"))] fn main() {}
+//! ```
+//!
+//! Mesh mode is decided by each builder on its own: rpc-ext-tracing's
+//! `RpcTracingBuilder` (which forwards `x-request-id` in mesh mode) applies
+//! the same rule. With `RPC_EXT_MESH` or detection deciding, both agree; an
+//! explicit [`mode`](MeshAwareBuilder::mode) here does not set the other.
 //!
 //! ```
 //! use rpc_ext_registry::{
@@ -72,7 +134,7 @@
 //!
 //! let echo = registry.resolve("echo").await?;
 //! assert_eq!(echo[0].address, "127.0.0.1:50051".parse().unwrap());
-//! assert_eq!(echo[0].tags[AUTHORITY_TAG], "127.0.0.1:50051");
+//! assert_eq!(echo[0].tags.get(AUTHORITY_TAG), Some("127.0.0.1:50051"));
 //! registration.deregister().await?;
 //! # Ok(()) }
 //! ```
@@ -84,13 +146,14 @@ mod target;
 use std::{net::IpAddr, sync::Arc};
 
 pub use builder::{MeshAwareBuilder, DEFAULT_REFRESH};
+pub use follower::MAX_ADDRESSES;
 pub use rpc_ext_core::mesh::{Mesh, MeshMode};
 pub use target::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_NAMESPACE, NAMESPACE_ENV, SERVICE_ACCOUNT_NAMESPACE,
 };
 
 use self::{
-    follower::{follow, lookup, Timing},
+    follower::{follow, DnsLookup, Timing},
     target::Naming,
 };
 use crate::{
@@ -101,8 +164,11 @@ use crate::{
 /// The backend name in errors and health entries.
 const BACKEND: &str = "mesh";
 
-/// The tag of a mesh-mode instance holding `host:port`: the `:authority`
-/// (HTTP/2) or `Host` the sidecar routes by.
+/// The tag of a mesh-mode instance holding `host:port`, the name the calls
+/// are for (a Service's DNS name without the trailing dot). A client that
+/// must route by name sends it as the `:authority`; the Volo and tonic
+/// adapters send the address instead, which Istio routes too (see the
+/// [module](self)).
 pub const AUTHORITY_TAG: &str = "mesh.authority";
 
 /// A registry and/or resolver that registers nothing and resolves names to
@@ -196,9 +262,8 @@ impl MeshSide {
         let name = service.to_owned();
         self.subscriptions
             .subscribe(service, move |publisher| {
-                follow(publisher, name, target, timing, move |target| {
-                    lookup(target.clone(), timing.lookup_timeout)
-                })
+                let lookup = DnsLookup::new(target.clone(), timing.lookup_timeout);
+                follow(publisher, name, target, timing, lookup)
             })
             .await
     }
@@ -307,23 +372,39 @@ mod tests {
             .build();
         let watch = wrapped.subscribe("echo").await.unwrap();
         let snapshot = watch.current();
-        assert_eq!(snapshot.instances.len(), 1, "{:?}", snapshot.instances);
-        let echo = &snapshot.instances[0];
-        assert!(echo.address.ip().is_loopback(), "{}", echo.address);
-        assert_eq!(echo.address.port(), 50051);
-        assert_eq!(echo.tags[AUTHORITY_TAG], "localhost:50051");
+        // `localhost` is 127.0.0.1, and on many hosts ::1 too: every
+        // address, IPv4 first, none from the backend.
+        let addresses: Vec<_> = snapshot.instances.iter().map(|i| i.address).collect();
+        assert!(!addresses.is_empty());
+        assert!(
+            addresses
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 50051),
+            "{addresses:?}"
+        );
+        assert!(addresses.is_sorted_by_key(|a| a.is_ipv6()), "{addresses:?}");
+        for echo in snapshot.instances.iter() {
+            assert_eq!(echo.tags.get(AUTHORITY_TAG), Some("localhost:50051"));
+        }
         let subscriptions = wrapped.health().snapshot().subscriptions;
         assert_eq!(
             (subscriptions[0].backend, subscriptions[0].instances),
-            ("mesh", 1)
+            ("mesh", addresses.len())
         );
     }
 
     #[tokio::test]
-    async fn on_without_a_port_is_a_config_error() {
+    async fn on_without_a_port_number_is_a_config_error_naming_the_target() {
         let (_, wrapped) = wrap(MeshMode::On);
-        let result = wrapped.subscribe("echo").await;
-        assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+        for service in ["echo", "k8s://echo.prod:grpc", "echo.prod:grpc"] {
+            let result = wrapped.subscribe(service).await;
+            match result {
+                Err(Error::Config(message)) => {
+                    assert!(message.contains(&format!("{service:?}")), "{message}");
+                }
+                other => panic!("{service}: {other:?}"),
+            }
+        }
         assert!(wrapped.health().snapshot().subscriptions.is_empty());
     }
 

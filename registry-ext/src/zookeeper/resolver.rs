@@ -131,6 +131,7 @@ impl Resolver for ZooKeeperResolver {
         check_service(&self.shared.prefix, service)?;
         let follower = ServiceFollower {
             sessions: self.shared.sessions.clone(),
+            service: service.into(),
             path: service_path(&self.shared.prefix, service),
             request_timeout: self.shared.request_timeout,
             max_backoff: self.shared.max_backoff,
@@ -146,6 +147,8 @@ impl Resolver for ZooKeeperResolver {
 /// The state of one service's watch.
 struct ServiceFollower {
     sessions: Arc<SessionSource>,
+    /// The service followed: every instance decoded shares this name.
+    service: Arc<str>,
     /// `<prefix>/<service>`.
     path: String,
     request_timeout: Duration,
@@ -358,7 +361,7 @@ impl ServiceFollower {
             for ((name, path), result) in asked.into_iter().zip(results) {
                 let instance = match result {
                     zk::MultiReadResult::Data { data, .. } => {
-                        crate::stored_instance::decode_or_warn(BACKEND, &path, &data)
+                        crate::stored_instance::decode_or_warn(BACKEND, &self.service, &path, &data)
                     }
                     // Deleted since it was listed or changed.
                     zk::MultiReadResult::Error {

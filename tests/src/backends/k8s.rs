@@ -166,14 +166,13 @@ impl BackendFixture for K8sFixture {
     /// weight (a slice has no weight) and only the tags an endpoint carries.
     fn as_resolved(&self, registered: &Instance) -> Instance {
         Instance {
-            service: self.target(&registered.service),
+            service: self.target(&registered.service).into(),
             address: registered.address,
             weight: DEFAULT_WEIGHT,
             tags: registered
                 .tags
                 .iter()
-                .filter(|(key, _)| CARRIED_TAGS.contains(&key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
+                .filter(|(key, _)| CARRIED_TAGS.contains(key))
                 .collect(),
         }
     }

@@ -136,7 +136,7 @@ fn list(settings: &Settings, service: &str) -> Result<Listing, DirectoryError> {
                 continue;
             }
         };
-        if record.instance.service != service || record.instance.validate().is_err() {
+        if *record.instance.service != *service || record.instance.validate().is_err() {
             skipped.push((name, Skip::Misplaced));
         } else if record.age(now) > settings.stale_after {
             skipped.push((name, Skip::Stale));

@@ -79,10 +79,10 @@ async fn tag_filter_selects_instances() -> anyhow::Result<()> {
     let (registry, _) = pair(&agent.address())?;
     let service = unique("tagged");
     let _a = registry
-        .register(Instance::new(&service, addr(7711)).with_tag("zone", "a"))
+        .register(Instance::new(service.as_str(), addr(7711)).with_tag("zone", "a"))
         .await?;
     let _b = registry
-        .register(Instance::new(&service, addr(7712)).with_tag("zone", "b"))
+        .register(Instance::new(service.as_str(), addr(7712)).with_tag("zone", "b"))
         .await?;
     let zone_b = ConsulResolver::builder()
         .address(agent.address())
@@ -197,7 +197,7 @@ async fn a_tonic_client_follows_consul() -> anyhow::Result<()> {
     let server =
         tokio::spawn(async move { serve_tonic(listener, &tracing, std::future::pending()).await });
     let _registration = registry
-        .register(Instance::new(&service, server_addr))
+        .register(Instance::new(service.as_str(), server_addr))
         .await?;
     let channel = rpc_ext_registry::tonic::balanced_channel(&resolver, &service).await?;
     let reply = tests::eventually(WATCH_DEADLINE, "a call through Consul discovery", || {
@@ -253,15 +253,15 @@ async fn names_with_url_delimiters_register_resolve_and_deregister() -> anyhow::
     let query_like = format!("{base}?c#d");
     let slashed = format!("{base}/b?c#d");
     let a = registry
-        .register(Instance::new(&query_like, addr(7751)))
+        .register(Instance::new(query_like.as_str(), addr(7751)))
         .await?;
     let b = registry
-        .register(Instance::new(&slashed, addr(7751)))
+        .register(Instance::new(slashed.as_str(), addr(7751)))
         .await?;
     for (service, other) in [(&query_like, &slashed), (&slashed, &query_like)] {
         let resolved = resolver.resolve(service).await?;
         assert_eq!(resolved.len(), 1, "{service}");
-        assert_eq!(&resolved[0].service, service);
+        assert_eq!(&*resolved[0].service, service.as_str());
         assert_eq!(resolved[0].address, addr(7751));
         assert_ne!(service, other);
     }
@@ -339,7 +339,7 @@ async fn kubernetes_style_tags_round_trip_through_consul_meta() -> anyhow::Resul
     let agent = Agent::any().await?;
     let (registry, resolver) = pair(&agent.address())?;
     let service = unique("k8s-tags");
-    let mut instance = Instance::new(&service, addr(7771)).with_weight(7);
+    let mut instance = Instance::new(service.as_str(), addr(7771)).with_weight(7);
     for (key, value) in awkward_tags() {
         instance = instance.with_tag(key, value);
     }

@@ -122,8 +122,8 @@ async fn ready_endpoints_resolve_and_changes_are_pushed() -> anyhow::Result<()> 
         "10.0.0.1:50051",
         "named port"
     );
-    assert_eq!(resolved[0].tags["zone"], "zone-a");
-    assert_eq!(resolved[0].tags["node"], "node-1");
+    assert_eq!(resolved[0].tags.get("zone"), Some("zone-a"));
+    assert_eq!(resolved[0].tags.get("node"), Some("node-1"));
     let metrics_port = resolver.resolve("k8s://echo.default:metrics").await?;
     assert_eq!(metrics_port[0].address.port(), 9464);
 
@@ -233,12 +233,12 @@ async fn the_registry_manages_its_own_slice() -> anyhow::Result<()> {
         .recheck_interval(Duration::from_millis(200));
     let resolver = K8sResolver::new(client);
     let registration = registry
-        .register(Instance::new(&service, "10.1.2.3:50051".parse()?).with_tag("zone", "z1"))
+        .register(Instance::new(service.as_str(), "10.1.2.3:50051".parse()?).with_tag("zone", "z1"))
         .await?;
     let target = format!("k8s://{service}.default:grpc");
     let mut watch = resolver.subscribe(&target).await?;
     wait_for_ips(&mut watch, &["10.1.2.3:50051"]).await?;
-    assert_eq!(watch.current().instances[0].tags["zone"], "z1");
+    assert_eq!(watch.current().instances[0].tags.get("zone"), Some("z1"));
 
     if let Some(api) = &stand_in {
         let names = api.names("default");

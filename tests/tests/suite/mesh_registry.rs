@@ -168,8 +168,10 @@ async fn volo_and_tonic_clients_reach_the_routed_server_in_mesh_mode() -> anyhow
             .register(Instance::new("echo-tonic", addr(decoy_port)))
             .await?,
     ];
-    let volo_route = format!("localhost:{}", servers.volo.port());
-    let tonic_route = format!("localhost:{}", servers.tonic.port());
+    // IPs, not `localhost`: a host whose `localhost` is ::1 too would get
+    // two instances, one with no server behind it.
+    let volo_route = servers.volo.to_string();
+    let tonic_route = servers.tonic.to_string();
     let resolver = MeshAware::builder(EtcdResolver::builder([etcd.endpoint()]).build().await?)
         .mode(MeshMode::On)
         .route("echo", &volo_route)
@@ -224,7 +226,13 @@ async fn a_name_that_does_not_resolve_fails_the_first_subscribe() -> anyhow::Res
         .port(50051)
         .route("echo", "nonexistent.invalid")
         .build();
-    for service in ["echo", "nonexistent.invalid:80"] {
+    // A route to a host, a host itself, and a Kubernetes target (its
+    // Service DNS name, with no cluster DNS here).
+    for service in [
+        "echo",
+        "nonexistent.example.invalid:80",
+        "k8s://nonexistent.prod:grpc",
+    ] {
         match resolver.subscribe(service).await {
             Err(Error::Resolve {
                 service: failed,
@@ -255,7 +263,7 @@ async fn a_name_that_does_not_resolve_fails_the_first_subscribe() -> anyhow::Res
         .await
         .is_err());
     let followed = resolver.health().snapshot().subscriptions;
-    assert_eq!(followed.len(), 2, "{followed:?}");
+    assert_eq!(followed.len(), 3, "{followed:?}");
     assert!(followed
         .iter()
         .all(|s| s.backend == "mesh" && s.instances == 0 && s.errors >= 1));
