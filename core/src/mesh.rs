@@ -149,14 +149,40 @@ fn istio_injected(path: &Path) -> bool {
     // Annotations total at most 256 KiB (the API server's limit); a larger
     // file is not the Downward API's and is not read.
     const MAX: u64 = 256 * 1024;
-    let small = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= MAX);
-    small
-        && std::fs::read_to_string(path).is_ok_and(|text| {
-            text.lines().any(|line| {
-                line.split_once('=')
-                    .is_some_and(|(key, _)| key.trim() == ISTIO_SIDECAR_ANNOTATION)
-            })
+    read_small_file(path, MAX).is_some_and(|text| {
+        text.lines().any(|line| {
+            line.split_once('=')
+                .is_some_and(|(key, _)| key.trim() == ISTIO_SIDECAR_ANNOTATION)
         })
+    })
+}
+
+/// The text of the regular file at `path` if it holds at most `max` bytes
+/// of UTF-8, else `None` (missing, unreadable, not a regular file, larger).
+/// For the small files Kubernetes mounts into a pod (the Downward API's
+/// annotations, the service account's namespace), which the mesh rule
+/// reads: the path is checked to be a regular file before it is opened (a
+/// FIFO would block the open), and at most `max + 1` bytes are read, so a
+/// file that grows meanwhile is refused, never read whole.
+///
+/// ```
+/// use rpc_ext_core::mesh::read_small_file;
+///
+/// assert_eq!(read_small_file("/nonexistent".as_ref(), 64), None);
+/// ```
+pub fn read_small_file(path: &Path, max: u64) -> Option<String> {
+    use std::io::Read;
+
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= max) {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)
+        .ok()?;
+    (text.len() as u64 <= max).then_some(text)
 }
 
 #[cfg(test)]
@@ -204,6 +230,15 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn small_files_are_read_whole_and_larger_ones_not_at_all() {
+        let file = annotations("default\n");
+        let path = std::path::Path::new(file.path());
+        assert_eq!(read_small_file(path, 8).as_deref(), Some("default\n"));
+        assert_eq!(read_small_file(path, 7), None);
+        assert_eq!(read_small_file(&std::env::temp_dir(), 1 << 20), None);
     }
 
     #[test]

@@ -316,10 +316,7 @@ pub(crate) fn namespace_from(env: &dyn Fn(&str) -> Option<String>, file: &Path) 
     from_env
         .filter(|value| !value.is_empty())
         .or_else(|| {
-            let small = std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.len() <= MAX);
-            small
-                .then(|| std::fs::read_to_string(file).ok())
-                .flatten()
+            rpc_ext_core::mesh::read_small_file(file, MAX)
                 .map(|text| text.trim().to_owned())
                 .filter(|value| !value.is_empty())
         })
