@@ -162,9 +162,8 @@ impl Follower {
                 }
             };
             if let Some(pause) = pause {
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(pause) => {}
+                if !tx.pause(pause).await {
+                    return;
                 }
             }
         }

@@ -232,11 +232,8 @@ impl ServiceFollower {
                 error = self.follow(&tx, &mut backoff) => error,
             };
             warn!(prefix = %self.prefix, %error, "etcd watch interrupted; keeping last known instances");
-            tx.publish_error(error);
-            tx.watch_restarted();
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
+            if !tx.retry_after(error, &mut backoff).await {
+                return;
             }
         }
     }

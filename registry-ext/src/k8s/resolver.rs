@@ -254,9 +254,8 @@ impl Follower {
                 // Its completed list clears the published error.
                 Ended::Failed => {
                     tx.watch_restarted();
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    if !tx.pause(backoff.next_delay()).await {
+                        return;
                     }
                 }
             }

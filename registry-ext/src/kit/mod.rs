@@ -121,9 +121,8 @@
 //!                         Ok(rows) => publisher.publish_instances(rows.into_iter().map(Arc::new).collect()),
 //!                         Err(error) => publisher.publish_error(error),
 //!                     }
-//!                     tokio::select! {
-//!                         () = publisher.closed() => return,
-//!                         () = tokio::time::sleep(Duration::from_millis(10)) => {}
+//!                     if !publisher.pause(Duration::from_millis(10)).await {
+//!                         return; // every subscriber left
 //!                     }
 //!                 }
 //!             })

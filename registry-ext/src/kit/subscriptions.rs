@@ -1,9 +1,10 @@
 //! One background watch task per service, shared by every subscriber.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
+use super::Backoff;
 use crate::{
     health::{RegistryHealth, SubscriptionProbe},
     Error, Instance, Result, ServiceSnapshot, ServiceWatch,
@@ -125,6 +126,25 @@ impl Publisher {
     /// scratch); counted in the subscription's health.
     pub fn watch_restarted(&self) {
         self.probe.restarted();
+    }
+
+    /// Waits `delay` unless every subscriber leaves first: `true` once it
+    /// has waited, `false` when the follower should return.
+    pub async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = self.closed() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// What a follower does once `error` broke its watch: publishes the
+    /// error (the last set kept), counts a restart and waits the next
+    /// `backoff` delay. `false` when every subscriber left meanwhile: the
+    /// follower returns; else it starts its watch over.
+    pub async fn retry_after(&self, error: Error, backoff: &mut Backoff) -> bool {
+        self.publish_error(error);
+        self.watch_restarted();
+        self.pause(backoff.next_delay()).await
     }
 
     /// Publishes a failure while keeping the last known instances.

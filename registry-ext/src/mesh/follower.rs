@@ -186,9 +186,8 @@ pub(crate) async fn follow(
                 (backoff.next_delay(), true)
             }
         };
-        tokio::select! {
-            () = publisher.closed() => return,
-            () = tokio::time::sleep(delay) => {}
+        if !publisher.pause(delay).await {
+            return;
         }
         if failed {
             publisher.watch_restarted();

@@ -167,11 +167,8 @@ impl ServiceFollower {
                 error = self.follow(&tx, &mut backoff) => error,
             };
             warn!(path = %self.path, %error, "ZooKeeper watch interrupted; keeping last known instances");
-            tx.publish_error(error);
-            tx.watch_restarted();
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
+            if !tx.retry_after(error, &mut backoff).await {
+                return;
             }
         }
     }

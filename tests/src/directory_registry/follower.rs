@@ -88,9 +88,8 @@ impl Follower {
                     backoff.next_delay()
                 }
             };
-            tokio::select! {
-                () = publisher.closed() => return,
-                () = tokio::time::sleep(delay) => {}
+            if !publisher.pause(delay).await {
+                return;
             }
         }
     }
