@@ -327,11 +327,13 @@ impl ServiceFollower {
                 self.cluster_id = Some(cluster_id);
             }
             backoff.reset();
-            if response.created() {
+            if response.created() && self.holding_until.is_none() {
                 // etcd accepted the watch: it is reachable again, and the
                 // events missed meanwhile follow in order. (A resume past a
                 // compaction is created, then cancelled: the error comes
-                // back at once and the follower lists again.)
+                // back at once and the follower lists again.) While the
+                // last set is held after data loss, it is not what etcd
+                // holds: the error stays until `publish` shows etcd's set.
                 tx.publish_recovered();
             }
             if self.apply(response.events()) {
