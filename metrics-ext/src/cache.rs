@@ -367,6 +367,12 @@ impl MethodCache {
         }
     }
 
+    /// Tells this cache apart from others in per-thread caches.
+    #[cfg(any(feature = "tower", feature = "volo"))]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The entries of `side`.
     pub(crate) fn len(&self, side: Side) -> usize {
         self.counts[side_index(side)].load(Ordering::Relaxed)

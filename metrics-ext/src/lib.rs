@@ -177,6 +177,8 @@ mod metrics;
 mod observer;
 #[cfg(feature = "otel")]
 mod otel;
+#[cfg(any(feature = "tower", feature = "volo"))]
+mod raw_key;
 mod recorder;
 #[cfg(feature = "registry-health")]
 mod registry_health;

@@ -202,6 +202,25 @@ impl RpcMetrics {
         )
     }
 
+    /// Starts a call this thread started before under `key`, the raw text
+    /// its labels are read from (see [`crate::raw_key`]), if its handles
+    /// were kept: the layers' way around building a [`Call`] for every
+    /// call.
+    #[inline]
+    #[cfg(any(feature = "tower", feature = "volo"))]
+    pub(crate) fn start_known(&self, side: Side, key: &[u8]) -> Option<CallRecorder> {
+        crate::raw_key::find(self.inner.cache.id(), side, key).map(CallRecorder::start)
+    }
+
+    /// Keeps the handles `recorder` is settled on under `key`, for the next
+    /// [`start_known`](Self::start_known) on this thread.
+    #[cfg(any(feature = "tower", feature = "volo"))]
+    pub(crate) fn remember(&self, side: Side, key: &[u8], recorder: &CallRecorder) {
+        if let Some(handles) = recorder.settled() {
+            crate::raw_key::remember(self.inner.cache.id(), side, key, handles);
+        }
+    }
+
     /// Whether `call` is left out: it records nothing.
     #[inline]
     pub(crate) fn skips(&self, call: &Call<'_>) -> bool {

@@ -84,6 +84,21 @@ impl CallRecorder {
         }
     }
 
+    /// The handles the call is recorded under whatever its outcome, if
+    /// they are known now: not for a name still to be trusted, nor for a
+    /// call left out.
+    #[cfg(any(feature = "tower", feature = "volo"))]
+    pub(crate) fn settled(&self) -> Option<&Arc<MethodHandles>> {
+        match self.active.as_ref()? {
+            Active {
+                handles,
+                settle: Settle::Started,
+                ..
+            } => Some(handles),
+            _ => None,
+        }
+    }
+
     /// A call left out: records nothing, not even in flight.
     pub(crate) fn skipped() -> Self {
         Self { active: None }

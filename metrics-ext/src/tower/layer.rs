@@ -7,7 +7,10 @@ use rpc_ext_core::{grpc_service_method, is_grpc, ObservedBody, ObservedFuture, S
 
 use super::RouteTemplate;
 pub use crate::observer::MetricsObserver;
-use crate::{Call, CallRecorder, RpcMetrics, RpcSystem, Side, OTHER};
+use crate::{
+    raw_key::{tag, KeyBuf},
+    Call, CallRecorder, RpcMetrics, RpcSystem, Side, OTHER,
+};
 
 /// Records every call through the wrapped service into [`RpcMetrics`].
 ///
@@ -96,7 +99,9 @@ use crate::{Call, CallRecorder, RpcMetrics, RpcSystem, Side, OTHER};
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
-    server_address: Option<ServerTarget>,
+    /// The configured target, and its id in the keys of
+    /// [`crate::raw_key`].
+    server_address: Option<(ServerTarget, u64)>,
 }
 
 impl MetricsLayer {
@@ -172,7 +177,10 @@ impl MetricsLayer {
     #[must_use]
     pub fn server_address(mut self, authority: impl AsRef<str>) -> Self {
         if self.side == Side::Client {
-            self.server_address = Some(ServerTarget::parse(authority.as_ref()));
+            self.server_address = Some((
+                ServerTarget::parse(authority.as_ref()),
+                crate::raw_key::target_id(),
+            ));
         }
         self
     }
@@ -184,7 +192,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         MetricsService {
             inner,
-            layer: self.clone(),
+            layer: std::sync::Arc::new(self.clone()),
         }
     }
 }
@@ -193,7 +201,9 @@ impl<S> tower::Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct MetricsService<S> {
     inner: S,
-    layer: MetricsLayer,
+    /// Shared: servers clone their service for every call, and one count
+    /// is cheaper to move than the layer's own.
+    layer: std::sync::Arc<MetricsLayer>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for MetricsService<S>
@@ -226,15 +236,10 @@ where
 
 impl<S> MetricsService<S> {
     fn start<B>(&self, request: &Request<B>, grpc: bool) -> CallRecorder {
-        let MetricsLayer { metrics, side, .. } = &self.layer;
+        let MetricsLayer { metrics, side, .. } = &*self.layer;
         let uri = request.uri();
         if grpc {
-            let (service, method) = grpc_service_method(uri.path()).unwrap_or((OTHER, OTHER));
-            let call = Call::rpc(*side, RpcSystem::Grpc, service, method);
-            return match side {
-                Side::Server => metrics.start_untrusted_call(call),
-                Side::Client => metrics.start_call(self.target(call, uri, None)),
-            };
+            return self.start_grpc(uri);
         }
         let call = Call::http(*side, request.method());
         match side {
@@ -260,10 +265,56 @@ impl<S> MetricsService<S> {
         }
     }
 
+    /// Starts a gRPC call: by its raw key if this thread has seen it,
+    /// else from its path and target, keeping the key for the next one.
+    fn start_grpc(&self, uri: &Uri) -> CallRecorder {
+        let MetricsLayer { metrics, side, .. } = &*self.layer;
+        let path = uri.path();
+        let mut client_key;
+        let key = match side {
+            Side::Server => Some(path.as_bytes()),
+            Side::Client => {
+                client_key = KeyBuf::new();
+                self.client_key(&mut client_key, path, uri);
+                client_key.get()
+            }
+        };
+        if let Some(recorder) = key.and_then(|key| metrics.start_known(*side, key)) {
+            return recorder;
+        }
+        let (service, method) = grpc_service_method(path).unwrap_or((OTHER, OTHER));
+        let call = Call::rpc(*side, RpcSystem::Grpc, service, method);
+        let recorder = match side {
+            Side::Server => metrics.start_untrusted_call(call),
+            Side::Client => metrics.start_call(self.target(call, uri, None)),
+        };
+        if let Some(key) = key {
+            metrics.remember(*side, key, &recorder);
+        }
+        recorder
+    }
+
+    /// What a client gRPC call's labels are read from: the path and the
+    /// target (the configured one, else the URI's authority).
+    #[inline]
+    fn client_key(&self, key: &mut KeyBuf, path: &str, uri: &Uri) {
+        match (&self.layer.server_address, uri.authority()) {
+            (Some((_, id)), _) => {
+                key.start(tag::CONFIGURED, path);
+                key.push(&id.to_le_bytes());
+            }
+            (None, Some(authority)) => {
+                key.start(tag::AUTHORITY, path);
+                key.push(authority.as_str().as_bytes());
+            }
+            (None, None) => key.start(tag::NONE, path),
+        }
+    }
+
     /// A client call's target: the configured name, else the URI's host
     /// and port (`default_port` when the URI has none).
     fn target<'a>(&'a self, call: Call<'a>, uri: &'a Uri, default_port: Option<u16>) -> Call<'a> {
-        if let Some(target) = &self.layer.server_address {
+        if let Some((target, _)) = &self.layer.server_address {
             return call
                 .server_address(target.address(), target.port())
                 .peer_service(target.address());

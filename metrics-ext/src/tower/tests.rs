@@ -202,3 +202,47 @@ async fn listed_routes_do_not_apply_to_clients() {
         "{recorded:#?}"
     );
 }
+
+/// A gRPC client call to `uri` through `layer`.
+async fn grpc_call_to(layer: &MetricsLayer, uri: &str) {
+    let mut request = grpc_request("/echo.Echo/Say");
+    *request.uri_mut() = uri.parse().unwrap();
+    let response = layer
+        .layer(service_fn(grpc_ok))
+        .oneshot(request)
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn calls_seen_again_keep_their_own_labels() {
+    // One thread, one method, two metrics, three targets: however often a
+    // call repeats, it is recorded under its own labels.
+    let first = metrics(|builder| builder);
+    let second = metrics(|builder| builder);
+    let by_uri = MetricsLayer::client(&first);
+    let named = MetricsLayer::client(&first).server_address("echo:50051");
+    let other = MetricsLayer::client(&second);
+    for _ in 0..3 {
+        grpc_call_to(&by_uri, "http://a.internal:1/echo.Echo/Say").await;
+        grpc_call_to(&by_uri, "http://b.internal:2/echo.Echo/Say").await;
+        grpc_call_to(&named, "http://a.internal:1/echo.Echo/Say").await;
+        grpc_call_to(&other, "http://a.internal:1/echo.Echo/Say").await;
+    }
+    let series = |address: &str, port: u16| {
+        format!(
+            r#"rpc_client_call_duration_seconds_count{{error_type="",rpc_method="echo.Echo/Say",rpc_response_status_code="OK",rpc_system_name="grpc",server_address="{address}",server_port="{port}"}} 3"#
+        )
+    };
+    let recorded = samples(&first);
+    for expected in [
+        series("a.internal", 1),
+        series("b.internal", 2),
+        series("echo", 50051),
+    ] {
+        assert!(recorded.contains(&expected), "{expected} in {recorded:#?}");
+    }
+    let recorded = samples(&second);
+    assert!(recorded.contains(&series("a.internal", 1)), "{recorded:#?}");
+}

@@ -9,6 +9,8 @@
 //! A gRPC call is recorded when its response stream ends, not when the
 //! layer gets the response (see [`rpc_ext_core::volo_grpc`]).
 
+use std::net::IpAddr;
+
 use motore::{layer::Layer, service::Service};
 use rpc_ext_core::{
     grpc_service_method,
@@ -25,6 +27,7 @@ use volo_thrift::context::ThriftContext;
 use super::address::IpText;
 use crate::{
     observer::MetricsObserver,
+    raw_key::{tag, KeyBuf},
     thrift::{self, ThriftErrorKind},
     Call, CallRecorder, GrpcCode, Outcome, RpcMetrics, RpcSystem, Side, OTHER,
 };
@@ -174,9 +177,9 @@ impl RpcOutcome for volo_thrift::ClientError {
 pub struct MetricsLayer {
     metrics: RpcMetrics,
     side: Side,
-    /// Set by [`MetricsLayer::server_address`]; else the callee's address
-    /// or name.
-    server_address: Option<ServerTarget>,
+    /// Set by [`MetricsLayer::server_address`], with its id in the keys of
+    /// [`crate::raw_key`]; else the callee's address or name.
+    server_address: Option<(ServerTarget, u64)>,
     /// Set by [`MetricsLayer::service_name`]; else the IDL service name
     /// of the call's context (Thrift).
     service_name: Option<std::sync::Arc<str>>,
@@ -232,7 +235,10 @@ impl MetricsLayer {
     #[must_use]
     pub fn server_address(mut self, authority: impl AsRef<str>) -> Self {
         if self.side == Side::Client {
-            self.server_address = Some(ServerTarget::parse(authority.as_ref()));
+            self.server_address = Some((
+                ServerTarget::parse(authority.as_ref()),
+                crate::raw_key::target_id(),
+            ));
         }
         self
     }
@@ -272,7 +278,7 @@ impl MetricsLayer {
         let call = Call::rpc(side, system, service, method);
         match (side, &self.server_address) {
             (Side::Server, _) => self.metrics.start_untrusted_call(call),
-            (Side::Client, Some(target)) => self.metrics.start_call(
+            (Side::Client, Some((target, _))) => self.metrics.start_call(
                 call.server_address(target.address(), target.port())
                     .peer_service(target.address()),
             ),
@@ -290,10 +296,60 @@ impl MetricsLayer {
     }
 
     /// Starts recording a gRPC call: service and method from its path.
+    /// By its raw key if this thread has seen the call, keeping the key for
+    /// the next one otherwise.
     fn start_grpc<Cx: Context>(&self, side: Side, cx: &Cx) -> CallRecorder {
         let rpc = cx.rpc_info();
-        let names = grpc_service_method(rpc.method().as_str()).unwrap_or((OTHER, OTHER));
-        self.start(side, RpcSystem::Grpc, names, rpc.callee())
+        let path = rpc.method().as_str();
+        let callee = rpc.callee();
+        let mut client_key;
+        let key = match side {
+            Side::Server => Some(path.as_bytes()),
+            Side::Client => {
+                client_key = KeyBuf::new();
+                self.client_key(&mut client_key, path, callee);
+                client_key.get()
+            }
+        };
+        if let Some(recorder) = key.and_then(|key| self.metrics.start_known(side, key)) {
+            return recorder;
+        }
+        let names = grpc_service_method(path).unwrap_or((OTHER, OTHER));
+        let recorder = self.start(side, RpcSystem::Grpc, names, callee);
+        if let Some(key) = key {
+            self.metrics.remember(side, key, &recorder);
+        }
+        recorder
+    }
+
+    /// What a client gRPC call's labels are read from: the path and the
+    /// target (the configured one, else the callee's address and name, as
+    /// [`start`](Self::start) reads them).
+    #[inline]
+    fn client_key(&self, key: &mut KeyBuf, path: &str, callee: &Endpoint) {
+        if let Some((_, id)) = &self.server_address {
+            key.start(tag::CONFIGURED, path);
+            key.push(&id.to_le_bytes());
+            return;
+        }
+        match &callee.address {
+            Some(Address::Ip(addr)) => {
+                key.start(tag::CALLEE_IP, path);
+                match addr.ip() {
+                    IpAddr::V4(ip) => {
+                        key.push(&[4]);
+                        key.push(&ip.octets());
+                    }
+                    IpAddr::V6(ip) => {
+                        key.push(&[6]);
+                        key.push(&ip.octets());
+                    }
+                }
+                key.push(&addr.port().to_le_bytes());
+            }
+            _ => key.start(tag::CALLEE_NAME, path),
+        }
+        key.push(callee.service_name_ref().as_bytes());
     }
 
     /// Records a Thrift call: it ends when the inner service returns.
@@ -340,7 +396,10 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 
     fn layer(self, inner: S) -> Self::Service {
-        MetricsService { inner, layer: self }
+        MetricsService {
+            inner,
+            layer: std::sync::Arc::new(self),
+        }
     }
 }
 
@@ -349,7 +408,9 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct MetricsService<S> {
     inner: S,
-    layer: MetricsLayer,
+    /// Shared: servers clone their service for every call, and one count
+    /// is cheaper to move than the layer's own.
+    layer: std::sync::Arc<MetricsLayer>,
 }
 
 impl<T, S> Service<volo_grpc::context::ServerContext, Request<T>> for MetricsService<S>
@@ -581,6 +642,40 @@ mod tests {
             text.contains(r#"rpc_client_call_duration_seconds_count{error_type="",rpc_method="echo.Echo/Count",rpc_response_status_code="OK",rpc_system_name="grpc",server_address="::1",server_port="50051"} 1"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn each_callee_address_keeps_its_own_series() {
+        let metrics = metrics();
+        let service = MetricsLayer::client(&metrics).layer(Transport);
+        // The same method to two callees, twice each, on one thread: the
+        // second call to each must not take the other's labels.
+        for addr in [
+            "127.0.0.1:1",
+            "10.0.0.2:2",
+            "127.0.0.1:1",
+            "10.0.0.2:2",
+            "[::1]:3",
+        ] {
+            let mut cx = ClientContext::default();
+            cx.rpc_info_mut().set_method(METHOD.into());
+            cx.rpc_info_mut()
+                .callee_mut()
+                .set_service_name("echo".into());
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            cx.rpc_info_mut()
+                .callee_mut()
+                .set_address(volo::net::Address::Ip(addr));
+            let response = service.call(&mut cx, Request::new(())).await.unwrap();
+            assert_eq!(response.into_inner(), 7);
+        }
+        let text = crate::encode_text(metrics.registry()).unwrap();
+        for (address, port, calls) in [("127.0.0.1", 1, 2), ("10.0.0.2", 2, 2), ("::1", 3, 1)] {
+            let series = format!(
+                r#"rpc_client_call_duration_seconds_count{{error_type="",rpc_method="echo.Echo/Count",rpc_response_status_code="OK",rpc_system_name="grpc",server_address="{address}",server_port="{port}"}} {calls}"#
+            );
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
     }
 
     /// The samples recorded (no `# HELP`, `# TYPE`).
