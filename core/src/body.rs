@@ -14,7 +14,9 @@ pin_project! {
     /// A response body that counts its bytes and calls its observer once:
     /// at the end of the stream (for gRPC, after the trailers with
     /// `grpc-status`), or on a body error. Dropped before the end, it drops
-    /// the observer unended (a cancellation).
+    /// the observer unended (a cancellation). An observer that does not
+    /// want the end ([`CallObserver::wants_end`]) only has its scope
+    /// entered around polls, and is dropped with the body.
     pub struct ObservedBody<B, O> {
         #[pin]
         inner: B,
@@ -22,6 +24,8 @@ pin_project! {
         grpc: bool,
         known: Option<CallEnd>,
         bytes: u64,
+        // Whether the frames are looked at for the end.
+        watching: bool,
     }
 }
 
@@ -32,6 +36,7 @@ impl<B: Body, O: CallObserver> ObservedBody<B, O> {
             grpc,
             known,
             bytes: 0,
+            watching: true,
             inner,
         };
         if body.inner.is_end_stream() {
@@ -56,6 +61,16 @@ impl<B, O> ObservedBody<B, O> {
             grpc: false,
             known: None,
             bytes: 0,
+            watching: false,
+        }
+    }
+
+    /// Enters `observer`'s body scope around polls, and nothing else: for
+    /// an observer that does not want the end.
+    pub(crate) fn scoped(inner: B, observer: O) -> Self {
+        Self {
+            observer: Some(observer),
+            ..Self::unobserved(inner)
         }
     }
 }
@@ -78,11 +93,20 @@ impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = {
+        let polled = {
             let _scope = this.observer.as_ref().map(CallObserver::body_scope);
-            std::task::ready!(this.inner.as_mut().poll_frame(cx))
+            this.inner.as_mut().poll_frame(cx)
         };
-        let ended = match &frame {
+        // Looked at in place and returned as it came: taking the frame out
+        // of the `Poll` and wrapping it again costs two copies of it on
+        // every frame.
+        let Poll::Ready(frame) = &polled else {
+            return polled;
+        };
+        if !*this.watching {
+            return polled;
+        }
+        let ended = match frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     if let Some(code) = grpc_status_from_trailers(trailers) {
@@ -112,7 +136,7 @@ impl<B: Body, O: CallObserver> Body for ObservedBody<B, O> {
                 observer.end(end, *this.bytes);
             }
         }
-        Poll::Ready(frame)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -210,6 +234,60 @@ mod tests {
         );
         body.collect().await.unwrap();
         assert_eq!(*seen.0.lock().unwrap(), vec![(CallEnd::Http(404), 3)]);
+    }
+
+    /// Counts scopes entered and whether it was dropped; wants no end.
+    struct ScopeOnly {
+        scopes: Arc<Mutex<u32>>,
+        dropped: Arc<Mutex<bool>>,
+    }
+
+    impl CallObserver for ScopeOnly {
+        type Scope<'a> = ();
+        fn scope(&self) {
+            *self.scopes.lock().unwrap() += 1;
+        }
+        fn end(self, _: CallEnd, _: u64) {
+            panic!("an observer that wants no end was told the end");
+        }
+        fn wants_end(&self) -> bool {
+            false
+        }
+    }
+
+    impl Drop for ScopeOnly {
+        fn drop(&mut self) {
+            *self.dropped.lock().unwrap() = true;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_observer_that_wants_no_end_gets_its_scope_only() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        let (scopes, dropped) = (Arc::default(), Arc::default());
+        let response = http::Response::new(Frames(
+            vec![
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+        ));
+        let observer = ScopeOnly {
+            scopes: Arc::clone(&scopes),
+            dropped: Arc::clone(&dropped),
+        };
+        let future = crate::ObservedFuture::new(
+            std::future::ready(Ok::<_, Infallible>(response)),
+            observer,
+            true,
+        );
+        let body = future.await.unwrap().into_body();
+        // Future poll, then three body polls (data, trailers, end).
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers().map(HeaderMap::len), Some(1));
+        assert_eq!(*scopes.lock().unwrap(), 4);
+        assert!(*dropped.lock().unwrap(), "dropped with the body");
     }
 
     #[tokio::test]

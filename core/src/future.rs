@@ -67,6 +67,9 @@ where
             return Poll::Ready(result.map(|r| r.map(ObservedBody::unobserved)));
         };
         Poll::Ready(match result {
+            Ok(response) if !observer.wants_end() => {
+                Ok(response.map(|body| ObservedBody::scoped(body, observer)))
+            }
             Ok(response) => {
                 let known = if *this.grpc {
                     grpc_status_from_headers(&response).map(CallEnd::Grpc)

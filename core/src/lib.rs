@@ -98,4 +98,13 @@ pub trait CallObserver {
 
     /// The call ended; `response_bytes` counts the body's data frames.
     fn end(self, end: CallEnd, response_bytes: u64);
+
+    /// Whether this call's end is wanted (`true` unless the observer says
+    /// otherwise). If not, the wrappers keep only the scopes: no status is
+    /// read and no byte counted, and the observer is dropped with the body,
+    /// never told [`end`](Self::end) — for a call that records nothing
+    /// (an unsampled span), which has no use for either.
+    fn wants_end(&self) -> bool {
+        true
+    }
 }

@@ -99,14 +99,17 @@ where
     O: CallObserver + Send + 'static,
 {
     let (metadata, extensions, body) = response.into_parts();
-    // `grpc-status` is looked up the same way in headers and trailers.
-    let known = grpc_status_from_trailers(metadata.headers()).map(CallEnd::Grpc);
-    let body = ObservedBody::new(body, observer, true, known).boxed_unsync();
+    let body = if observer.wants_end() {
+        // `grpc-status` is looked up the same way in headers and trailers.
+        let known = grpc_status_from_trailers(metadata.headers()).map(CallEnd::Grpc);
+        ObservedBody::new(body, observer, true, known).boxed_unsync()
+    } else {
+        // Still re-boxed: a streaming handler's code runs in the body's
+        // polls, inside the observer's scope.
+        ObservedBody::scoped(body, observer).boxed_unsync()
+    };
     Response::from_parts(metadata, extensions, body)
 }
-
-/// One layer's end of a client call: told how the call ended, once.
-type EndCallback = Box<dyn FnOnce(CallEnd) + Send>;
 
 /// The end-of-call callbacks of a Volo gRPC client call, carried in its
 /// response's extensions from the layers (which add them with
@@ -123,29 +126,66 @@ type EndCallback = Box<dyn FnOnce(CallEnd) + Send>;
 /// `Clone` (an `Arc`) as `http::Extensions` require; all copies share the
 /// callbacks.
 #[derive(Clone, Default)]
-pub struct CallEnds(Arc<Pending>);
+pub struct CallEnds(Option<Arc<dyn EndLink>>);
 
-#[derive(Default)]
-struct Pending(Mutex<Vec<EndCallback>>);
+/// One layer's callback with the callbacks added before it: a chain, so
+/// that each layer's end is one allocation holding its callback, where a
+/// list would take a box per callback and the list's own.
+trait EndLink: Send + Sync {
+    /// Runs the earlier callbacks, then this one, with `end` (those not run
+    /// yet).
+    fn end(&self, end: CallEnd);
+    /// How many callbacks have not run yet.
+    fn pending(&self) -> usize;
+}
 
-impl Pending {
-    fn take(&self) -> Vec<EndCallback> {
+struct Link<F: FnOnce(CallEnd) + Send> {
+    earlier: CallEnds,
+    callback: Mutex<Option<F>>,
+}
+
+impl<F: FnOnce(CallEnd) + Send> Link<F> {
+    fn take(&self) -> Option<F> {
         // A callback never runs under the lock, so it cannot be poisoned
         // mid-update; take what is there either way.
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        self.callback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
-impl Drop for Pending {
+impl<F: FnOnce(CallEnd) + Send> EndLink for Link<F> {
+    fn end(&self, end: CallEnd) {
+        self.earlier.run(end);
+        if let Some(callback) = self.take() {
+            callback(end);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        let own = self
+            .callback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        self.earlier.len() + usize::from(own)
+    }
+}
+
+impl<F: FnOnce(CallEnd) + Send> Drop for Link<F> {
     fn drop(&mut self) {
-        let callbacks = std::mem::take(self.0.get_mut().unwrap_or_else(PoisonError::into_inner));
-        run(callbacks, CallEnd::Grpc(GrpcCode::OK));
-    }
-}
-
-fn run(callbacks: Vec<EndCallback>, end: CallEnd) {
-    for callback in callbacks {
-        callback(end);
+        // The earlier callbacks first (if this held their last copy), as
+        // they would have ended first.
+        drop(std::mem::take(&mut self.earlier));
+        let callback = self
+            .callback
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(callback) = callback {
+            callback(CallEnd::Grpc(GrpcCode::OK));
+        }
     }
 }
 
@@ -174,17 +214,19 @@ impl CallEnds {
     /// Runs every callback with `end`; any copy of these `CallEnds` is left
     /// empty.
     pub fn end(self, end: CallEnd) {
-        run(self.0.take(), end);
+        self.run(end);
+    }
+
+    fn run(&self, end: CallEnd) {
+        if let Some(link) = &self.0 {
+            link.end(end);
+        }
     }
 
     /// How many callbacks wait for the end.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0
-             .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.0.as_ref().map_or(0, |link| link.pending())
     }
 
     /// True when no callback waits for the end.
@@ -193,12 +235,12 @@ impl CallEnds {
         self.len() == 0
     }
 
-    fn push(&self, callback: EndCallback) {
-        self.0
-             .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(callback);
+    /// These callbacks, then `callback`.
+    fn then(self, callback: impl FnOnce(CallEnd) + Send + 'static) -> Self {
+        Self(Some(Arc::new(Link {
+            earlier: self,
+            callback: Mutex::new(Some(callback)),
+        })))
     }
 }
 
@@ -236,12 +278,11 @@ impl fmt::Debug for CallEnds {
 /// ```
 pub fn defer_end<U>(response: &mut Response<U>, on_end: impl FnOnce(CallEnd) + Send + 'static) {
     let extensions = response.extensions_mut();
-    match extensions.get::<CallEnds>() {
-        Some(ends) => ends.push(Box::new(on_end)),
+    match extensions.get_mut::<CallEnds>() {
+        // In place: no second box in the extensions' map.
+        Some(ends) => *ends = std::mem::take(ends).then(on_end),
         None => {
-            let ends = CallEnds::default();
-            ends.push(Box::new(on_end));
-            extensions.insert(ends);
+            extensions.insert(CallEnds::default().then(on_end));
         }
     }
 }

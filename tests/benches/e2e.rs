@@ -45,7 +45,16 @@
 //! tracing,both` by default; `tracing-discard` adds a diagnostic case:
 //! tracing sampled, but ended spans are dropped by a processor that does
 //! nothing, which isolates the cost of handing every span to the export
-//! thread). The tracing cases' batch processor takes its limits from
+//! thread; `tracing-unsampled` is tracing alone with no sampled parent;
+//! `both-unsampled`, `both-1pct` and `both-10pct` add metrics and
+//! tracing under a parent-based sampler that keeps none, 1% or 10% of the
+//! client's root spans, the server following the `traceparent` flag;
+//! `tracing-fastrace` and `both-fastrace` are `tracing` and `both` on the
+//! fastrace path, 100% sampled, reported through fastrace-opentelemetry to
+//! the same no-op exporter; they need `--features fastrace`, and every
+//! count of such a build includes fastant's start-up TSC calibration, a
+//! varying number of instructions: subtract the inclusive count of
+//! `fastant::tsc_now::___init___ctor` from each total). The tracing cases' batch processor takes its limits from
 //! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
 //! `OTEL_BSP_SCHEDULE_DELAY`, as an application's would.
 
@@ -95,15 +104,40 @@ enum Layers {
     /// dropped by a processor that does nothing (no queue, no export
     /// thread), to separate the cost of handing spans to the export worker.
     TracingDiscard,
+    /// Metrics and tracing with a parent-based sampler whose root decision
+    /// keeps this share of traces (per mille): the client's spans are roots,
+    /// the server's follow the `traceparent` flag. 0 is "no sampled parent"
+    /// on either side.
+    BothSampled(u16),
+    /// Tracing alone under a parent-based sampler that keeps no root: what
+    /// `both-unsampled` adds to `metrics`, measured apart.
+    TracingUnsampled,
+    /// Diagnostic: no layer, but the client adds a
+    /// `traceparent` with a new value to every request, as any propagating
+    /// tracer must (never indexed in HPACK, as rpc-ext-tracing sends it):
+    /// the floor under every traced case, paid in HTTP/2 header coding.
+    BareTraceparent,
+    /// rpc-ext-tracing on its fastrace path, 100% sampled, reported through
+    /// fastrace-opentelemetry to the same no-op exporter.
+    Fastrace,
+    /// Metrics and tracing on the fastrace path, 100% sampled.
+    BothFastrace,
 }
 
 impl Layers {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 12] = [
         Self::Bare,
         Self::Metrics,
         Self::Tracing,
         Self::Both,
         Self::TracingDiscard,
+        Self::BothSampled(0),
+        Self::BothSampled(10),
+        Self::BothSampled(100),
+        Self::TracingUnsampled,
+        Self::BareTraceparent,
+        Self::Fastrace,
+        Self::BothFastrace,
     ];
 
     fn name(self) -> &'static str {
@@ -113,6 +147,14 @@ impl Layers {
             Self::Tracing => "tracing",
             Self::Both => "both",
             Self::TracingDiscard => "tracing-discard",
+            Self::BothSampled(0) => "both-unsampled",
+            Self::BothSampled(10) => "both-1pct",
+            Self::BothSampled(100) => "both-10pct",
+            Self::BothSampled(_) => "both-sampled",
+            Self::TracingUnsampled => "tracing-unsampled",
+            Self::BareTraceparent => "bare-traceparent",
+            Self::Fastrace => "tracing-fastrace",
+            Self::BothFastrace => "both-fastrace",
         }
     }
 
@@ -123,6 +165,14 @@ impl Layers {
             Self::Tracing => "rpc-ext-tracing server + client, 100% sampled",
             Self::Both => "rpc-ext-metrics + rpc-ext-tracing (sampled)",
             Self::TracingDiscard => "rpc-ext-tracing sampled, spans discarded at end (diagnostic)",
+            Self::BothSampled(0) => "rpc-ext-metrics + rpc-ext-tracing, no sampled parent",
+            Self::BothSampled(_) => {
+                "rpc-ext-metrics + rpc-ext-tracing, parent-based ratio sampling"
+            }
+            Self::TracingUnsampled => "rpc-ext-tracing server + client, no sampled parent",
+            Self::BareTraceparent => "no layer; the client sends a new traceparent (diagnostic)",
+            Self::Fastrace => "rpc-ext-tracing on fastrace, 100% sampled",
+            Self::BothFastrace => "rpc-ext-metrics + rpc-ext-tracing on fastrace (sampled)",
         }
     }
 }
@@ -262,8 +312,8 @@ impl SpanProcessor for DiscardProcessor {
     }
 }
 
-fn traced(discard: bool) -> (Traced, RpcTracing) {
-    let builder = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOn);
+fn traced(discard: bool, sampler: Sampler) -> (Traced, RpcTracing) {
+    let builder = SdkTracerProvider::builder().with_sampler(sampler);
     let (provider, stats) = if discard {
         (builder.with_span_processor(DiscardProcessor).build(), None)
     } else {
@@ -275,6 +325,30 @@ fn traced(discard: bool) -> (Traced, RpcTracing) {
     // (no subscriber is installed, so it costs next to nothing).
     let tracing = RpcTracing::builder().tracer_provider(&provider).build();
     (Traced { provider, stats }, tracing)
+}
+
+/// fastrace's reporter is process-wide: one pipeline for every fastrace
+/// case, exporting to the no-op exporter.
+#[cfg(feature = "fastrace")]
+fn fastrace_traced() -> (Traced, RpcTracing) {
+    static GUARD: std::sync::OnceLock<rpc_ext_tracing::otlp::FastraceGuard> =
+        std::sync::OnceLock::new();
+    let guard = GUARD.get_or_init(|| {
+        rpc_ext_tracing::otlp::OtlpTracing::new()
+            .install_global(false)
+            .install_fastrace_with_exporter(NoopExporter)
+    });
+    let tracing = RpcTracing::builder()
+        .fastrace_sampler(rpc_ext_tracing::FastraceSampler::TraceIdRatio(1.0))
+        .build();
+    (
+        Traced {
+            // No SDK spans on this path: a provider with nothing to shut down.
+            provider: SdkTracerProvider::builder().build(),
+            stats: Some(Arc::clone(guard.stats())),
+        },
+        tracing,
+    )
 }
 
 struct Case {
@@ -305,6 +379,78 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 }
 
 const MESSAGE: &str = "hello from the e2e load generator";
+
+/// A `traceparent` whose ids change with every request, written without
+/// `format!` as a tracer writes it and sent never-indexed, as
+/// rpc-ext-tracing sends it: what the diagnostic `bare-traceparent` case
+/// adds to every request.
+fn new_traceparent() -> Option<http::HeaderValue> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mixed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (field, at) in [(mixed, 3), (n, 19), (mixed.rotate_left(17), 36)] {
+        for (i, byte) in text[at..at + 16].iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((field >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    let mut value = http::HeaderValue::from_bytes(&text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The tonic client's side of `bare-traceparent`.
+fn with_new_traceparent(
+    mut request: http::Request<tonic::body::Body>,
+) -> http::Request<tonic::body::Body> {
+    if let Some(value) = new_traceparent() {
+        request.headers_mut().insert(TRACEPARENT, value);
+    }
+    request
+}
+
+/// The Volo client's side of `bare-traceparent`.
+#[derive(Clone, Copy)]
+struct NewTraceparentLayer;
+
+impl<S> motore::layer::Layer<S> for NewTraceparentLayer {
+    type Service = NewTraceparent<S>;
+
+    fn layer(self, inner: S) -> Self::Service {
+        NewTraceparent(inner)
+    }
+}
+
+#[derive(Clone)]
+struct NewTraceparent<S>(S);
+
+impl<S, T> motore::service::Service<volo_grpc::context::ClientContext, volo_grpc::Request<T>>
+    for NewTraceparent<S>
+where
+    T: Send + 'static,
+    S: motore::service::Service<volo_grpc::context::ClientContext, volo_grpc::Request<T>>
+        + Send
+        + Sync,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+
+    async fn call(
+        &self,
+        cx: &mut volo_grpc::context::ClientContext,
+        mut request: volo_grpc::Request<T>,
+    ) -> Result<Self::Response, Self::Error> {
+        if let Some(value) = new_traceparent() {
+            request
+                .metadata_mut()
+                .headers_mut()
+                .insert(TRACEPARENT, value);
+        }
+        self.0.call(cx, request).await
+    }
+}
 
 /// Starts a Volo gRPC Echo server with `$server` layers (innermost first,
 /// each `layer_front`) and returns a load over a Volo client with `$client`
@@ -412,10 +558,31 @@ async fn build_cases(
             let metrics = RpcMetrics::builder().build()?;
             let (traced, tracing) = match layers {
                 Layers::Tracing | Layers::Both | Layers::TracingDiscard => {
-                    let (traced, tracing) = traced(layers == Layers::TracingDiscard);
+                    let (traced, tracing) =
+                        traced(layers == Layers::TracingDiscard, Sampler::AlwaysOn);
                     (Some(traced), tracing)
                 }
-                Layers::Bare | Layers::Metrics => (None, RpcTracing::builder().build()),
+                Layers::BothSampled(_) | Layers::TracingUnsampled => {
+                    let per_mille = match layers {
+                        Layers::BothSampled(per_mille) => per_mille,
+                        _ => 0,
+                    };
+                    let ratio = Sampler::TraceIdRatioBased(f64::from(per_mille) / 1000.0);
+                    let (traced, tracing) = traced(false, Sampler::ParentBased(Box::new(ratio)));
+                    (Some(traced), tracing)
+                }
+                #[cfg(feature = "fastrace")]
+                Layers::Fastrace | Layers::BothFastrace => {
+                    let (traced, tracing) = fastrace_traced();
+                    (Some(traced), tracing)
+                }
+                #[cfg(not(feature = "fastrace"))]
+                Layers::Fastrace | Layers::BothFastrace => {
+                    anyhow::bail!("{} needs `--features fastrace`", layers.name())
+                }
+                Layers::Bare | Layers::Metrics | Layers::BareTraceparent => {
+                    (None, RpcTracing::builder().build())
+                }
             };
             // Layer order as in the quickstart: tracing outside metrics.
             let load = match (stack.as_str(), layers) {
@@ -425,46 +592,74 @@ async fn build_cases(
                     [rpc_ext_metrics::volo::MetricsLayer::server(&metrics)],
                     [rpc_ext_metrics::volo::MetricsLayer::client(&metrics)]
                 ),
-                ("volo", Layers::Tracing | Layers::TracingDiscard) => volo_case!(
-                    stopped(),
-                    [rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)],
-                    [rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)]
-                ),
-                ("volo", Layers::Both) => volo_case!(
-                    stopped(),
-                    [
-                        rpc_ext_metrics::volo::MetricsLayer::server(&metrics),
-                        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)
-                    ],
-                    [
-                        rpc_ext_metrics::volo::MetricsLayer::client(&metrics),
-                        rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)
-                    ]
-                ),
+                (
+                    "volo",
+                    Layers::Tracing
+                    | Layers::TracingDiscard
+                    | Layers::TracingUnsampled
+                    | Layers::Fastrace,
+                ) => {
+                    volo_case!(
+                        stopped(),
+                        [rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)],
+                        [rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)]
+                    )
+                }
+                ("volo", Layers::Both | Layers::BothSampled(_) | Layers::BothFastrace) => {
+                    volo_case!(
+                        stopped(),
+                        [
+                            rpc_ext_metrics::volo::MetricsLayer::server(&metrics),
+                            rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing)
+                        ],
+                        [
+                            rpc_ext_metrics::volo::MetricsLayer::client(&metrics),
+                            rpc_ext_tracing::volo::GrpcTracingLayer::client(&tracing)
+                        ]
+                    )
+                }
                 ("tonic", Layers::Bare) => tonic_case!(stopped(), [], []),
+                ("tonic", Layers::BareTraceparent) => tonic_case!(
+                    stopped(),
+                    [],
+                    [tower::util::MapRequestLayer::new(with_new_traceparent)]
+                ),
+                ("volo", Layers::BareTraceparent) => {
+                    volo_case!(stopped(), [], [NewTraceparentLayer])
+                }
                 ("tonic", Layers::Metrics) => tonic_case!(
                     stopped(),
                     [rpc_ext_metrics::tower::MetricsLayer::server(&metrics)],
                     [rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
                         .server_address("echo-tonic")]
                 ),
-                ("tonic", Layers::Tracing | Layers::TracingDiscard) => tonic_case!(
-                    stopped(),
-                    [rpc_ext_tracing::tower::TracingLayer::server(&tracing)],
-                    [rpc_ext_tracing::tower::TracingLayer::client(&tracing)]
-                ),
-                ("tonic", Layers::Both) => tonic_case!(
-                    stopped(),
-                    [
-                        rpc_ext_tracing::tower::TracingLayer::server(&tracing),
-                        rpc_ext_metrics::tower::MetricsLayer::server(&metrics)
-                    ],
-                    [
-                        rpc_ext_tracing::tower::TracingLayer::client(&tracing),
-                        rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
-                            .server_address("echo-tonic")
-                    ]
-                ),
+                (
+                    "tonic",
+                    Layers::Tracing
+                    | Layers::TracingDiscard
+                    | Layers::TracingUnsampled
+                    | Layers::Fastrace,
+                ) => {
+                    tonic_case!(
+                        stopped(),
+                        [rpc_ext_tracing::tower::TracingLayer::server(&tracing)],
+                        [rpc_ext_tracing::tower::TracingLayer::client(&tracing)]
+                    )
+                }
+                ("tonic", Layers::Both | Layers::BothSampled(_) | Layers::BothFastrace) => {
+                    tonic_case!(
+                        stopped(),
+                        [
+                            rpc_ext_tracing::tower::TracingLayer::server(&tracing),
+                            rpc_ext_metrics::tower::MetricsLayer::server(&metrics)
+                        ],
+                        [
+                            rpc_ext_tracing::tower::TracingLayer::client(&tracing),
+                            rpc_ext_metrics::tower::MetricsLayer::client(&metrics)
+                                .server_address("echo-tonic")
+                        ]
+                    )
+                }
                 (other, _) => anyhow::bail!("unknown stack {other:?} (volo or tonic)"),
             };
             cases.push(Case {

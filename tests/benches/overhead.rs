@@ -433,6 +433,20 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
             .with(tracing_opentelemetry::layer().with_tracer(peer_provider.tracer("tower-http"))),
     );
     let _guard = tracing::dispatcher::set_default(&dispatch);
+    // The fastrace path (`--features fastrace`): fastrace's reporter
+    // (process-wide) hands spans to the same batch queue and no-op
+    // exporter, on its collector thread.
+    #[cfg(feature = "fastrace")]
+    let fastrace_guard = case.ends_with("fastrace").then(|| {
+        rpc_ext_tracing::otlp::OtlpTracing::new()
+            .install_global(false)
+            .install_fastrace_with_exporter(NoopExporter)
+    });
+    #[cfg(feature = "fastrace")]
+    let tracing_fastrace = RpcTracing::builder()
+        .fastrace_sampler(rpc_ext_tracing::FastraceSampler::TraceIdRatio(1.0))
+        .tracing_span(false)
+        .build();
     macro_rules! run {
         ($service:expr) => {{
             let mut service = $service;
@@ -451,6 +465,12 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
         "tracing" => run!(ServiceBuilder::new()
             .layer(rpc_ext_tracing::tower::TracingLayer::server(&tracing_on))
             .service_fn(noop)),
+        #[cfg(feature = "fastrace")]
+        "tracing-fastrace" => run!(ServiceBuilder::new()
+            .layer(rpc_ext_tracing::tower::TracingLayer::server(
+                &tracing_fastrace
+            ))
+            .service_fn(noop)),
         "peer" => run!(ServiceBuilder::new()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .service_fn(noop)),
@@ -458,7 +478,7 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
             let (layer, _handle) = peer_metrics_layer(runtime);
             run!(ServiceBuilder::new().layer(layer).service_fn(noop))
         }
-        "volo-bare" | "volo-metrics" | "volo-tracing" => {
+        "volo-bare" | "volo-metrics" | "volo-tracing" | "volo-tracing-fastrace" => {
             use motore::layer::Layer;
             macro_rules! run_volo {
                 ($service:expr) => {{
@@ -475,6 +495,13 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
                 "volo-metrics" => {
                     run_volo!(rpc_ext_metrics::volo::MetricsLayer::server(&metrics).layer(VoloNoop))
                 }
+                #[cfg(feature = "fastrace")]
+                "volo-tracing-fastrace" => {
+                    run_volo!(
+                        rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_fastrace)
+                            .layer(VoloNoop)
+                    )
+                }
                 _ => {
                     run_volo!(rpc_ext_tracing::volo::GrpcTracingLayer::server(&tracing_on)
                         .layer(VoloNoop))
@@ -483,6 +510,8 @@ fn count_one(runtime: &tokio::runtime::Runtime, case: &str, iters: u64) {
         }
         other => panic!("unknown case {other}"),
     }
+    #[cfg(feature = "fastrace")]
+    drop(fastrace_guard);
 }
 
 fn main() {
@@ -490,8 +519,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // OVERHEAD_CASE=bare|metrics|tracing|peer|peer-metrics (tower) or
-    // volo-bare|volo-metrics|volo-tracing, OVERHEAD_ITERS=N: one case only.
+    // OVERHEAD_CASE=bare|metrics|tracing|tracing-fastrace|peer|peer-metrics
+    // (tower) or volo-bare|volo-metrics|volo-tracing|volo-tracing-fastrace,
+    // OVERHEAD_ITERS=N: one case only (the fastrace cases with
+    // `--features fastrace`; subtract fastant's start-up calibration,
+    // `fastant::tsc_now::___init___ctor`, from such a build's totals).
     // metrics and volo-metrics also as metrics-sampled, metrics-unsampled
     // (inside such a span) and metrics-off (exemplars off).
     if let Ok(case) = std::env::var("OVERHEAD_CASE") {

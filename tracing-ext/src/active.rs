@@ -10,7 +10,7 @@ use opentelemetry::{
 use rpc_ext_core::semconv::{attr, old_attr, Conventions};
 
 use crate::{
-    attributes::{self, Attributes},
+    attributes::{self, AttributeValue, Attributes},
     grpc_code_is_error, http_status_is_error, intern,
     methods::MethodSet,
     recent, GrpcCode, Outcome, RequestId, RpcSystem, Side,
@@ -22,7 +22,7 @@ use crate::{
 #[must_use = "a span ends when the call is finished or dropped"]
 pub struct ActiveCall {
     cx: Context,
-    side: Side,
+    pub(crate) side: Side,
     system: RpcSystem,
     conventions: Conventions,
     traced: bool,
@@ -42,6 +42,15 @@ pub struct ActiveCall {
     pub(crate) pending: Option<Box<Pending>>,
     tracing_span: tracing::Span,
     finished: bool,
+    /// The fastrace path: the call's span (the context then holds none).
+    /// Boxed: a fastrace span is larger than the rest of the call, which
+    /// the SDK path moves from future to body.
+    #[cfg(feature = "fastrace")]
+    pub(crate) fast: Option<Box<crate::fastrace_span::FastCall>>,
+    /// The fastrace path: attach the context around polls (it carries a
+    /// request id).
+    #[cfg(feature = "fastrace")]
+    pub(crate) attach_context: bool,
 }
 
 /// A server's method that was not known when its call started.
@@ -66,8 +75,39 @@ impl std::fmt::Debug for ActiveCall {
 /// ends with one or two, and gathering them first costs more than the
 /// span's lock per attribute.
 impl Attributes for SpanRef<'_> {
-    fn push(&mut self, attribute: KeyValue) {
-        self.set_attribute(attribute);
+    fn add(&mut self, key: &'static str, value: impl AttributeValue) {
+        self.set_attribute(KeyValue::new(key, value));
+    }
+}
+
+/// A span being ended: its attributes, new name and error status.
+pub(crate) trait EndingSpan: Attributes {
+    fn rename(&mut self, name: Cow<'static, str>);
+    fn fail(&mut self, description: Cow<'static, str>);
+}
+
+impl EndingSpan for SpanRef<'_> {
+    fn rename(&mut self, name: Cow<'static, str>) {
+        self.update_name(name);
+    }
+
+    fn fail(&mut self, description: Cow<'static, str>) {
+        self.set_status(Status::error(description));
+    }
+}
+
+#[cfg(feature = "fastrace")]
+impl EndingSpan for crate::fastrace_span::Properties {
+    fn rename(&mut self, name: Cow<'static, str>) {
+        self.push_static(crate::fastrace_span::SPAN_NAME_PROPERTY, name);
+    }
+
+    fn fail(&mut self, description: Cow<'static, str>) {
+        self.push_static(
+            fastrace_opentelemetry::SPAN_STATUS_CODE,
+            Cow::Borrowed("error"),
+        );
+        self.push_static(fastrace_opentelemetry::SPAN_STATUS_DESCRIPTION, description);
     }
 }
 
@@ -106,6 +146,10 @@ impl ActiveCall {
             pending: None,
             tracing_span,
             finished: false,
+            #[cfg(feature = "fastrace")]
+            fast: None,
+            #[cfg(feature = "fastrace")]
+            attach_context: false,
         }
     }
 
@@ -131,6 +175,13 @@ impl ActiveCall {
             return;
         }
         let names = recent::call_names(RpcSystem::Http, route, self.http_method);
+        #[cfg(feature = "fastrace")]
+        if let Some(fast) = &self.fast {
+            if self.recording {
+                let _ = fast.late_route.set((names.full, names.service));
+            }
+            return;
+        }
         let span = self.cx.span();
         if self.renames {
             span.update_name(names.full.clone());
@@ -144,9 +195,18 @@ impl ActiveCall {
     /// Records the `x-request-id` a server call came in with on its span
     /// (a recording span only: an unsampled call records nothing).
     pub(crate) fn record_request_id(&self, id: &RequestId) {
+        // (The fastrace path records it with the start attributes.)
         if self.traced && self.recording {
             attributes::request_id(&mut self.cx.span(), id, self.system, self.conventions);
         }
+    }
+
+    /// Whether the call's outcome is of any use: its span records, or a
+    /// server's method is settled by the status (learned even unsampled,
+    /// so that samplers see it named). Otherwise the layers need not read
+    /// the status or keep the call to the end of the response.
+    pub(crate) fn needs_outcome(&self) -> bool {
+        self.traced && (self.recording || self.pending.is_some())
     }
 
     /// Ends the span with the call's outcome.
@@ -160,32 +220,60 @@ impl ActiveCall {
             return;
         }
         self.finished = true;
+        let pending = self.pending.take();
+        #[cfg(feature = "fastrace")]
+        if let Some(fast) = self.fast.take() {
+            let crate::fastrace_span::FastCall {
+                span,
+                mut properties,
+                late_route,
+            } = *fast;
+            if !self.recording {
+                learn(pending, outcome);
+                // Dropped: the span ends, and reports nothing.
+                return;
+            }
+            if let Some((name, route)) = late_route.into_inner() {
+                if self.renames {
+                    properties.rename(name);
+                }
+                properties.add(attr::HTTP_ROUTE, route);
+            }
+            self.record_end(outcome, pending, &mut properties);
+            // Dropped: the span ends now.
+            drop(properties.apply(span));
+            return;
+        }
         let mut span = self.cx.span();
         if !self.recording {
             // Nothing to record; a pending method is still learned.
-            if let Some(pending) = self.pending.take() {
-                if served(outcome.grpc_code) {
-                    pending.methods.learn(&pending.full);
-                }
-            }
+            learn(pending, outcome);
             span.end();
             return;
         }
-        if let Some(pending) = self.pending.take() {
-            if let Some(name) = self.settle(*pending, outcome.grpc_code, &mut span) {
-                span.update_name(name);
+        self.record_end(outcome, pending, &mut span);
+        span.end();
+    }
+
+    /// What a recording span ends with.
+    fn record_end(
+        &self,
+        outcome: &Outcome,
+        pending: Option<Box<Pending>>,
+        span: &mut impl EndingSpan,
+    ) {
+        if let Some(pending) = pending {
+            if let Some(name) = self.settle(*pending, outcome.grpc_code, span) {
+                span.rename(name);
             }
         }
         let mut error: Option<Cow<'static, str>> = None;
         if let Some(code) = outcome.grpc_code {
             if self.conventions.current() {
-                span.push(KeyValue::new(attr::RPC_RESPONSE_STATUS_CODE, code.name()));
+                span.add(attr::RPC_RESPONSE_STATUS_CODE, code.name());
             }
             if self.conventions.old() {
-                span.push(KeyValue::new(
-                    old_attr::RPC_GRPC_STATUS_CODE,
-                    i64::from(code.as_i32()),
-                ));
+                span.add(old_attr::RPC_GRPC_STATUS_CODE, i64::from(code.as_i32()));
             }
             if grpc_code_is_error(code, self.side) {
                 error = Some(Cow::Borrowed(if self.conventions.current() {
@@ -196,10 +284,7 @@ impl ActiveCall {
             }
         }
         if let Some(status) = outcome.http_status {
-            span.push(KeyValue::new(
-                attr::HTTP_RESPONSE_STATUS_CODE,
-                i64::from(status),
-            ));
+            span.add(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status));
             if http_status_is_error(status, self.side) {
                 error = Some(Cow::Owned(status.to_string()));
             }
@@ -208,26 +293,22 @@ impl ActiveCall {
             error = Some(error_type.clone());
         }
         if let Some(addr) = outcome.peer_addr.filter(|_| !self.peer_known) {
-            attributes::peer(&mut span, addr);
+            attributes::peer(span, addr);
         }
         if self.record_sizes {
             if let Some(size) = outcome.response_size {
-                span.push(KeyValue::new(
+                span.add(
                     crate::semconv::RPC_RESPONSE_SIZE,
                     i64::try_from(size).unwrap_or(i64::MAX),
-                ));
+                );
             }
         }
         if let Some(error) = &error {
-            span.push(KeyValue::new(
-                attr::ERROR_TYPE,
-                StringValue::from(error.clone()),
-            ));
+            span.add(attr::ERROR_TYPE, error.clone());
         }
         if let Some(error) = error {
-            span.set_status(Status::error(error));
+            span.fail(error);
         }
-        span.end();
     }
 
     /// The method of a server call that started unknown: the method itself
@@ -236,7 +317,7 @@ impl ActiveCall {
         &self,
         pending: Pending,
         code: Option<GrpcCode>,
-        span: &mut SpanRef<'_>,
+        span: &mut impl Attributes,
     ) -> Option<Cow<'static, str>> {
         if !(served(code) && pending.methods.learn(&pending.full)) {
             attributes::other_method(span, pending.full.into(), self.conventions);
@@ -245,17 +326,14 @@ impl ActiveCall {
         let (service, method) = pending.full.split_at(pending.service_len);
         let method = method.strip_prefix('/').unwrap_or(method);
         if self.conventions.old() {
-            span.push(KeyValue::new(old_attr::RPC_SERVICE, service.to_owned()));
+            span.add(old_attr::RPC_SERVICE, service.to_owned());
         }
         if !self.conventions.current() {
-            span.push(KeyValue::new(old_attr::RPC_METHOD, method.to_owned()));
+            span.add(old_attr::RPC_METHOD, method.to_owned());
             return self.renames.then_some(Cow::Owned(pending.full));
         }
         let full = intern::span_name(pending.full);
-        span.push(KeyValue::new(
-            attr::RPC_METHOD,
-            StringValue::from(full.clone()),
-        ));
+        span.add(attr::RPC_METHOD, full.clone());
         self.renames.then_some(full)
     }
 
@@ -276,6 +354,15 @@ impl ActiveCall {
 /// so span and series name a method alike.
 fn served(code: Option<GrpcCode>) -> bool {
     code == Some(GrpcCode::OK)
+}
+
+/// A pending method of a call that records nothing is still learned.
+fn learn(pending: Option<Box<Pending>>, outcome: &Outcome) {
+    if let Some(pending) = pending {
+        if served(outcome.grpc_code) {
+            pending.methods.learn(&pending.full);
+        }
+    }
 }
 
 impl Drop for ActiveCall {

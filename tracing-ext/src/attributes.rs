@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use opentelemetry::{KeyValue, StringValue};
+use opentelemetry::{KeyValue, StringValue, Value};
 use rpc_ext_core::semconv::{attr, old_attr, Conventions, OTHER};
 
 use crate::{
@@ -17,17 +17,103 @@ use crate::{
 /// every angle, both sets of names, or extra attributes.
 pub(crate) const CAPACITY: usize = 12;
 
-/// Where attributes go: the `Vec` a span starts with, or the span being
-/// ended. One at a time: `extend` with an array costs an iterator per
-/// attribute.
+/// Where attributes go: the `Vec` a span starts with, the span being
+/// ended, or a fastrace span's properties. One at a time: `extend` with an
+/// array costs an iterator per attribute. Keys are the conventions'
+/// constants, so a fastrace property takes them without a copy.
 pub(crate) trait Attributes {
     /// Adds one attribute.
-    fn push(&mut self, attribute: KeyValue);
+    fn add(&mut self, key: &'static str, value: impl AttributeValue);
 }
 
 impl Attributes for Vec<KeyValue> {
-    fn push(&mut self, attribute: KeyValue) {
-        Vec::push(self, attribute);
+    fn add(&mut self, key: &'static str, value: impl AttributeValue) {
+        Vec::push(self, KeyValue::new(key, value));
+    }
+}
+
+/// A value an attribute takes: what the OpenTelemetry SDK takes, and (for
+/// fastrace, whose properties are text) its text, without a copy where it
+/// is `'static` already.
+pub(crate) trait AttributeValue: Into<Value> {
+    /// The value as a fastrace property.
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str>;
+}
+
+impl AttributeValue for &'static str {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl AttributeValue for Cow<'static, str> {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        self
+    }
+}
+
+impl AttributeValue for String {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        Cow::Owned(self)
+    }
+}
+
+impl AttributeValue for StringValue {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        Cow::Owned(self.into())
+    }
+}
+
+impl AttributeValue for std::sync::Arc<str> {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        Cow::Owned(String::from(&*self))
+    }
+}
+
+/// A request id: a one-string array (captured headers and metadata are
+/// string arrays); as a property, the string.
+impl AttributeValue for Value {
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        match self {
+            Value::Array(opentelemetry::Array::String(mut values)) if values.len() == 1 => {
+                Cow::Owned(values.swap_remove(0).into())
+            }
+            other => Cow::Owned(other.as_str().into_owned()),
+        }
+    }
+}
+
+impl AttributeValue for i64 {
+    /// Decimal digits written by hand: `to_string` goes through the
+    /// formatting machinery, several times the cost for a port.
+    #[cfg(feature = "fastrace")]
+    fn into_text(self) -> Cow<'static, str> {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = self.unsigned_abs();
+        loop {
+            at -= 1;
+            // `rest % 10` is a single digit.
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut text = String::with_capacity(digits.len() - at + 1);
+        if self < 0 {
+            text.push('-');
+        }
+        // ASCII digits only.
+        text.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+        Cow::Owned(text)
     }
 }
 
@@ -51,18 +137,30 @@ pub(crate) fn at_start(
     conventions: Conventions,
 ) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(CAPACITY);
+    write_start(&mut attributes, info, method, side, conventions);
+    attributes
+}
+
+/// Writes the attributes known when the call starts into `attributes`.
+pub(crate) fn write_start(
+    attributes: &mut impl Attributes,
+    info: &CallInfo<'_>,
+    method: &Method<'_>,
+    side: Side,
+    conventions: Conventions,
+) {
     match method {
-        Method::Http(names, normalized) => http(&mut attributes, info, names, normalized, side),
-        _ => rpc(&mut attributes, info.system, method, conventions),
+        Method::Http(names, normalized) => http(attributes, info, names, normalized, side),
+        _ => rpc(attributes, info.system, method, conventions),
     }
     if let Some(host) = info.server_address {
-        attributes.push(KeyValue::new(
+        attributes.add(
             attr::SERVER_ADDRESS,
             match host {
                 Host::Ip(ip) => recent::ip(ip),
                 Host::Name(name) => recent::text(name),
             },
-        ));
+        );
     }
     let port = info.server_port.or_else(|| {
         // An HTTP client's URL without a port goes to the scheme's.
@@ -71,24 +169,17 @@ pub(crate) fn at_start(
             .then(|| address::default_port(url.scheme.unwrap_or("http")))?
     });
     if let Some(port) = port {
-        attributes.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
+        attributes.add(attr::SERVER_PORT, i64::from(port));
     }
     if let Some(addr) = info.peer_addr {
-        peer(&mut attributes, addr);
+        peer(attributes, addr);
     }
-    attributes
 }
 
 /// `network.peer.address` and `network.peer.port`.
 pub(crate) fn peer(attributes: &mut impl Attributes, addr: std::net::SocketAddr) {
-    attributes.push(KeyValue::new(
-        attr::NETWORK_PEER_ADDRESS,
-        recent::ip(addr.ip()),
-    ));
-    attributes.push(KeyValue::new(
-        attr::NETWORK_PEER_PORT,
-        i64::from(addr.port()),
-    ));
+    attributes.add(attr::NETWORK_PEER_ADDRESS, recent::ip(addr.ip()));
+    attributes.add(attr::NETWORK_PEER_PORT, i64::from(addr.port()));
 }
 
 /// The `x-request-id` a server call came in with, under the name the
@@ -101,37 +192,37 @@ pub(crate) fn request_id(
     conventions: Conventions,
 ) {
     if system == RpcSystem::Http {
-        attributes.push(KeyValue::new(
+        attributes.add(
             semconv::HTTP_REQUEST_HEADER_X_REQUEST_ID,
             id.attribute_value(),
-        ));
+        );
         return;
     }
     if conventions.current() {
-        attributes.push(KeyValue::new(
+        attributes.add(
             semconv::RPC_REQUEST_METADATA_X_REQUEST_ID,
             id.attribute_value(),
-        ));
+        );
     }
     if conventions.old() && system == RpcSystem::Grpc {
-        attributes.push(KeyValue::new(
+        attributes.add(
             semconv::RPC_GRPC_REQUEST_METADATA_X_REQUEST_ID,
             id.attribute_value(),
-        ));
+        );
     }
 }
 
 fn rpc(
-    attributes: &mut Vec<KeyValue>,
+    attributes: &mut impl Attributes,
     system: RpcSystem,
     method: &Method<'_>,
     conventions: Conventions,
 ) {
     if conventions.current() {
-        attributes.push(KeyValue::new(attr::RPC_SYSTEM_NAME, system.as_str()));
+        attributes.add(attr::RPC_SYSTEM_NAME, system.as_str());
     }
     if conventions.old() {
-        attributes.push(KeyValue::new(old_attr::RPC_SYSTEM, system.as_str()));
+        attributes.add(old_attr::RPC_SYSTEM, system.as_str());
     }
     match method {
         Method::Known(names) => known_method(attributes, names, conventions),
@@ -149,17 +240,13 @@ pub(crate) fn known_method(
     names: &CallNames,
     conventions: Conventions,
 ) {
-    let method = if conventions.current() {
-        StringValue::from(names.full.clone())
+    if conventions.current() {
+        attributes.add(attr::RPC_METHOD, names.full.clone());
     } else {
-        StringValue::from(names.method.clone())
-    };
-    attributes.push(KeyValue::new(attr::RPC_METHOD, method));
+        attributes.add(attr::RPC_METHOD, names.method.clone());
+    }
     if conventions.old() {
-        attributes.push(KeyValue::new(
-            old_attr::RPC_SERVICE,
-            StringValue::from(names.service.clone()),
-        ));
+        attributes.add(old_attr::RPC_SERVICE, names.service.clone());
     }
 }
 
@@ -170,49 +257,43 @@ pub(crate) fn other_method(
     raw: StringValue,
     conventions: Conventions,
 ) {
-    attributes.push(KeyValue::new(attr::RPC_METHOD, OTHER));
+    attributes.add(attr::RPC_METHOD, OTHER);
     if conventions.current() {
-        attributes.push(KeyValue::new(attr::RPC_METHOD_ORIGINAL, raw));
+        attributes.add(attr::RPC_METHOD_ORIGINAL, raw);
     }
 }
 
 fn http(
-    attributes: &mut Vec<KeyValue>,
+    attributes: &mut impl Attributes,
     info: &CallInfo<'_>,
     names: &CallNames,
     normalized: &'static str,
     side: Side,
 ) {
-    attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, normalized));
+    attributes.add(attr::HTTP_REQUEST_METHOD, normalized);
     if normalized == OTHER {
-        attributes.push(KeyValue::new(
-            attr::HTTP_REQUEST_METHOD_ORIGINAL,
-            info.method.to_owned(),
-        ));
+        attributes.add(attr::HTTP_REQUEST_METHOD_ORIGINAL, info.method.to_owned());
     }
     if side.is_server() {
         if !names.service.is_empty() {
-            attributes.push(KeyValue::new(
-                attr::HTTP_ROUTE,
-                StringValue::from(names.service.clone()),
-            ));
+            attributes.add(attr::HTTP_ROUTE, names.service.clone());
         }
         let url = info.url.unwrap_or_default();
-        attributes.push(KeyValue::new(
+        attributes.add(
             attr::URL_SCHEME,
             match url.scheme {
-                None | Some("http") => StringValue::from("http"),
-                Some("https") => StringValue::from("https"),
-                Some(other) => StringValue::from(other.to_owned()),
+                None | Some("http") => Cow::Borrowed("http"),
+                Some("https") => Cow::Borrowed("https"),
+                Some(other) => Cow::Owned(other.to_owned()),
             },
-        ));
+        );
         if !url.path.is_empty() {
-            attributes.push(KeyValue::new(attr::URL_PATH, recent::text(url.path)));
+            attributes.add(attr::URL_PATH, recent::text(url.path));
         }
         if let Some(query) = url.query {
-            attributes.push(KeyValue::new(attr::URL_QUERY, query.to_owned()));
+            attributes.add(attr::URL_QUERY, query.to_owned());
         }
     } else if let Some(full) = info.url.as_ref().and_then(address::full_url) {
-        attributes.push(KeyValue::new(attr::URL_FULL, full));
+        attributes.add(attr::URL_FULL, full);
     }
 }

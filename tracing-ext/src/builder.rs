@@ -31,6 +31,8 @@ pub struct RpcTracingBuilder {
     skip_http_routes: Vec<Box<str>>,
     mesh: MeshMode,
     forward_request_id: Option<bool>,
+    #[cfg(feature = "fastrace")]
+    fastrace: Option<crate::FastraceSampler>,
 }
 
 impl std::fmt::Debug for RpcTracingBuilder {
@@ -67,11 +69,24 @@ impl RpcTracing {
             skip_http_routes: Vec::new(),
             mesh: MeshMode::Auto,
             forward_request_id: None,
+            #[cfg(feature = "fastrace")]
+            fastrace: None,
         }
     }
 }
 
 impl RpcTracingBuilder {
+    #[cfg(feature = "fastrace")]
+    fn fastrace_tracer(&self) -> Option<CallTracer> {
+        self.fastrace.map(CallTracer::Fastrace)
+    }
+
+    #[cfg(not(feature = "fastrace"))]
+    #[allow(clippy::unused_self)] // The same call with or without the feature.
+    fn fastrace_tracer(&self) -> Option<CallTracer> {
+        None
+    }
+
     /// Creates spans with this provider instead of the global one.
     pub fn tracer_provider<P>(mut self, provider: &P) -> Self
     where
@@ -232,7 +247,8 @@ impl RpcTracingBuilder {
     /// Also enters a `tracing` span (`rpc.call`, with `rpc.method`,
     /// `trace_id` and `span_id` fields) around each call, so log lines
     /// inside a call carry the ids (default on; costs nothing when no
-    /// subscriber wants it).
+    /// subscriber wants it, and is not made at all while no `tracing`
+    /// subscriber is enabled at INFO: it is not passed on to `log`).
     pub fn tracing_span(mut self, enabled: bool) -> Self {
         self.tracing_span = enabled;
         self
@@ -297,6 +313,76 @@ impl RpcTracingBuilder {
         self
     }
 
+    /// Records spans with [fastrace](https://docs.rs/fastrace) instead of
+    /// the OpenTelemetry SDK (feature `fastrace`), sampled as
+    /// `OTEL_TRACES_SAMPLER` says ([`FastraceSampler::from_env`]; set one
+    /// with [`fastrace_sampler`](Self::fastrace_sampler)). The spans are
+    /// the same: names, kinds, attributes (integers where the SDK path
+    /// sends integers, once through
+    /// [`FastraceSpanExporter`](crate::FastraceSpanExporter)), status and
+    /// `error.type`, and the `rpc.call` `tracing` span with the ids. What
+    /// differs:
+    ///
+    /// - export is fastrace's: set a reporter, e.g. with
+    ///   [`OtlpTracing::install_fastrace`](crate::otlp::OtlpTracing::install_fastrace);
+    ///   [`tracer_provider`](Self::tracer_provider) and the SDK's span
+    ///   processors and samplers play no part;
+    /// - context travels as W3C `traceparent` only (no `tracestate`,
+    ///   baggage or B3, whatever the [`propagator`](Self::propagator));
+    /// - while a call's future runs, its span is fastrace's local parent:
+    ///   the application's `LocalSpan`s nest under it, and a client call
+    ///   made inside the application's own fastrace span is its child.
+    ///   `opentelemetry::Context::current()` holds no span there.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use rpc_ext_tracing::{CallInfo, Outcome, RpcTracing};
+    ///
+    /// let tracing = RpcTracing::builder().fastrace().build();
+    /// let inbound = HashMap::from([(
+    ///     "traceparent".to_string(),
+    ///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+    /// )]);
+    /// let server = tracing.start_server(&CallInfo::grpc("/echo.Echo/Say"), &inbound);
+    /// let outbound = futures_executor::block_on(server.run(async {
+    ///     // The application's own fastrace span, under the server's:
+    ///     let _local = fastrace::local::LocalSpan::enter_with_local_parent("lookup");
+    ///     let mut headers = HashMap::new();
+    ///     let client = tracing.start_client(&CallInfo::grpc("/echo.Backend/Get"), &mut headers);
+    ///     client.finish(&Outcome::default());
+    ///     headers
+    /// }));
+    /// server.finish(&Outcome::default());
+    /// // Same trace, sampled, written for the next hop:
+    /// assert!(outbound["traceparent"].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    /// assert!(outbound["traceparent"].ends_with("-01"));
+    /// ```
+    ///
+    /// [`FastraceSampler::from_env`]: crate::FastraceSampler::from_env
+    #[cfg(feature = "fastrace")]
+    pub fn fastrace(mut self) -> Self {
+        self.fastrace = Some(crate::FastraceSampler::from_env());
+        self
+    }
+
+    /// Records spans with fastrace ([`fastrace`](Self::fastrace)), sampled
+    /// by `sampler` instead of what `OTEL_TRACES_SAMPLER` says.
+    ///
+    /// ```
+    /// use rpc_ext_tracing::{FastraceSampler, RpcTracing};
+    ///
+    /// // Follow callers; keep 1 in 100 new traces.
+    /// let tracing = RpcTracing::builder()
+    ///     .fastrace_sampler(FastraceSampler::ParentBased { root_ratio: 0.01 })
+    ///     .build();
+    /// # let _ = tracing;
+    /// ```
+    #[cfg(feature = "fastrace")]
+    pub fn fastrace_sampler(mut self, sampler: crate::FastraceSampler) -> Self {
+        self.fastrace = Some(sampler);
+        self
+    }
+
     /// Finishes the configuration.
     pub fn build(self) -> RpcTracing {
         let mesh = Mesh::resolve(self.mesh);
@@ -310,7 +396,7 @@ impl RpcTracingBuilder {
         }
         RpcTracing {
             inner: Arc::new(Inner {
-                tracer: self.tracer.unwrap_or_else(|| {
+                tracer: self.fastrace_tracer().or(self.tracer).unwrap_or_else(|| {
                     let scope = opentelemetry::InstrumentationScope::builder(INSTRUMENTATION_NAME)
                         .with_version(env!("CARGO_PKG_VERSION"))
                         .build();

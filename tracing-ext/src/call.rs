@@ -133,6 +133,10 @@ impl RpcTracing {
         carrier: &dyn Extractor,
         recognition: Recognition,
     ) -> ActiveCall {
+        #[cfg(feature = "fastrace")]
+        if let CallTracer::Fastrace(sampler) = &self.inner.tracer {
+            return crate::fastrace_span::start_server(self, sampler, info, carrier, recognition);
+        }
         let parent = self
             .inner
             .propagator
@@ -157,6 +161,10 @@ impl RpcTracing {
     /// `x-request-id` (this crate's carriers keep one the request already
     /// has).
     pub fn start_client(&self, info: &CallInfo<'_>, carrier: &mut dyn Injector) -> ActiveCall {
+        #[cfg(feature = "fastrace")]
+        if let CallTracer::Fastrace(sampler) = &self.inner.tracer {
+            return crate::fastrace_span::start_client(self, sampler, info, carrier);
+        }
         let call = self.start(info, Context::current(), Side::Client, Recognition::Trusted);
         self.inner
             .propagator
@@ -177,26 +185,8 @@ impl RpcTracing {
         recognition: Recognition,
     ) -> ActiveCall {
         let inner = &self.inner;
-        if inner.filter.as_ref().is_some_and(|filter| !filter(info))
-            || (side.is_server() && self.skips_route(info))
-        {
+        let Some((method, name)) = self.plan(info, side, recognition) else {
             return ActiveCall::untraced(parent, side, info.system);
-        }
-        let method = self.method(info, side, recognition);
-        if !inner.trace_health_checks && info.system == RpcSystem::Grpc {
-            let full = match &method {
-                Method::Known(names) => Some(&*names.full),
-                Method::Pending(full) => Some(full.as_str()),
-                Method::Other(_) | Method::Http(..) => None,
-            };
-            if full.is_some_and(semconv::is_grpc_health) {
-                return ActiveCall::untraced(parent, side, info.system);
-            }
-        }
-        let name: Cow<'static, str> = match (&inner.name, &method) {
-            (Some(formatter), _) => formatter(info).into(),
-            (None, Method::Known(names) | Method::Http(names, _)) => names.full.clone(),
-            (None, Method::Pending(_) | Method::Other(_)) => Cow::Borrowed(info.system.as_str()),
         };
         let kind = if side.is_server() {
             SpanKind::Server
@@ -222,26 +212,94 @@ impl RpcTracing {
         let (cx, recording) = match &inner.tracer {
             CallTracer::Sdk(tracer) => start_span(tracer, builder, &parent, attributes),
             CallTracer::Boxed(tracer) => start_span(tracer, builder, &parent, attributes),
+            // Started by `fastrace::start`, never here.
+            #[cfg(feature = "fastrace")]
+            CallTracer::Fastrace(_) => (parent, false),
         };
         let tracing_span = if inner.tracing_span {
-            let context = cx.span().span_context().clone();
-            let logged = match &method {
-                Method::Known(names) | Method::Http(names, _) => &*names.full,
-                Method::Pending(full) => full,
-                Method::Other(raw) => raw,
-            };
-            tracing::info_span!(
-                target: "rpc_ext_tracing::rpc",
-                "rpc.call",
-                rpc.method = logged,
-                trace_id = %context.trace_id(),
-                span_id = %context.span_id(),
-            )
+            let span = cx.span();
+            let context = span.span_context();
+            self.tracing_span(&method, context.trace_id(), context.span_id())
         } else {
             tracing::Span::none()
         };
         let mut call = ActiveCall::traced(cx, side, info.system, inner.conventions, tracing_span);
         call.recording = recording;
+        self.settings(&mut call, info, method, side);
+        call
+    }
+
+    /// The method and name of a call to trace, or `None` for a call left
+    /// out (filtered, a skipped route, a health check).
+    pub(crate) fn plan<'a>(
+        &self,
+        info: &CallInfo<'a>,
+        side: Side,
+        recognition: Recognition,
+    ) -> Option<(Method<'a>, Cow<'static, str>)> {
+        let inner = &self.inner;
+        if inner.filter.as_ref().is_some_and(|filter| !filter(info))
+            || (side.is_server() && self.skips_route(info))
+        {
+            return None;
+        }
+        let method = self.method(info, side, recognition);
+        if !inner.trace_health_checks && info.system == RpcSystem::Grpc {
+            let full = match &method {
+                Method::Known(names) => Some(&*names.full),
+                Method::Pending(full) => Some(full.as_str()),
+                Method::Other(_) | Method::Http(..) => None,
+            };
+            if full.is_some_and(semconv::is_grpc_health) {
+                return None;
+            }
+        }
+        let name: Cow<'static, str> = match (&inner.name, &method) {
+            (Some(formatter), _) => formatter(info).into(),
+            (None, Method::Known(names) | Method::Http(names, _)) => names.full.clone(),
+            (None, Method::Pending(_) | Method::Other(_)) => Cow::Borrowed(info.system.as_str()),
+        };
+        Some((method, name))
+    }
+
+    /// The `tracing` span a call runs in, with the ids of its span.
+    pub(crate) fn tracing_span(
+        &self,
+        method: &Method<'_>,
+        trace_id: impl std::fmt::Display,
+        span_id: impl std::fmt::Display,
+    ) -> tracing::Span {
+        // No subscriber wants INFO (none is installed): the macro would
+        // still build the span's fields to hand them to `log` (tracing's
+        // `log` feature, which axum and others turn on), on every call.
+        // This span is for `tracing` subscribers; `log` has no spans to
+        // correlate with.
+        if tracing::level_filters::LevelFilter::current() < tracing::Level::INFO {
+            return tracing::Span::none();
+        }
+        let logged = match method {
+            Method::Known(names) | Method::Http(names, _) => &*names.full,
+            Method::Pending(full) => full,
+            Method::Other(raw) => raw,
+        };
+        tracing::info_span!(
+            target: "rpc_ext_tracing::rpc",
+            "rpc.call",
+            rpc.method = logged,
+            trace_id = %trace_id,
+            span_id = %span_id,
+        )
+    }
+
+    /// What a traced call needs to know at its end, from how it started.
+    pub(crate) fn settings(
+        &self,
+        call: &mut ActiveCall,
+        info: &CallInfo<'_>,
+        method: Method<'_>,
+        side: Side,
+    ) {
+        let inner = &self.inner;
         call.record_sizes = inner.record_sizes;
         call.renames = inner.name.is_none();
         call.peer_known = info.peer_addr.is_some();
@@ -260,7 +318,6 @@ impl RpcTracing {
                 methods: Arc::clone(&inner.methods),
             }));
         }
-        call
     }
 
     /// How the span names the call's method.
@@ -333,6 +390,9 @@ pub(crate) enum CallTracer {
     Sdk(opentelemetry_sdk::trace::SdkTracer),
     /// Any other, and the global one.
     Boxed(BoxedTracer),
+    /// No OpenTelemetry tracer: spans are fastrace's, sampled so.
+    #[cfg(feature = "fastrace")]
+    Fastrace(crate::FastraceSampler),
 }
 
 impl CallTracer {

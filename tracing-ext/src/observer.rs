@@ -38,6 +38,10 @@ impl CallObserver for TracingObserver {
         self.side.is_server().then(|| self.call.enter())
     }
 
+    fn wants_end(&self) -> bool {
+        self.call.needs_outcome()
+    }
+
     fn end(self, end: CallEnd, response_bytes: u64) {
         let mut outcome = outcome(end);
         if end != CallEnd::Failed {

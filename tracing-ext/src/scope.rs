@@ -19,7 +19,11 @@ pub struct CallScope<'a> {
     // Entered after the context is attached and declared first so that it
     // drops first: guards are released in the reverse order of taking.
     _span: Option<tracing::span::Entered<'a>>,
-    _context: ContextGuard,
+    /// The fastrace path: the call's span as fastrace's local parent.
+    #[cfg(feature = "fastrace")]
+    _local_parent: Option<fastrace::local::LocalParentGuard>,
+    // `None` on the fastrace path without a request id to carry.
+    _context: Option<ContextGuard>,
 }
 
 impl std::fmt::Debug for CallScope<'_> {
@@ -31,14 +35,45 @@ impl std::fmt::Debug for CallScope<'_> {
 impl ActiveCall {
     /// Makes the call's context current and enters its `tracing` span until
     /// the returned scope is dropped: what a layer wraps around every poll
-    /// of the call's future and body.
+    /// of the call's future and body. The context of a client call whose
+    /// span records nothing (not sampled) is left as it is: only the
+    /// transport runs below a client's span.
+    ///
+    /// On the fastrace path
+    /// ([`RpcTracingBuilder::fastrace`](crate::RpcTracingBuilder::fastrace))
+    /// a server call's span is fastrace's local parent instead, so that
+    /// `fastrace::local::LocalSpan`s and `Span::enter_with_local_parent`
+    /// made inside nest under it (a client call's is not: only the
+    /// transport runs below it); the OpenTelemetry context is attached only
+    /// when it carries a [`RequestId`](crate::RequestId).
     pub fn enter(&self) -> CallScope<'_> {
-        let context = self.context().clone().attach();
+        #[cfg(feature = "fastrace")]
+        if let Some(fast) = &self.fast {
+            let context = self.attach_context.then(|| self.context().clone().attach());
+            // A server's handler runs here and makes its spans under ours.
+            // Below a client's span run only the transport's layers: no
+            // local parent there, as each one costs fastrace a hand-over
+            // to its collector per poll, spans or not.
+            let local_parent = self.side.is_server().then(|| fast.span.set_local_parent());
+            let span = self.tracing_span();
+            return CallScope {
+                _span: (!span.is_disabled()).then(|| span.enter()),
+                _local_parent: local_parent,
+                _context: context,
+            };
+        }
+        // Below a client's span run only the transport's layers: for a span
+        // that records nothing there is nothing to parent, and attaching
+        // costs a context clone and two thread-local writes per poll.
+        let context =
+            (self.side.is_server() || self.recording).then(|| self.context().clone().attach());
         let span = self.tracing_span();
         CallScope {
             // A disabled span (no subscriber wants it) would do nothing on
             // enter and exit but the bookkeeping, on every poll.
             _span: (!span.is_disabled()).then(|| span.enter()),
+            #[cfg(feature = "fastrace")]
+            _local_parent: None,
             _context: context,
         }
     }

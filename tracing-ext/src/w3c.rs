@@ -121,10 +121,19 @@ static FIELDS_WITH_BAGGAGE: std::sync::LazyLock<[String; 3]> = std::sync::LazyLo
 /// sampled flag), two hex digits per byte by table instead of through
 /// `format!`.
 fn traceparent(span: &SpanContext) -> String {
+    write_traceparent(
+        u128::from_be_bytes(span.trace_id().to_bytes()),
+        u64::from_be_bytes(span.span_id().to_bytes()),
+        span.is_sampled(),
+    )
+}
+
+/// `traceparent` of these ids; also what the fastrace path writes.
+pub(crate) fn write_traceparent(trace_id: u128, span_id: u64, sampled: bool) -> String {
     let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    write_hex(&mut text[3..35], &span.trace_id().to_bytes());
-    write_hex(&mut text[36..52], &span.span_id().to_bytes());
-    if span.is_sampled() {
+    write_hex(&mut text[3..35], &trace_id.to_be_bytes());
+    write_hex(&mut text[36..52], &span_id.to_be_bytes());
+    if sampled {
         text[54] = b'1';
     }
     // Every byte above is ASCII.
@@ -155,11 +164,7 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
 /// lower-case ids that parse as hex and are not all zero, and only the
 /// sampled flag kept.
 fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
-    let value = extractor.get(TRACEPARENT)?;
-    let (trace_id, span_id, flags) = match common_form(value.as_bytes()) {
-        Some(ids) => ids,
-        None => general_form(value.trim())?,
-    };
+    let (trace_id, span_id, flags) = parse_traceparent(extractor.get(TRACEPARENT)?)?;
     let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
     let trace_state = match extractor.get(TRACESTATE) {
         Some(state) => TraceState::from_str(state).unwrap_or_default(),
@@ -173,6 +178,16 @@ fn span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
         trace_state,
     );
     span.is_valid().then_some(span)
+}
+
+/// The trace id, span id and flags of a `traceparent` value, by the
+/// SDK's rules (ids still to be checked for zero); also what the fastrace
+/// path reads.
+pub(crate) fn parse_traceparent(value: &str) -> Option<(u128, u64, u8)> {
+    match common_form(value.as_bytes()) {
+        Some(ids) => Some(ids),
+        None => general_form(value.trim()),
+    }
 }
 
 /// What senders write: `00-<32 hex>-<16 hex>-<2 hex>`, lower case, nothing

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run -p examples --bin wiring                      # metrics and tracing: Volo gRPC, Thrift and HTTP, tonic
 //! cargo run -p examples --features etcd --bin wiring -- etcd   # + registry wiring (etcd on 127.0.0.1:2379)
+//! cargo run -p examples --features fastrace --bin wiring -- fastrace   # + a tonic call on the fastrace path
 //! ```
 //!
 //! Spans go to stdout unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
@@ -218,6 +219,47 @@ async fn main() -> anyhow::Result<()> {
         registry_with_tonic().await?;
         registry_in_mesh_mode().await?;
     }
+    #[cfg(feature = "fastrace")]
+    if std::env::args().nth(1).as_deref() == Some("fastrace") {
+        fastrace_path().await?;
+    }
+    Ok(())
+}
+
+/// README: the fastrace path, a tonic server and client traced with it.
+#[cfg(feature = "fastrace")]
+async fn fastrace_path() -> anyhow::Result<()> {
+    use rpc_ext_tracing::{otlp::OtlpTracing, tower::TracingLayer, RpcTracing};
+
+    let _guard = OtlpTracing::new().service_name("echo").install_fastrace()?;
+    let tracing = RpcTracing::builder().fastrace().build();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(TracingLayer::server(&tracing))
+            .add_service(EchoServer::new(TonicEcho { served_by: addr }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = EchoClient::new(
+        tower::ServiceBuilder::new()
+            .layer(TracingLayer::client(&tracing))
+            .service(channel),
+    );
+    let reply = client
+        .say(SayRequest {
+            message: "hi".into(),
+        })
+        .await?;
+    println!(
+        "tonic -> served by {} (fastrace)",
+        reply.into_inner().served_by
+    );
+    server.abort();
     Ok(())
 }
 

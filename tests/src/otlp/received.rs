@@ -26,6 +26,9 @@ pub struct ReceivedSpan {
     pub kind: i32,
     /// Attributes, values rendered as strings.
     pub attributes: HashMap<String, String>,
+    /// Each attribute's OTLP value type: `string`, `int`, `bool`,
+    /// `double`, `array`, `kvlist`, `bytes`, or `none`.
+    pub attribute_types: HashMap<String, &'static str>,
     /// OTLP status code (0 unset, 1 ok, 2 error).
     pub status_code: i32,
     /// When the span started, in nanoseconds since the Unix epoch.
@@ -90,6 +93,11 @@ pub(super) fn spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     parent_span_id: hex(&span.parent_span_id),
                     kind: span.kind,
                     attributes: attributes(&span.attributes),
+                    attribute_types: span
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), value_type(a)))
+                        .collect(),
                     status_code: span.status.map_or(0, |s| s.code),
                     start_time_unix_nano: span.start_time_unix_nano,
                     end_time_unix_nano: span.end_time_unix_nano,
@@ -152,6 +160,19 @@ fn hex(bytes: &[u8]) -> String {
 
 fn attributes(attrs: &[KeyValue]) -> HashMap<String, String> {
     attrs.iter().map(|a| (a.key.clone(), render(a))).collect()
+}
+
+fn value_type(attribute: &KeyValue) -> &'static str {
+    match attribute.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(_)) => "string",
+        Some(Value::IntValue(_)) => "int",
+        Some(Value::BoolValue(_)) => "bool",
+        Some(Value::DoubleValue(_)) => "double",
+        Some(Value::ArrayValue(_)) => "array",
+        Some(Value::KvlistValue(_)) => "kvlist",
+        Some(Value::BytesValue(_)) => "bytes",
+        Some(_) | None => "none",
+    }
 }
 
 fn render(attribute: &KeyValue) -> String {

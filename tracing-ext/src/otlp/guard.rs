@@ -110,7 +110,7 @@ impl TracingGuard {
 
 /// Runs a blocking wait so that a Tokio multi-thread runtime it is called
 /// from keeps running its other tasks.
-fn outside_runtime<T>(wait: impl FnOnce() -> T) -> T {
+pub(super) fn outside_runtime<T>(wait: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(wait)

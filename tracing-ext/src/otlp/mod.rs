@@ -1,6 +1,8 @@
 //! One-call OTLP export set-up (feature `otlp`).
 
 mod env;
+#[cfg(feature = "fastrace")]
+mod fastrace;
 mod guard;
 #[cfg(feature = "tls")]
 mod tls;
@@ -13,6 +15,8 @@ use opentelemetry_sdk::{
     Resource,
 };
 
+#[cfg(feature = "fastrace")]
+pub use fastrace::FastraceGuard;
 pub use guard::TracingGuard;
 
 use crate::processor::{BatchLimits, BoundedBatchProcessor};
@@ -232,13 +236,19 @@ impl OtlpTracing {
         self.finish(provider, None)
     }
 
-    fn install_processors(self, processors: Vec<BoundedBatchProcessor>) -> TracingGuard {
-        let stats = processors.first().map(BoundedBatchProcessor::stats);
+    /// The resource: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
+    /// the SDK's detectors, with the service name set here winning.
+    fn resource(&self) -> Resource {
         let mut resource = Resource::builder();
         if let Some(name) = &self.service_name {
             resource = resource.with_service_name(name.clone());
         }
-        let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+        resource.build()
+    }
+
+    fn install_processors(self, processors: Vec<BoundedBatchProcessor>) -> TracingGuard {
+        let stats = processors.first().map(BoundedBatchProcessor::stats);
+        let mut builder = SdkTracerProvider::builder().with_resource(self.resource());
         for processor in processors {
             builder = builder.with_span_processor(processor);
         }

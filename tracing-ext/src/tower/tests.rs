@@ -174,6 +174,33 @@ async fn a_method_the_server_answers_ok_is_learned() {
 }
 
 #[tokio::test]
+async fn unsampled_calls_through_the_layer_still_teach_the_server_its_methods() {
+    // Unsampled calls skip reading their status, except while the method is
+    // still to be settled by it.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
+        .build();
+    let tracing = RpcTracing::builder()
+        .tracer_provider(&provider)
+        .tracing_span(false)
+        .build();
+    call_grpc(
+        &mut grpc_server(&tracing, 12),
+        "127.0.0.1:1/echo.Echo/Missing",
+        false,
+    )
+    .await;
+    call_grpc(
+        &mut grpc_server(&tracing, 0),
+        "127.0.0.1:1/echo.Echo/Say",
+        false,
+    )
+    .await;
+    assert!(tracing.inner.methods.contains("echo.Echo/Say"));
+    assert!(!tracing.inner.methods.contains("echo.Echo/Missing"));
+}
+
+#[tokio::test]
 async fn past_the_cap_new_methods_are_other() {
     let (tracing, recorded) = Recorded::tracing(|builder| builder.max_methods(1));
     let mut server = grpc_server(&tracing, 0);

@@ -229,6 +229,12 @@ where
             )
         };
         let result = call.run(self.inner.call(cx, request)).await;
+        if !call.needs_outcome() {
+            // Unsampled: nothing to record at the end, so no callback to
+            // carry in the response.
+            call.finish(&crate::Outcome::default());
+            return result;
+        }
         // Load balancing chose the address during the call.
         let peer_addr = ip(cx.rpc_info().callee().address());
         match result {
