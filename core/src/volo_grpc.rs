@@ -123,8 +123,9 @@ where
 ///
 /// Each callback runs exactly once, in the order added (the innermost layer
 /// first, as nested bodies end on a tower stack), outside any lock. It is
-/// `Clone` (an `Arc`) as `http::Extensions` require; all copies share the
-/// callbacks.
+/// `Clone` (an `Arc`) as `http::Extensions` require; copies share the
+/// callbacks held when they were made: a copy of the extensions taken
+/// between two layers' [`defer_end`] does not hold the later layer's.
 #[derive(Clone, Default)]
 pub struct CallEnds(Option<Arc<dyn EndLink>>);
 

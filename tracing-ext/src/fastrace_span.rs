@@ -103,13 +103,30 @@ pub(crate) fn start_server(
         Some(id) => Context::new().with_value(id.clone()),
         None => Context::new(),
     };
-    let Some((method, name)) = tracing.plan(info, Side::Server, recognition) else {
-        return ActiveCall::untraced(cx, Side::Server, info.system);
-    };
     let remote = carrier
         .get(TRACEPARENT)
         .and_then(w3c::parse_traceparent)
         .filter(|(trace_id, span_id, _)| *trace_id != 0 && *span_id != 0);
+    let Some((method, name)) = tracing.plan(info, Side::Server, recognition) else {
+        // Left out, but the caller's trace still reaches the calls made
+        // inside, as on the SDK path: its context is current while the call
+        // runs (an untraced server call attaches it), where `start_client`
+        // looks when fastrace has no local parent.
+        let cx = match remote {
+            Some((trace_id, span_id, flags)) => {
+                use opentelemetry::trace::TraceContextExt as _;
+                cx.with_remote_span_context(opentelemetry::trace::SpanContext::new(
+                    opentelemetry::trace::TraceId::from(trace_id),
+                    opentelemetry::trace::SpanId::from(span_id),
+                    opentelemetry::trace::TraceFlags::new(flags),
+                    true,
+                    opentelemetry::trace::TraceState::NONE,
+                ))
+            }
+            None => cx,
+        };
+        return ActiveCall::untraced(cx, Side::Server, info.system);
+    };
     let parent = match remote {
         Some((trace_id, span_id, flags)) => SpanContext::new(TraceId(trace_id), SpanId(span_id))
             .sampled(sampler.keeps_child_of_remote(flags & 1 == 1, trace_id)),
@@ -162,7 +179,7 @@ pub(crate) fn start_client(
     }
     let Some((method, name)) = tracing.plan(info, Side::Client, Recognition::Trusted) else {
         // Left out: the caller's trace still reaches the server.
-        if let Some(parent) = SpanContext::current_local_parent() {
+        if let Some(parent) = SpanContext::current_local_parent().or_else(current_otel_parent) {
             carrier.set(TRACEPARENT, traceparent(&parent));
         }
         return ActiveCall::untraced(Context::new(), Side::Client, info.system);
@@ -170,7 +187,15 @@ pub(crate) fn start_client(
     let (span, sampled) = match SpanContext::current_local_parent() {
         Some(parent) => (Span::enter_with_local_parent(name), parent.sampled),
         None => {
-            let parent = root(sampler);
+            // Inside a server call left out (its caller's context), or in
+            // code traced with OpenTelemetry: a child of that; else a root.
+            let parent = match current_otel_parent() {
+                Some(parent) => {
+                    let sampled = sampler.keeps_child_of_remote(parent.sampled, parent.trace_id.0);
+                    parent.sampled(sampled)
+                }
+                None => root(sampler),
+            };
             (Span::root(name, parent), parent.sampled)
         }
     };
@@ -194,6 +219,22 @@ pub(crate) fn start_client(
     let mut call = call;
     tracing.settings(&mut call, info, method, Side::Client);
     call
+}
+
+/// The span of the current OpenTelemetry context, if there is one (a
+/// server call left out carries its caller's there).
+fn current_otel_parent() -> Option<SpanContext> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = Context::current();
+    let span = cx.span();
+    let parent = span.span_context();
+    parent.is_valid().then(|| {
+        SpanContext::new(
+            TraceId(u128::from_be_bytes(parent.trace_id().to_bytes())),
+            SpanId(u64::from_be_bytes(parent.span_id().to_bytes())),
+        )
+        .sampled(parent.is_sampled())
+    })
 }
 
 /// A new trace's parent: a random trace id, no span, sampled by the ratio.

@@ -341,3 +341,58 @@ fn an_unsampled_call_is_propagated_but_not_recorded() {
     assert!(outbound["traceparent"].ends_with("-01"), "{outbound:?}");
     assert_eq!(trace(trace_id).len(), 2);
 }
+
+/// What a client call made inside a server call to `path` sends on, the
+/// server called with `traceparent`.
+fn sent_on(tracing: &RpcTracing, path: &str, traceparent: &str) -> String {
+    let inbound = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let server = tracing.start_server(&CallInfo::grpc(path), &inbound);
+    let outbound = futures_executor::block_on(server.run(async {
+        let mut headers = HashMap::new();
+        let client = tracing.start_client(&CallInfo::grpc("/echo.Backend/Get"), &mut headers);
+        client.finish(&Outcome::default());
+        headers
+    }));
+    server.finish(&Outcome::default());
+    outbound.get("traceparent").cloned().unwrap_or_default()
+}
+
+#[test]
+fn server_calls_left_out_still_carry_the_callers_trace() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = exported();
+    let filtered = RpcTracing::builder()
+        .fastrace()
+        .tracing_span(false)
+        .filter(|call| call.service != "echo.Internal")
+        .build();
+    let trace_id = 0x0ff0_0000_0000_0000_0000_0000_0000_0002u128;
+    for flags in ["00", "01"] {
+        let inbound = format!("00-{trace_id:032x}-00f067aa0ba902b7-{flags}");
+        // Filtered out, and a health check (left out by default).
+        for path in ["/echo.Internal/Ping", "/grpc.health.v1.Health/Check"] {
+            let sent = sent_on(&filtered, path, &inbound);
+            assert!(
+                sent.starts_with(&format!("00-{trace_id:032x}-")),
+                "{path}, inbound {flags}: {sent}"
+            );
+            assert!(
+                sent.ends_with(&format!("-{flags}")),
+                "{path}, inbound {flags}: {sent}"
+            );
+        }
+    }
+    // The client spans under the sampled caller are recorded, as its
+    // children; the calls left out record nothing.
+    let spans = trace(trace_id);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for span in spans {
+        assert_eq!(span.name, "echo.Backend/Get");
+        assert_eq!(
+            span.parent_span_id,
+            opentelemetry::trace::SpanId::from(0x00f0_67aa_0ba9_02b7)
+        );
+    }
+}
