@@ -29,7 +29,7 @@ use rpc_ext_tracing::{
     otlp::{FastraceGuard, OtlpTracing, Transport},
     RpcTracing,
 };
-use semconv_spans::{check_span, expected_spans, find, Calls};
+use semconv_spans::{check_span, wait_for_expected_spans, Calls};
 use tests::otlp::{
     OtlpReceiver, Protocol, ReceivedSpan, TraceFault, SPAN_KIND_CLIENT, SPAN_KIND_SERVER,
 };
@@ -122,22 +122,7 @@ async fn conformance(protocol: Protocol) -> anyhow::Result<()> {
         }
         finish(guard).await?;
     }
-    let spans = receiver
-        .wait_for(Duration::from_secs(20), "every expected span", |spans| {
-            expected_spans().iter().all(|e| find(spans, e).is_some())
-        })
-        .await
-        .map_err(|e| {
-            let missing: Vec<_> = expected_spans()
-                .into_iter()
-                .filter(|e| find(&receiver.spans(), e).is_none())
-                .map(|e| format!("{} {} {}", e.service, e.kind, e.name))
-                .collect();
-            anyhow::anyhow!(
-                "{protocol:?}: {e}: missing {missing:?}\nreceived {:#?}",
-                receiver.spans()
-            )
-        })?;
+    let spans = wait_for_expected_spans(&receiver, &format!("{protocol:?}: ")).await?;
     for span in &spans {
         check_span(span);
     }

@@ -205,6 +205,8 @@ impl ActiveCall {
     /// server's method is settled by the status (learned even unsampled,
     /// so that samplers see it named). Otherwise the layers need not read
     /// the status or keep the call to the end of the response.
+    // Only the framework layers (features `tower`, `volo`) ask.
+    #[cfg_attr(not(any(feature = "tower", feature = "volo")), allow(dead_code))]
     pub(crate) fn needs_outcome(&self) -> bool {
         self.traced && (self.recording || self.pending.is_some())
     }

@@ -220,6 +220,30 @@ pub fn find<'a>(spans: &'a [ReceivedSpan], expected: &Expected) -> Option<&'a Re
     })
 }
 
+/// Every span of [`expected_spans`] as `receiver` has them, within 20 s;
+/// else an error naming those missing, labelled `what`.
+pub async fn wait_for_expected_spans(
+    receiver: &tests::otlp::OtlpReceiver,
+    what: &str,
+) -> anyhow::Result<Vec<ReceivedSpan>> {
+    receiver
+        .wait_for(Duration::from_secs(20), "every expected span", |spans| {
+            expected_spans().iter().all(|e| find(spans, e).is_some())
+        })
+        .await
+        .map_err(|e| {
+            let missing: Vec<_> = expected_spans()
+                .into_iter()
+                .filter(|e| find(&receiver.spans(), e).is_none())
+                .map(|e| format!("{} {} {}", e.service, e.kind, e.name))
+                .collect();
+            anyhow::anyhow!(
+                "{what}{e}: missing {missing:?}\nreceived {:#?}",
+                receiver.spans()
+            )
+        })
+}
+
 /// The rules every span follows, whichever stack made it.
 pub fn check_span(span: &ReceivedSpan) {
     let rpc = span.attributes.contains_key("rpc.system.name");

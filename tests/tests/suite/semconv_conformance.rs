@@ -27,7 +27,7 @@ use crate::support::pipeline;
 
 #[path = "../shared/semconv_spans.rs"]
 mod semconv_spans;
-use semconv_spans::{check_span, expected_spans, find, Calls};
+use semconv_spans::{check_span, wait_for_expected_spans, Calls};
 
 /// An OpenTelemetry instrument: its name, unit and the attributes it may
 /// carry.
@@ -179,19 +179,7 @@ async fn every_layer_emits_the_current_semantic_conventions() -> anyhow::Result<
     let flush = meter_provider.clone();
     tokio::task::spawn_blocking(move || flush.force_flush()).await??;
 
-    let spans = receiver
-        .wait_for(Duration::from_secs(20), "every expected span", |spans| {
-            expected_spans().iter().all(|e| find(spans, e).is_some())
-        })
-        .await
-        .map_err(|e| {
-            let missing: Vec<_> = expected_spans()
-                .into_iter()
-                .filter(|e| find(&receiver.spans(), e).is_none())
-                .map(|e| format!("{} {} {}", e.service, e.kind, e.name))
-                .collect();
-            anyhow::anyhow!("{e}: missing {missing:?}\nreceived {:#?}", receiver.spans())
-        })?;
+    let spans = wait_for_expected_spans(&receiver, "").await?;
     for span in &spans {
         check_span(span);
     }

@@ -8,7 +8,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter, SpanProcessor},
 };
 
-use super::{env, env::ExporterKind, guard::outside_runtime, Error, OtlpTracing};
+use super::{env, guard::outside_runtime, Error, OtlpTracing};
 use crate::{
     processor::{BoundedBatchProcessor, ExportStats},
     FastraceSpanExporter, INSTRUMENTATION_NAME,
@@ -55,20 +55,7 @@ impl OtlpTracing {
             tracing::info!("OTEL_SDK_DISABLED=true: fastrace spans are not reported");
             return Ok(self.fastrace_guard(Vec::new()));
         }
-        let limits = self.limits();
-        let mut processors = Vec::new();
-        for kind in env::exporters() {
-            processors.push(match kind {
-                ExporterKind::Otlp => {
-                    let settings = self.exporter_settings()?;
-                    BoundedBatchProcessor::start(move || settings.build(), limits.clone())?
-                }
-                ExporterKind::Console => BoundedBatchProcessor::new(
-                    opentelemetry_stdout::SpanExporter::default(),
-                    limits.clone(),
-                ),
-            });
-        }
+        let processors = self.processors_from_env()?;
         Ok(self.install_fastrace_processors(processors))
     }
 
@@ -230,18 +217,7 @@ impl FastraceGuard {
             }
         }
         let lost = pending.saturating_sub(self.stats.exported() - exported);
-        match result {
-            Ok(()) if lost == 0 => Ok(()),
-            Ok(()) => Err(Error::SpansLost {
-                lost,
-                cause: "the exporter failed".into(),
-            }),
-            Err(error) if lost == 0 => Err(Error::Shutdown(error)),
-            Err(error) => Err(Error::SpansLost {
-                lost,
-                cause: error.to_string(),
-            }),
-        }
+        super::guard::shutdown_outcome(result, lost)
     }
 }
 

@@ -57,18 +57,27 @@ impl TracingGuard {
         let exported = self.stats.exported();
         let result = provider.shutdown_with_timeout(self.shutdown_timeout);
         let lost = pending.saturating_sub(self.stats.exported() - exported);
-        match result {
-            Ok(()) if lost == 0 => Ok(()),
-            Ok(()) => Err(Error::SpansLost {
-                lost,
-                cause: "the exporter failed".into(),
-            }),
-            Err(error) if lost == 0 => Err(Error::Shutdown(error)),
-            Err(error) => Err(Error::SpansLost {
-                lost,
-                cause: error.to_string(),
-            }),
-        }
+        shutdown_outcome(result, lost)
+    }
+}
+
+/// What a shutdown that left `lost` spans unexported, and ended with
+/// `result`, reports.
+pub(super) fn shutdown_outcome(
+    result: Result<(), opentelemetry_sdk::error::OTelSdkError>,
+    lost: u64,
+) -> Result<(), Error> {
+    match result {
+        Ok(()) if lost == 0 => Ok(()),
+        Ok(()) => Err(Error::SpansLost {
+            lost,
+            cause: "the exporter failed".into(),
+        }),
+        Err(error) if lost == 0 => Err(Error::Shutdown(error)),
+        Err(error) => Err(Error::SpansLost {
+            lost,
+            cause: error.to_string(),
+        }),
     }
 }
 

@@ -186,6 +186,13 @@ impl OtlpTracing {
         if env::sdk_disabled() {
             return Ok(self.install_disabled());
         }
+        let processors = self.processors_from_env()?;
+        Ok(self.install_processors(processors))
+    }
+
+    /// A bounded batch queue for each exporter `OTEL_TRACES_EXPORTER`
+    /// names (OTLP by default).
+    fn processors_from_env(&self) -> Result<Vec<BoundedBatchProcessor>, Error> {
         let limits = self.limits();
         let mut processors = Vec::new();
         for kind in env::exporters() {
@@ -201,7 +208,7 @@ impl OtlpTracing {
             };
             processors.push(processor);
         }
-        Ok(self.install_processors(processors))
+        Ok(processors)
     }
 
     /// Installs the pipeline with another exporter (stdout, in-memory...),
