@@ -15,7 +15,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use prometheus::{Histogram, IntCounter, IntGauge};
+use prometheus::IntCounter;
 
 use crate::{
     call::{Call, Outcome},
@@ -23,15 +23,22 @@ use crate::{
     families::{Families, Family},
     labels::{KeyValues, OutcomeValues},
     metrics::Inner,
+    striped::{self, StripedGauge, StripedHistogram},
     RpcSystem, Side,
 };
 
-/// The handles of one call description (side, system and labels).
+/// The handles of one call description (side, system and labels), as
+/// seen from one stripe: the cache keeps a view per stripe, sharing the
+/// series, and hands each thread its stripe's. Aligned so that two views'
+/// reference counts, changed on every call, never share a cache line.
+#[repr(align(128))]
 pub(crate) struct MethodHandles {
     pub(crate) key: OwnedKey,
-    in_flight: Option<IntGauge>,
-    request_size: Option<Histogram>,
-    response_size: Option<Histogram>,
+    /// The stripe this view writes.
+    stripe: usize,
+    in_flight: Option<Arc<StripedGauge>>,
+    request_size: Option<Arc<StripedHistogram>>,
+    response_size: Option<Arc<StripedHistogram>>,
     families: Families,
     /// The first outcomes seen, read without loading a snapshot: nearly
     /// every call ends with one of them (OK and an error or two). Filled in
@@ -53,8 +60,8 @@ const FIRST_STATUSES: usize = 4;
 #[derive(Clone)]
 struct OutcomeHandles {
     outcome: Outcome,
-    duration: Option<Histogram>,
-    old_duration: Option<Histogram>,
+    duration: Option<Arc<StripedHistogram>>,
+    old_duration: Option<Arc<StripedHistogram>>,
     /// The exemplar slots beside each duration series.
     duration_exemplars: Option<Arc<SeriesExemplars>>,
     old_duration_exemplars: Option<Arc<SeriesExemplars>>,
@@ -122,14 +129,14 @@ impl OwnedKey {
 }
 
 impl MethodHandles {
-    fn new(key: OwnedKey, inner: &Inner) -> Self {
+    fn new(key: OwnedKey, inner: &Inner, stripe: usize) -> Self {
         let families = inner.families(key.side).of(key.system).clone();
         let values = KeyValues::new(&key);
         let in_flight = families
             .active
             .as_ref()
             .map(|f| f.vec.with_label_values(&values.values(f.labels, None)));
-        let size = |family: &Option<crate::families::Family<prometheus::HistogramVec>>| {
+        let size = |family: &Option<Family<striped::StripedHistogramVec>>| {
             family
                 .as_ref()
                 .map(|f| f.vec.with_label_values(&values.values(f.labels, None)))
@@ -143,6 +150,7 @@ impl MethodHandles {
         drop(values);
         Self {
             key,
+            stripe,
             in_flight,
             request_size,
             response_size,
@@ -170,7 +178,7 @@ impl MethodHandles {
     /// A call started.
     pub(crate) fn started(&self) {
         if let Some(gauge) = &self.in_flight {
-            gauge.inc();
+            gauge.add(self.stripe, 1);
         }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
@@ -181,7 +189,7 @@ impl MethodHandles {
     /// A call started on these handles ended (its record may go elsewhere).
     pub(crate) fn ended(&self) {
         if let Some(gauge) = &self.in_flight {
-            gauge.dec();
+            gauge.add(self.stripe, -1);
         }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
@@ -192,10 +200,10 @@ impl MethodHandles {
     /// Records the message sizes of one call, where known.
     pub(crate) fn sizes(&self, request: Option<u64>, response: Option<u64>) {
         if let (Some(histogram), Some(bytes)) = (&self.request_size, request) {
-            histogram.observe(bytes as f64);
+            histogram.observe(self.stripe, bytes as f64);
         }
         if let (Some(histogram), Some(bytes)) = (&self.response_size, response) {
-            histogram.observe(bytes as f64);
+            histogram.observe(self.stripe, bytes as f64);
         }
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
@@ -242,7 +250,7 @@ impl MethodHandles {
         let outcome_values = OutcomeValues::new(self.key.side, self.key.system, outcome);
         let labels = |labels| values.values(labels, Some(&outcome_values));
         // The series and, beside it, its exemplar slots.
-        let histogram = |family: &Option<Family<prometheus::HistogramVec>>| {
+        let histogram = |family: &Option<Family<striped::StripedHistogramVec>>| {
             let Some(family) = family else {
                 return (None, None);
             };
@@ -289,10 +297,10 @@ impl MethodHandles {
     fn observe(&self, handles: &OutcomeHandles, ended: &Ended) {
         let seconds = ended.seconds;
         if let Some(histogram) = &handles.duration {
-            histogram.observe(seconds);
+            histogram.observe(self.stripe, seconds);
         }
         if let Some(histogram) = &handles.old_duration {
-            histogram.observe(seconds);
+            histogram.observe(self.stripe, seconds);
         }
         if let Some(trace) = ended.trace {
             offer_exemplars(handles, trace, ended);
@@ -334,12 +342,24 @@ pub(crate) struct Ended {
 pub(crate) struct MethodCache {
     /// Tells this cache's entries apart in the per-thread `RECENT` cache.
     id: u64,
-    methods: ArcSwap<HashMap<u64, Vec<Arc<MethodHandles>>, Seeded>>,
+    /// Per method, a view per stripe.
+    methods: ArcSwap<HashMap<u64, Vec<Views>, Seeded>>,
     writer: Mutex<()>,
     /// Entries per side (server, client), overflow entries not counted.
     counts: [AtomicUsize; 2],
     max: usize,
     hasher: Seeded,
+}
+
+/// One method's views, one per stripe (see [`MethodHandles`]).
+type Views = Box<[Arc<MethodHandles>]>;
+
+/// The view of `stripe`, the calling thread's: the reference counts it
+/// changes, and the stripes it writes, stay with the threads of its
+/// stripe. Even reading another stripe's view would pull in the line its
+/// threads keep changing the counts on.
+fn view(views: &Views, stripe: usize) -> &Arc<MethodHandles> {
+    &views[stripe % views.len()]
 }
 
 /// foldhash, seeded per process: std's SipHash cost more than the rest of
@@ -386,13 +406,15 @@ impl MethodCache {
             return Some(found);
         }
         let hash = self.hasher.hash_one(call);
+        let stripe = striped::stripe();
         let found = self
             .methods
             .load()
             .get(&hash)?
             .iter()
-            .find(|m| matches(m))
-            .cloned()?;
+            .map(|views| view(views, stripe))
+            .find(|m| matches(m))?
+            .clone();
         // The entry it replaces is dropped after the borrow ends.
         let _replaced =
             RECENT.try_with(|recent| recent.borrow_mut().insert(self.id, found.clone()));
@@ -415,13 +437,17 @@ impl MethodCache {
             drop(writer);
             return self.get(inner, &call.overflow());
         }
-        let handles = Arc::new(MethodHandles::new(OwnedKey::new(call), inner));
+        let key = OwnedKey::new(call);
+        let views: Views = (0..striped::stripes())
+            .map(|stripe| Arc::new(MethodHandles::new(key.clone(), inner, stripe)))
+            .collect();
+        let handles = view(&views, striped::stripe()).clone();
         // Copy-on-write: readers keep using the snapshot they loaded.
         let mut methods = HashMap::clone(&self.methods.load_full());
         methods
             .entry(self.hasher.hash_one(call))
             .or_default()
-            .push(handles.clone());
+            .push(views);
         self.methods.store(Arc::new(methods));
         if !overflow {
             count.fetch_add(1, Ordering::Relaxed);

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use prometheus::{core::Collector, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{core::Collector, HistogramOpts, IntCounterVec, Opts};
 use rpc_ext_core::semconv::{metric, Conventions};
 
 use crate::{
     exemplar::{FamilyExemplars, WithExemplars},
     labels::{prometheus_names, Label},
+    striped::{StripedGaugeVec, StripedHistogramVec},
     Error, RpcSystem, Side,
 };
 use Label::*;
@@ -219,13 +220,13 @@ pub(crate) struct Family<V> {
 #[derive(Clone, Default)]
 pub(crate) struct Families {
     /// The current names' duration histogram.
-    pub(crate) duration: Option<Family<HistogramVec>>,
+    pub(crate) duration: Option<Family<StripedHistogramVec>>,
     /// The old names' duration histogram and call counter.
-    pub(crate) old_duration: Option<Family<HistogramVec>>,
+    pub(crate) old_duration: Option<Family<StripedHistogramVec>>,
     pub(crate) old_calls: Option<Family<IntCounterVec>>,
-    pub(crate) active: Option<Family<IntGaugeVec>>,
-    pub(crate) request_size: Option<Family<HistogramVec>>,
-    pub(crate) response_size: Option<Family<HistogramVec>>,
+    pub(crate) active: Option<Family<StripedGaugeVec>>,
+    pub(crate) request_size: Option<Family<StripedHistogramVec>>,
+    pub(crate) response_size: Option<Family<StripedHistogramVec>>,
 }
 
 /// The families of one side.
@@ -324,7 +325,7 @@ impl Made {
         spec: Option<Spec>,
         buckets: &[f64],
         exemplars: bool,
-    ) -> Result<Option<Family<HistogramVec>>, Error> {
+    ) -> Result<Option<Family<StripedHistogramVec>>, Error> {
         let Some(spec) = spec else { return Ok(None) };
         self.register_histogram(
             prometheus_family(spec.instrument, spec.unit),
@@ -344,9 +345,9 @@ impl Made {
         labels: &'static [Label],
         buckets: &[f64],
         exemplars: bool,
-    ) -> Result<Family<HistogramVec>, Error> {
+    ) -> Result<Family<StripedHistogramVec>, Error> {
         let names = prometheus_names(labels);
-        let vec = HistogramVec::new(
+        let vec = StripedHistogramVec::new(
             HistogramOpts::new(name.clone(), help).buckets(buckets.to_vec()),
             &as_strs(&names),
         )?;
@@ -365,9 +366,9 @@ impl Made {
         })
     }
 
-    fn gauge(&mut self, spec: Option<Spec>) -> Result<Option<Family<IntGaugeVec>>, Error> {
+    fn gauge(&mut self, spec: Option<Spec>) -> Result<Option<Family<StripedGaugeVec>>, Error> {
         let Some(spec) = spec else { return Ok(None) };
-        let vec = IntGaugeVec::new(
+        let vec = StripedGaugeVec::new(
             Opts::new(prometheus_family(spec.instrument, spec.unit), spec.help),
             &as_strs(&prometheus_names(spec.labels)),
         )?;

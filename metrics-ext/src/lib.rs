@@ -184,6 +184,7 @@ mod recorder;
 mod registry_health;
 mod skip;
 pub mod status;
+mod striped;
 
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -12,10 +12,11 @@ use std::{cell::RefCell, sync::Arc};
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    HistogramVec, Registry,
+    Registry,
 };
 
 use super::series::FamilyExemplars;
+use crate::striped::StripedHistogramVec;
 
 thread_local! {
     /// `Some` while [`gather`] runs on this thread: the exemplars of the
@@ -48,7 +49,7 @@ pub(crate) fn gather(registry: &Registry) -> (Vec<MetricFamily>, Vec<Arc<FamilyE
 
 /// A histogram family registered with its exemplars.
 pub(crate) struct WithExemplars {
-    pub(crate) vec: HistogramVec,
+    pub(crate) vec: StripedHistogramVec,
     pub(crate) exemplars: Arc<FamilyExemplars>,
 }
 
