@@ -78,6 +78,7 @@ use std::{
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
+use tests::bench_report::{fmt_thousands, median};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
@@ -604,21 +605,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-/// The median of the finite values (a run may have none: no batch at
-/// once).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|value| value.is_finite());
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// Median and interquartile range (nearest rank).
 fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.retain(|value| value.is_finite());
@@ -635,20 +621,6 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
 
 fn fmt_spread((low, mid, high): (f64, f64, f64)) -> String {
     format!("{mid:.3} ({low:.3}–{high:.3})")
-}
-
-fn fmt_thousands(n: f64) -> String {
-    let digits = (n.round() as u64).to_string();
-    let first = match digits.len() % 3 {
-        0 => 3.min(digits.len()),
-        r => r,
-    };
-    let mut out = digits[..first].to_owned();
-    for group in digits.as_bytes()[first..].chunks(3) {
-        out.push(',');
-        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
-    }
-    out
 }
 
 /// The 1-minute load average.

@@ -67,6 +67,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tests::bench_report::{fmt_thousands, median};
 
 use echo::{
     servers::{TonicEcho, VoloEcho},
@@ -678,38 +679,12 @@ async fn build_cases(
     Ok(cases)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn fmt_us(us: f64) -> String {
     if us >= 1_000.0 {
         format!("{:.2} ms", us / 1_000.0)
     } else {
         format!("{us:.0} µs")
     }
-}
-
-fn fmt_thousands(n: f64) -> String {
-    let digits = (n.round() as u64).to_string();
-    let first = match digits.len() % 3 {
-        0 => 3.min(digits.len()),
-        r => r,
-    };
-    let mut out = digits[..first].to_owned();
-    for group in digits.as_bytes()[first..].chunks(3) {
-        out.push(',');
-        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
-    }
-    out
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! directory, and is killed when its guard drops, so nothing outlives a test.
 
 pub mod backends;
+pub mod bench_report;
 pub mod consul;
 pub mod directory_registry;
 mod etcd;
