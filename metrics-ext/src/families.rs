@@ -351,7 +351,10 @@ impl Made {
             HistogramOpts::new(name.clone(), help).buckets(buckets.to_vec()),
             &as_strs(&names),
         )?;
-        let exemplars = exemplars.then(|| Arc::new(FamilyExemplars::new(name, names, buckets)));
+        // The bounds as counted (defaults for an empty list, no `+Inf`),
+        // so that each exemplar sits on its own bucket's line.
+        let exemplars =
+            exemplars.then(|| Arc::new(FamilyExemplars::new(name, names, vec.bounds())));
         self.collectors.push(match &exemplars {
             Some(exemplars) => Box::new(WithExemplars {
                 vec: vec.clone(),

@@ -354,6 +354,12 @@ impl RpcMetricsBuilder {
     /// server side and the client side each have this many. Calls beyond
     /// it are recorded under [`OTHER`](crate::OTHER), which bounds the
     /// series count whatever clients send.
+    ///
+    /// Memory grows with it and with the cores: each series keeps its
+    /// counts once per core (rounded up to a power of two, at most 16) so
+    /// that cores do not write each other's cache lines. With the default
+    /// buckets a method's series take about 2.4 KiB per core; at 1,000
+    /// methods per side on 16 cores, about 75 MiB.
     pub fn max_methods(mut self, max: usize) -> Self {
         self.max_methods = max.max(1);
         self

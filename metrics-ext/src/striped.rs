@@ -281,6 +281,17 @@ impl StripedHistogramVec {
         if bounds.last() == Some(&f64::INFINITY) {
             bounds.pop();
         }
+        // `prometheus` checks this only when a series is made, by
+        // panicking; here the family is refused when it is built.
+        if bounds
+            .windows(2)
+            .any(|pair| pair[0].partial_cmp(&pair[1]) != Some(std::cmp::Ordering::Less))
+        {
+            return Err(prometheus::Error::Msg(
+                "histogram buckets must be in increasing order".into(),
+            )
+            .into());
+        }
         let desc = opts
             .common_opts
             .variable_labels(labels.iter().map(|l| (*l).to_owned()).collect())
@@ -289,6 +300,11 @@ impl StripedHistogramVec {
             inner: Arc::new(Series::new(desc)),
             bounds: bounds.into(),
         })
+    }
+
+    /// The bucket bounds, as the series count them (without `+Inf`).
+    pub(crate) fn bounds(&self) -> &[f64] {
+        &self.bounds
     }
 
     /// The series with these label values, made if new.

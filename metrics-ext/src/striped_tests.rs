@@ -150,3 +150,27 @@ fn in_flight_gauges_return_to_zero_after_calls_from_threads() {
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
 }
+
+#[test]
+fn buckets_out_of_order_are_refused_when_the_metrics_are_built() {
+    for buckets in [vec![1.0, 0.5], vec![0.5, 0.5], vec![0.5, f64::NAN]] {
+        assert!(
+            RpcMetrics::builder()
+                .duration_buckets(buckets.clone())
+                .build()
+                .is_err(),
+            "{buckets:?}"
+        );
+    }
+    // A trailing `+Inf` is the count, as in `prometheus`: accepted.
+    assert!(RpcMetrics::builder()
+        .duration_buckets(vec![0.5, 1.0, f64::INFINITY])
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn an_empty_bucket_list_counts_by_the_default_bounds() {
+    let vec = StripedHistogramVec::new(HistogramOpts::new("d_seconds", "h"), &["a"]).unwrap();
+    assert_eq!(vec.bounds(), prometheus::DEFAULT_BUCKETS);
+}
