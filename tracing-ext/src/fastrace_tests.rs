@@ -53,6 +53,16 @@ fn trace(trace_id: u128) -> Vec<SpanData> {
 /// Tests flush the one collector: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds the tests that report through the process's one fastrace
+/// reporter to one at a time, the reporter set.
+fn serialized() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = exported();
+    guard
+}
+
 fn sampled_parent(trace_id: u128) -> HashMap<String, String> {
     HashMap::from([(
         "traceparent".to_owned(),
@@ -231,10 +241,7 @@ fn both_paths_record_the_same_spans() {
 
 #[test]
 fn context_travels_both_ways_between_our_spans_and_the_applications() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _ = exported();
+    let _serial = serialized();
     let tracing = RpcTracing::builder().fastrace().tracing_span(false).build();
     let trace_id = 0x7ace_0000_0000_0000_0000_0000_0000_0001;
     let server = tracing.start_server(&CallInfo::grpc("/echo.Echo/Say"), &sampled_parent(trace_id));
@@ -297,10 +304,7 @@ fn context_travels_both_ways_between_our_spans_and_the_applications() {
 
 #[test]
 fn an_unsampled_call_is_propagated_but_not_recorded() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _ = exported();
+    let _serial = serialized();
     let tracing = RpcTracing::builder().fastrace().tracing_span(false).build();
     let trace_id = 0x0ff0_0000_0000_0000_0000_0000_0000_0001u128;
     let inbound = HashMap::from([(
@@ -359,10 +363,7 @@ fn sent_on(tracing: &RpcTracing, path: &str, traceparent: &str) -> String {
 
 #[test]
 fn server_calls_left_out_still_carry_the_callers_trace() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _ = exported();
+    let _serial = serialized();
     let filtered = RpcTracing::builder()
         .fastrace()
         .tracing_span(false)
