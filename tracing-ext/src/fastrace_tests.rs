@@ -307,20 +307,10 @@ fn an_unsampled_call_is_propagated_but_not_recorded() {
     let _serial = serialized();
     let tracing = RpcTracing::builder().fastrace().tracing_span(false).build();
     let trace_id = 0x0ff0_0000_0000_0000_0000_0000_0000_0001u128;
-    let inbound = HashMap::from([(
-        "traceparent".to_owned(),
-        format!("00-{trace_id:032x}-00f067aa0ba902b7-00"),
-    )]);
-    let server = tracing.start_server(&CallInfo::grpc("/echo.Echo/Say"), &inbound);
-    let outbound = futures_executor::block_on(server.run(async {
-        let mut headers = HashMap::new();
-        let client = tracing.start_client(&CallInfo::grpc("/echo.Backend/Get"), &mut headers);
-        client.finish(&Outcome::default());
-        headers
-    }));
-    server.finish(&Outcome::default());
-    assert!(outbound["traceparent"].starts_with(&format!("00-{trace_id:032x}-")));
-    assert!(outbound["traceparent"].ends_with("-00"), "{outbound:?}");
+    let inbound = format!("00-{trace_id:032x}-00f067aa0ba902b7-00");
+    let sent = sent_on(&tracing, "/echo.Echo/Say", &inbound);
+    assert!(sent.starts_with(&format!("00-{trace_id:032x}-")), "{sent}");
+    assert!(sent.ends_with("-00"), "{sent}");
     assert!(trace(trace_id).is_empty());
 
     // A new trace the sampler does not keep: propagated unsampled.
@@ -335,6 +325,7 @@ fn an_unsampled_call_is_propagated_but_not_recorded() {
     let always = RpcTracing::builder()
         .fastrace_sampler(FastraceSampler::TraceIdRatio(1.0))
         .build();
+    let inbound = HashMap::from([("traceparent".to_owned(), inbound)]);
     let server = always.start_server(&CallInfo::grpc("/echo.Echo/Say"), &inbound);
     let outbound = futures_executor::block_on(server.run(async {
         let mut headers = HashMap::new();
