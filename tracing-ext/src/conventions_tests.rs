@@ -212,13 +212,7 @@ fn a_user_filter_works_alongside() {
 
 #[test]
 fn unsampled_calls_teach_the_server_its_methods_too() {
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-        .build();
-    let tracing = RpcTracing::builder()
-        .tracer_provider(&provider)
-        .tracing_span(false)
-        .build();
+    let tracing = crate::testing::never_sampled();
     serve(&tracing, "/echo.Echo/Say", GrpcCode::OK);
     serve(&tracing, "/echo.Echo/Missing", GrpcCode::UNIMPLEMENTED);
     // An auth layer in front of the router answers any path.

@@ -73,6 +73,18 @@ impl Recorded {
     }
 }
 
+/// Tracing whose sampler keeps nothing (`AlwaysOff`), with no `tracing`
+/// span: every call is unsampled.
+pub(crate) fn never_sampled() -> RpcTracing {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
+        .build();
+    RpcTracing::builder()
+        .tracer_provider(&provider)
+        .tracing_span(false)
+        .build()
+}
+
 /// The value of `key` in `attributes`, as text.
 pub(crate) fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {
     let matching: Vec<&Value> = attributes

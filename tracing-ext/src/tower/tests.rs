@@ -177,13 +177,7 @@ async fn a_method_the_server_answers_ok_is_learned() {
 async fn unsampled_calls_through_the_layer_still_teach_the_server_its_methods() {
     // Unsampled calls skip reading their status, except while the method is
     // still to be settled by it.
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-        .build();
-    let tracing = RpcTracing::builder()
-        .tracer_provider(&provider)
-        .tracing_span(false)
-        .build();
+    let tracing = crate::testing::never_sampled();
     call_grpc(
         &mut grpc_server(&tracing, 12),
         "127.0.0.1:1/echo.Echo/Missing",
